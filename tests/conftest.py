@@ -1,0 +1,77 @@
+"""Shared fixtures: a real SeaweedFS S3 server on a free loopback port, a real local Spark session,
+and sample dumps. Each is session-scoped and started once, only when a test asks for it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from g2i_core.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A private S3 server (own folder, own credentials, free ports); stopped at session end."""
+    from g2i_core.s3server import S3Server, find_free_base_port
+
+    server = S3Server(tmp_path_factory.mktemp("s3server"), base_port=find_free_base_port(), bucket="g2i-test")
+    server.start(timeout=90)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_settings(s3_server, tmp_path_factory) -> Settings:
+    access, secret = s3_server.credentials()
+    return Settings.load(
+        storage_root=f"s3://{s3_server.bucket}",
+        s3_endpoint=s3_server.endpoint,
+        s3_access_key=access,
+        s3_secret_key=secret,
+        s3_max_attempts=3,
+        spark_local_dir=str(tmp_path_factory.mktemp("spark-local")),
+    )
+
+
+@pytest.fixture
+def s3_storage(s3_settings, request):
+    """Storage under a unique prefix of the test bucket, so tests never see each other's objects."""
+    from g2i_core.storage import Storage
+
+    name = request.node.name.replace("[", "_").replace("]", "_")
+    return Storage.from_settings(s3_settings, root=f"{s3_settings.storage_root}/tests/{name}")
+
+
+@pytest.fixture
+def file_storage(tmp_path):
+    from g2i_core.storage import Storage
+
+    return Storage(f"file://{tmp_path}/store")
+
+
+@pytest.fixture(scope="session")
+def spark(s3_settings):
+    """One local[2] Spark session for the test run, wired to the test S3 server."""
+    from g2i_core.spark import get_spark
+
+    session = get_spark(s3_settings.replace(spark_shuffle_partitions=4, spark_driver_memory="2g"), "g2i-tests")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def sample_dir(tmp_path_factory) -> Path:
+    """Small sample dumps of all three formats (seed 7, 300 nodes each)."""
+    from g2i_core.sample.generator import generate_sample
+
+    out = tmp_path_factory.mktemp("sample")
+    generate_sample(out, nodes=300, seed=7)
+    return out
+
+
+def pytest_configure(config):
+    os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
