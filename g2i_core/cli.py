@@ -11,20 +11,28 @@ import importlib
 import logging
 import sys
 
-# name -> module under g2i_core.commands (order = order in --help)
-COMMANDS: dict[str, str] = {
-    "s3": "s3",
-    "sample": "sample",
-    "serve-images": "serve_images",
-    "config": "config_cmd",
-}
+# Subcommands are discovered from g2i_core/commands/*.py: each module sets NAME and SUMMARY and
+# imports nothing heavy at module level (torch/pyspark are imported inside run()).
+ORDER = ["s3", "sample", "serve-images", "ingest", "fetch-images", "build-graph", "ppr", "embed", "rerank",
+         "export", "train", "generate", "evaluate", "config"]
 
-SUMMARIES: dict[str, str] = {
-    "s3": "start/stop/status of the embedded S3 server (SeaweedFS on 127.0.0.1)",
-    "sample": "generate sample raw dumps (Goodreads, Amazon 2014/2018) and procedural images",
-    "serve-images": "serve the sample images over HTTP on loopback for fetch-images",
-    "config": "print the effective settings (secrets masked)",
-}
+
+def discover() -> dict[str, tuple[str, str]]:
+    """name -> (module, summary), read from module source without importing it."""
+    import ast
+    import pathlib
+
+    found = {}
+    for path in sorted(pathlib.Path(__file__).with_name("commands").glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        tree = ast.parse(path.read_text())
+        consts = {t.id: n.value.value for n in tree.body if isinstance(n, ast.Assign)
+                  for t in n.targets if isinstance(t, ast.Name) and isinstance(n.value, ast.Constant)}
+        if "NAME" in consts:
+            found[consts["NAME"]] = (path.stem, consts.get("SUMMARY", ""))
+    rank = {n: i for i, n in enumerate(ORDER)}
+    return dict(sorted(found.items(), key=lambda kv: (rank.get(kv[0], len(ORDER)), kv[0])))
 
 
 def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
@@ -32,12 +40,12 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module in COMMANDS.items():
+    for name, (module, summary) in discover().items():
         if selected is None or name != selected:
-            sub.add_parser(name, help=SUMMARIES.get(name, ""))
+            sub.add_parser(name, help=summary)
             continue
         mod = importlib.import_module(f"g2i_core.commands.{module}")
-        p = sub.add_parser(name, help=SUMMARIES.get(name, ""), description=mod.__doc__,
+        p = sub.add_parser(name, help=summary, description=mod.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
@@ -47,7 +55,7 @@ def build_parser(selected: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     selected = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(selected if selected in COMMANDS else None)
+    parser = build_parser(selected)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+NAME = "config"
+SUMMARY = "print the effective settings (secrets masked)"
+
 import argparse
 
 

@@ -7,6 +7,9 @@ only when --show-secret is given.
 
 from __future__ import annotations
 
+NAME = "s3"
+SUMMARY = "start/stop/status of the embedded S3 server (SeaweedFS on 127.0.0.1)"
+
 import argparse
 
 

@@ -8,6 +8,9 @@ Deterministic by --seed. For huge --nodes, only --render-limit images per datase
 
 from __future__ import annotations
 
+NAME = "sample"
+SUMMARY = "generate sample raw dumps (Goodreads, Amazon 2014/2018) and procedural images"
+
 import argparse
 
 

@@ -6,6 +6,9 @@ fetcher meets timeouts and errors for real.
 
 from __future__ import annotations
 
+NAME = "serve-images"
+SUMMARY = "serve the sample images over HTTP on loopback for fetch-images"
+
 import argparse
 
 

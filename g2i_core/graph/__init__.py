@@ -1,0 +1,1 @@
+"""Graph algorithms on Spark: GraphFrames when its JAR is attached, else the GraphX bridge."""

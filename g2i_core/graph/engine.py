@@ -1,0 +1,125 @@
+"""Spark graph algorithms behind one front: GraphFrames if its JAR is on the classpath, otherwise
+``g2i.GraphXBridge`` (our Java, compiled in setup against the GraphX that pyspark ships).
+
+Both run the same GraphX routines (GraphFrames' connectedComponents(algorithm="graphx") and
+parallelPersonalizedPageRank wrap them), so callers get the same columns either way.
+
+Vertex ids are strings here; GraphX needs longs, so ids are indexed once (``index_vertices``) and
+mapped back after the algorithm.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+GRAPHFRAMES_CLASS = "org.graphframes.GraphFrame"
+BRIDGE_CLASS = "g2i.GraphXBridge"
+
+
+def backend(spark: "SparkSession") -> str:
+    """'graphframes' or 'graphx-bridge'; raises with a fix when neither JAR is attached."""
+    from g2i_core.spark import has_jvm_class
+
+    if has_jvm_class(spark, GRAPHFRAMES_CLASS):
+        return "graphframes"
+    if has_jvm_class(spark, BRIDGE_CLASS):
+        return "graphx-bridge"
+    raise RuntimeError("neither GraphFrames nor the g2i GraphX bridge is on Spark's classpath: run `make setup` "
+                       "(builds .local/jars/g2i-graphx-bridge.jar) or set G2I_SPARK_PACKAGES to the GraphFrames "
+                       "Maven coordinates")
+
+
+def index_vertices(vertices: "DataFrame", id_col: str = "id") -> "DataFrame":
+    """Adds ``vid`` (long), a dense stable index of ``id_col`` (ordered by id)."""
+    from pyspark.sql import functions as F
+
+    ids = vertices.select(F.col(id_col).alias("id")).distinct()
+    # zipWithIndex keeps the index dense without collecting ids on the driver
+    rdd = ids.orderBy("id").rdd.zipWithIndex().map(lambda t: (t[0][0], t[1]))
+    return ids.sparkSession.createDataFrame(rdd, "id string, vid long")
+
+
+def _long_edges(edges: "DataFrame", index: "DataFrame") -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    s = index.select(F.col("id").alias("src"), F.col("vid").alias("s"))
+    d = index.select(F.col("id").alias("dst"), F.col("vid").alias("d"))
+    return (edges.select("src", "dst").join(s, "src").join(d, "dst")
+            .select(F.col("s").alias("src"), F.col("d").alias("dst")))
+
+
+def connected_components(spark: "SparkSession", vertices: "DataFrame", edges: "DataFrame",
+                         max_iterations: int = 50) -> "DataFrame":
+    """(id string, component string): every vertex with the smallest id of its weakly connected component.
+
+    ``vertices`` needs ``id``; ``edges`` needs ``src`` and ``dst`` (string ids)."""
+    from pyspark.sql import functions as F
+
+    index = index_vertices(vertices)
+    if backend(spark) == "graphframes":
+        from graphframes import GraphFrame
+
+        g = GraphFrame(index.select(F.col("vid").alias("id")), _long_edges(edges, index))
+        cc = g.connectedComponents(algorithm="graphx", maxIter=max_iterations)
+    else:
+        jvm = spark.sparkContext._jvm
+        jdf = jvm.g2i.GraphXBridge.connectedComponents(spark._jsparkSession, _long_edges(edges, index)._jdf,
+                                                       max_iterations)
+        from pyspark.sql import DataFrame as PyDataFrame
+
+        cc = PyDataFrame(jdf, spark)
+    # isolated vertices have no edges, so GraphX never saw them: each is its own component
+    comp = index.join(cc.select(F.col("id").alias("vid"), "component"), "vid", "left")
+    comp = comp.withColumn("component", F.coalesce("component", "vid"))
+    rep = index.select(F.col("vid").alias("component"), F.col("id").alias("component_id"))
+    return comp.join(rep, "component").select("id", F.col("component_id").alias("component"))
+
+
+def parallel_personalized_pagerank(spark: "SparkSession", vertices: "DataFrame", edges: "DataFrame",
+                                   sources: Sequence[str], reset_probability: float = 0.15,
+                                   max_iterations: int = 20) -> "DataFrame":
+    """(source string, node string, score double) for one batch of ``sources``.
+
+    This is GraphX's ``runParallelPersonalizedPageRank`` (fixed iterations, edge weights ignored,
+    1/out-degree transitions): the engine GraphFrames' parallelPersonalizedPageRank calls."""
+    from pyspark.sql import DataFrame as PyDataFrame
+    from pyspark.sql import functions as F
+
+    if not sources:
+        raise ValueError("sources must name at least one vertex id")
+    index = index_vertices(vertices)
+    src_ids = index.where(F.col("id").isin(list(sources))).collect()
+    missing = set(sources) - {r["id"] for r in src_ids}
+    if missing:
+        raise ValueError(f"sources not among the vertices: {sorted(missing)[:5]}")
+    vids = [r["vid"] for r in src_ids]
+    long_edges = _long_edges(edges, index)
+    if backend(spark) == "graphframes":
+        from graphframes import GraphFrame
+
+        g = GraphFrame(index.select(F.col("vid").alias("id")), long_edges)
+        res = g.parallelPersonalizedPageRank(resetProbability=reset_probability, sourceIds=vids,
+                                             maxIter=max_iterations)
+        # explode the per-vertex sparse vector into (source, node, score)
+        from pyspark.ml.functions import vector_to_array
+
+        arr = res.vertices.select(F.col("id").alias("node"), vector_to_array("pageranks").alias("v"))
+        scores = arr.select("node", F.posexplode("v").alias("i", "score")).where("score > 0")
+        pos = spark.createDataFrame([(i, v) for i, v in enumerate(vids)], "i int, source long")
+        out = scores.join(pos, "i").select("source", "node", "score")
+    else:
+        jvm = spark.sparkContext._jvm
+        arr = spark.sparkContext._gateway.new_array(jvm.long, len(vids))
+        for i, v in enumerate(vids):
+            arr[i] = v
+        out = PyDataFrame(jvm.g2i.GraphXBridge.parallelPersonalizedPageRank(
+            spark._jsparkSession, long_edges._jdf, arr, float(reset_probability), int(max_iterations)), spark)
+    names = index.select(F.col("vid").alias("source"), F.col("id").alias("source_id"))
+    nodes = index.select(F.col("vid").alias("node"), F.col("id").alias("node_id"))
+    return (out.join(names, "source").join(nodes, "node")
+            .select(F.col("source_id").alias("source"), F.col("node_id").alias("node"), "score"))
