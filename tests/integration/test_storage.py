@@ -1,0 +1,160 @@
+"""Storage on both backends (local disk and the real SeaweedFS server), including a publish that a
+killed process leaves half-done."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+
+import pyarrow as pa
+import pytest
+
+from g2i_core.storage import NotPublishedError, Storage, with_retries
+
+pytestmark = pytest.mark.s3
+
+
+@pytest.fixture(params=["file", "s3"])
+def storage(request, file_storage) -> Storage:
+    return file_storage if request.param == "file" else request.getfixturevalue("s3_storage")
+
+
+def test_objects_roundtrip_list_delete(storage):
+    storage.put_bytes(storage.uri("a/b/one.txt"), b"1")
+    storage.put_bytes(storage.uri("a/two.txt"), b"22")
+    storage.put_json(storage.uri("a/c.json"), {"x": [1, 2]})
+    assert storage.get_bytes(storage.uri("a/b/one.txt")) == b"1"
+    assert storage.get_json(storage.uri("a/c.json")) == {"x": [1, 2]}
+    assert storage.exists(storage.uri("a/two.txt")) and not storage.exists(storage.uri("a/nope"))
+    assert storage.list(storage.uri("a")) == sorted(storage.uri(k) for k in ("a/b/one.txt", "a/two.txt", "a/c.json"))
+    with pytest.raises(FileNotFoundError):
+        storage.get_bytes(storage.uri("a/nope"))
+    assert storage.delete_prefix(storage.uri("a/b")) == 1
+    assert storage.list(storage.uri("a/b")) == []
+
+
+def test_content_addressed_put_dedupes(storage):
+    first = storage.put_content_addressed(b"pixels", prefix="images", ext="png")
+    again = storage.put_content_addressed(b"pixels", prefix="images", ext="png")
+    other = storage.put_content_addressed(b"other", prefix="images", ext="png")
+    assert first.created and not again.created and first.key == again.key
+    assert first.key == f"images/{first.sha256[:2]}/{first.sha256}.png"
+    assert other.key != first.key
+    assert storage.get_bytes(storage.uri(first.key)) == b"pixels"
+
+
+def test_publish_replaces_and_versions(storage):
+    with pytest.raises(NotPublishedError):
+        storage.read_table("t")
+    v1 = pa.table({"id": ["a", "b"], "x": [1, 2]})
+    m = storage.publish_table("t", v1, "2026-01-01", extra={"lines_in": 2})
+    assert m["rows"] == 2 and m["extra"] == {"lines_in": 2}
+    # a rerun of the same run id replaces rather than appends
+    storage.publish_table("t", v1, "2026-01-01")
+    assert storage.read_table("t").num_rows == 2
+    v2 = pa.table({"id": ["c"], "x": [3]})
+    storage.publish_table("t", v2, "2026-01-02", max_rows_per_file=1)
+    assert storage.read_table("t").to_pydict() == {"id": ["c"], "x": [3]}
+    assert storage.read_table("t", run_id="2026-01-01").num_rows == 2  # older runs stay readable
+    big = pa.table({"id": [str(i) for i in range(5)], "x": list(range(5))})
+    m = storage.publish_table("t", big, "2026-01-03", max_rows_per_file=2)
+    assert m["file_rows"] == [2, 2, 1] and storage.read_table("t").num_rows == 5
+
+
+_KILLED_WRITER = textwrap.dedent("""
+    import sys, time
+    import pyarrow as pa
+    from g2i_core.config import Settings
+    from g2i_core.storage import Storage
+    root, phase = sys.argv[1], sys.argv[2]
+    s = Storage(root, settings=Settings.load())
+    # Fault injection for timing only: park the writer at the chosen point so the test can SIGKILL it there.
+    if phase == "before_manifest":
+        orig = Storage._write_manifest
+        def parked(self, *a, **k):
+            print("PARKED", flush=True); time.sleep(60); return orig(self, *a, **k)
+        Storage._write_manifest = parked
+    else:
+        orig = Storage.write_parquet
+        calls = []
+        def parked(self, uri, table):
+            calls.append(uri)
+            if len(calls) == 2:
+                print("PARKED", flush=True); time.sleep(60)
+            return orig(self, uri, table)
+        Storage.write_parquet = parked
+    s.publish_table("t", pa.table({"id": [str(i) for i in range(10)]}), "run2", max_rows_per_file=2)
+""")
+
+
+@pytest.mark.parametrize("phase", ["mid_data", "before_manifest"])
+def test_killed_publish_leaves_previous_version_visible(storage, phase, s3_settings, tmp_path):
+    storage.publish_table("t", pa.table({"id": ["old"]}), "run1")
+    script = tmp_path / "writer.py"
+    script.write_text(_KILLED_WRITER)
+    env = dict(os.environ, G2I_S3_ENDPOINT=s3_settings.s3_endpoint, G2I_S3_ACCESS_KEY=s3_settings.s3_access_key,
+               G2I_S3_SECRET_KEY=s3_settings.s3_secret_key)
+    proc = subprocess.Popen([sys.executable, str(script), storage.root, phase], stdout=subprocess.PIPE, env=env,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "PARKED"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        proc.kill()
+    assert any("run=run2" in u for u in storage.list(storage.uri("t")))  # it did write data ...
+    assert storage.read_table("t").to_pydict() == {"id": ["old"]}  # ... but readers never see it
+    assert not storage.is_published("t", "run2")
+    # and a rerun of the killed run completes cleanly, replacing the debris
+    storage.publish_table("t", pa.table({"id": ["new"]}), "run2")
+    assert storage.read_table("t").to_pydict() == {"id": ["new"]}
+    assert len([u for u in storage.list(storage.uri("t")) if "run=run2" in u]) == 1
+
+
+def test_transient_errors_are_retried_then_surface(s3_storage):
+    """A server that returns 503 twice cannot be produced on demand, so a thin fault wrapper injects it."""
+    from botocore.exceptions import ClientError
+
+    real = s3_storage.s3
+    failures = {"n": 0}
+
+    class FlakyClient:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def put_object(self, **kw):
+            if failures["n"] < 2:
+                failures["n"] += 1
+                raise ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+            return real.put_object(**kw)
+
+    flaky = Storage(s3_storage.root, s3_client=FlakyClient())
+    flaky.put_bytes(flaky.uri("retry.txt"), b"ok")
+    assert failures["n"] == 2 and s3_storage.get_bytes(s3_storage.uri("retry.txt")) == b"ok"
+
+    calls = {"n": 0}
+
+    def denied():
+        calls["n"] += 1
+        raise ClientError({"Error": {"Code": "AccessDenied"}, "ResponseMetadata": {"HTTPStatusCode": 403}}, "Get")
+
+    with pytest.raises(ClientError):
+        with_retries(denied, attempts=5, base_delay=0.001)
+    assert calls["n"] == 1  # permanent errors are not retried
+
+
+def test_wrong_credentials_are_rejected(s3_server):
+    import boto3
+    from botocore.exceptions import ClientError
+
+    bad = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
+                       aws_access_key_id="nobody", aws_secret_access_key="wrong")
+    with pytest.raises(ClientError):
+        bad.list_objects_v2(Bucket=s3_server.bucket)
+
+
+def test_bad_root_is_explained():
+    with pytest.raises(ValueError, match="s3://bucket"):
+        Storage("hdfs://nn/x")
