@@ -92,8 +92,8 @@ def test_communities_share_style(sample_dir):
             continue
         try:
             img = np.asarray(Image.open(p).convert("RGB"), dtype=np.float32)
-        except OSError:
-            continue  # the corrupt-bytes fault
+        except (OSError, Image.DecompressionBombError):
+            continue  # the corrupt-bytes and bomb faults
         feats.append(img.reshape(-1, 3).mean(0))
         labels.append(int(r["community"]))
     feats, labels = np.array(feats), np.array(labels)
