@@ -1,0 +1,286 @@
+"""Spark ingest: raw dump -> published ``nodes``, ``edges``, ``quarantine`` (and ``node_changes``).
+
+The transformations are plain DataFrame -> DataFrame functions (``parse_lines``, ``resolve_duplicates``,
+``nodes_frame``, ``edges_frame``, ``quarantine_frame``, ``merge_delta``, ``node_changes_frame``);
+``run_ingest`` wires them to storage in numbered steps.
+
+Every input line ends in exactly one place, and the job checks it:
+``lines_in = nodes_out + duplicates + quarantined`` (in delta mode, ``nodes_out`` counts the delta's
+own distinct nodes, before they are merged into the previous version).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Iterator
+
+from g2i_core.ingest.parsers import SOURCES
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+    from g2i_core.storage import Storage
+
+log = logging.getLogger(__name__)
+MODES = ("full", "delta")
+
+PARSED_SCHEMA = ("source_uri string, line_no long, node_id string, title string, text string, image_url string, "
+                 "has_real_image boolean, attrs string, completeness int, content_hash string, "
+                 "edges array<struct<dst:string,relation:string>>, reason string, detail string, raw string")
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    source: str  # goodreads | amazon2014 | amazon2018
+    raw_uri: str  # one dump file or a prefix holding several
+    run_id: str = ""  # default: "<source>-<logical_date>" so a rerun of the same day replaces
+    logical_date: str = ""  # YYYY-MM-DD; ingested_at derives from it (never from the clock)
+    mode: str = "full"  # full: the dump is the whole dataset; delta: upsert it into the latest version
+    chunk_lines: int = 100_000  # lines per re-chunked Parquet file = per Spark task
+    max_quarantine_fraction: float = 0.05  # above this the dump is broken: fail, publish nothing
+    keep_chunks: bool = False
+
+    def resolved(self) -> "IngestConfig":
+        """Checked copy with defaults filled in; errors name the bad value and what is allowed."""
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if not 0.0 <= self.max_quarantine_fraction <= 1.0:
+            raise ValueError(f"max_quarantine_fraction must be in [0, 1], got {self.max_quarantine_fraction}")
+        day = self.logical_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
+        try:
+            dt.date.fromisoformat(day)
+        except ValueError:
+            raise ValueError(f"logical_date must be YYYY-MM-DD, got {day!r}") from None
+        run_id = self.run_id or f"{self.source}-{day}"
+        return IngestConfig(**{**asdict(self), "logical_date": day, "run_id": run_id})
+
+
+@dataclass
+class IngestReport:
+    run_id: str
+    source: str
+    mode: str
+    lines_in: int
+    nodes_out: int
+    duplicates: int
+    quarantined: int
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)
+    edges_by_relation: dict[str, int] = field(default_factory=dict)
+    total_nodes: int = 0  # nodes in the published version (== nodes_out in full mode)
+    changes: dict[str, int] = field(default_factory=dict)
+    base_run_id: str | None = None
+    raw_files: dict[str, int] = field(default_factory=dict)
+
+    def check_identity(self) -> None:
+        if self.lines_in != self.nodes_out + self.duplicates + self.quarantined:
+            raise RuntimeError(f"accounting broken: lines_in={self.lines_in} != nodes_out={self.nodes_out} + "
+                               f"duplicates={self.duplicates} + quarantined={self.quarantined}")
+
+
+# ---- transformations ----------------------------------------------------------------------------
+def _arrow_parser(source: str):
+    def parse_batches(batches: Iterator) -> Iterator:
+        import pyarrow as pa
+
+        from g2i_core.ingest.parsers import parse_line
+
+        schema = _arrow_parsed_schema()
+        for batch in batches:
+            cols = batch.to_pydict()
+            rows = []
+            for uri, line_no, raw in zip(cols["source_uri"], cols["line_no"], cols["raw"]):
+                row = parse_line(source, raw, line_no)
+                row["source_uri"] = uri
+                rows.append(row)
+            yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+    return parse_batches
+
+
+def _arrow_parsed_schema():
+    import pyarrow as pa
+
+    edge = pa.struct([("dst", pa.string()), ("relation", pa.string())])
+    return pa.schema([("source_uri", pa.string()), ("line_no", pa.int64()), ("node_id", pa.string()),
+                      ("title", pa.string()), ("text", pa.string()), ("image_url", pa.string()),
+                      ("has_real_image", pa.bool_()), ("attrs", pa.string()), ("completeness", pa.int32()),
+                      ("content_hash", pa.string()), ("edges", pa.list_(edge)), ("reason", pa.string()),
+                      ("detail", pa.string()), ("raw", pa.string())])
+
+
+def parse_lines(lines: "DataFrame", source: str) -> "DataFrame":
+    """(source_uri, line_no, raw binary) -> one parsed row per line (PARSED_SCHEMA), on the executors."""
+    return lines.mapInArrow(_arrow_parser(source), PARSED_SCHEMA)
+
+
+def resolve_duplicates(parsed_ok: "DataFrame") -> "DataFrame":
+    """One row per node_id: the most complete copy, ties going to the later line (newest)."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    w = Window.partitionBy("node_id").orderBy(F.desc("completeness"), F.desc("source_uri"), F.desc("line_no"))
+    return parsed_ok.withColumn("_rank", F.row_number().over(w)).where("_rank = 1").drop("_rank")
+
+
+def nodes_frame(winners: "DataFrame", dataset: str, logical_date: str) -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    ingested_at = dt.datetime.fromisoformat(logical_date).replace(tzinfo=dt.timezone.utc)
+    return winners.select("node_id", F.lit(dataset).alias("dataset"), "title", "text", "image_url",
+                          "has_real_image", "attrs", "content_hash",
+                          F.lit(ingested_at).cast("timestamp").alias("ingested_at"))
+
+
+def edges_frame(winners: "DataFrame") -> "DataFrame":
+    """(src, dst, relation, weight): self-loops and repeated links were already dropped per record."""
+    from pyspark.sql import functions as F
+
+    e = winners.select(F.col("node_id").alias("src"), F.explode("edges").alias("e"))
+    return e.select("src", F.col("e.dst").alias("dst"), F.col("e.relation").alias("relation"),
+                    F.lit(1.0).alias("weight"))
+
+
+def quarantine_frame(parsed_bad: "DataFrame", run_id: str) -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    return parsed_bad.select("source_uri", "line_no", "reason", "detail", "raw", F.lit(run_id).alias("run_id"))
+
+
+def merge_delta(prev_nodes: "DataFrame", prev_edges: "DataFrame", new_nodes: "DataFrame",
+                new_edges: "DataFrame") -> tuple["DataFrame", "DataFrame"]:
+    """Upsert: a node in the delta replaces its previous row and all its previous out-edges."""
+    touched = new_nodes.select("node_id")
+    nodes = prev_nodes.join(touched, "node_id", "left_anti").unionByName(new_nodes)
+    kept_edges = prev_edges.join(touched.withColumnRenamed("node_id", "src"), "src", "left_anti")
+    return nodes, kept_edges.unionByName(new_edges)
+
+
+def node_changes_frame(prev_nodes: "DataFrame", nodes: "DataFrame", run_id: str) -> "DataFrame":
+    """(node_id, change in new|updated|removed, run_id): what a nightly refresh must re-process."""
+    from pyspark.sql import functions as F
+
+    p = prev_nodes.select("node_id", F.col("content_hash").alias("old"))
+    n = nodes.select("node_id", F.col("content_hash").alias("new"))
+    change = (F.when(F.col("old").isNull(), "new").when(F.col("new").isNull(), "removed")
+              .when(F.col("old") != F.col("new"), "updated"))
+    return (p.join(n, "node_id", "full_outer").select("node_id", change.alias("change"))
+            .where("change is not null").withColumn("run_id", F.lit(run_id)))
+
+
+# ---- the job ------------------------------------------------------------------------------------------
+def run_ingest(spark: "SparkSession", storage: "Storage", config: IngestConfig) -> IngestReport:
+    """Re-chunk, parse, dedupe and publish one dump under ``storage`` (the output root)."""
+    from pyspark import StorageLevel
+
+    from g2i_core.ingest.chunking import rechunk
+
+    cfg = config.resolved()
+    # 1. Stream the dump(s) once into splittable Parquet chunks.
+    staging = storage.uri("_staging", "ingest", cfg.run_id)
+    chunks = rechunk(storage, cfg.raw_uri, staging, cfg.chunk_lines)
+    if chunks.lines_in == 0:
+        raise ValueError(f"{cfg.raw_uri} holds no lines: refusing to publish an empty {cfg.source} graph")
+    # 2. Parse on the executors; keep the parsed rows, every later step reads them.
+    lines = spark.read.parquet(*[storage.spark_uri(u) for u in chunks.chunk_uris])
+    parsed = parse_lines(lines, cfg.source).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        report = _publish(spark, storage, cfg, parsed, chunks)
+    finally:
+        parsed.unpersist()
+        if not cfg.keep_chunks:
+            storage.delete_prefix(staging)
+    log.info("ingest %s run=%s: lines_in=%d nodes_out=%d duplicates=%d quarantined=%d reasons=%s edges=%s",
+             cfg.source, cfg.run_id, report.lines_in, report.nodes_out, report.duplicates, report.quarantined,
+             report.quarantine_reasons, report.edges_by_relation)
+    return report
+
+
+def _count_outcomes(parsed: "DataFrame") -> tuple[int, dict[str, int], int]:
+    """(parsed lines, quarantine reasons, distinct node ids) in one pass over the parsed rows."""
+    from pyspark.sql import functions as F
+
+    rows = parsed.groupBy("reason").agg(F.count(F.lit(1)).alias("n"),
+                                       F.countDistinct("node_id").alias("ids")).collect()
+    reasons = {r["reason"]: r["n"] for r in rows if r["reason"] is not None}
+    ok = next((r for r in rows if r["reason"] is None), None)
+    return sum(r["n"] for r in rows), dict(sorted(reasons.items())), (ok["ids"] if ok else 0)
+
+
+def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parsed: "DataFrame",
+             chunks) -> IngestReport:
+    from pyspark.sql import functions as F
+
+    # 3. Account for every line and refuse a broken dump before anything is published.
+    parsed_lines, reasons, distinct_nodes = _count_outcomes(parsed)
+    if parsed_lines != chunks.lines_in:
+        raise RuntimeError(f"parsed {parsed_lines} lines but the dump has {chunks.lines_in}")
+    quarantined = sum(reasons.values())
+    share = quarantined / chunks.lines_in
+    if share > cfg.max_quarantine_fraction:
+        raise RuntimeError(
+            f"{quarantined} of {chunks.lines_in} lines ({share:.1%}) were quarantined, above the limit "
+            f"{cfg.max_quarantine_fraction:.1%} (reasons: {reasons}); nothing was published. Is {cfg.raw_uri} "
+            f"really a {cfg.source} dump? Raise --max-quarantine-fraction only if this is expected.")
+    report = IngestReport(cfg.run_id, cfg.source, cfg.mode, chunks.lines_in, distinct_nodes,
+                          chunks.lines_in - quarantined - distinct_nodes, quarantined, reasons,
+                          raw_files=chunks.lines_by_source)
+    report.check_identity()
+
+    # 4. Resolve duplicates; build the three tables (merged into the previous version in delta mode).
+    winners = resolve_duplicates(parsed.where(F.col("reason").isNull()))
+    nodes = nodes_frame(winners, cfg.source, cfg.logical_date)
+    edges = edges_frame(winners)
+    base_run = _base_run(storage, cfg.run_id)
+    prev_nodes = _read_published(spark, storage, "nodes", base_run) if base_run else None
+    if cfg.mode == "delta":
+        if prev_nodes is None:
+            raise FileNotFoundError(f"--mode delta needs a published nodes table under {storage.root} to "
+                                    "apply the delta to; run a full ingest first")
+        nodes, edges = merge_delta(prev_nodes, _read_published(spark, storage, "edges", base_run), nodes, edges)
+
+    # 5. Write every table's data under run=<run_id>, then publish; nodes' _LATEST is flipped last.
+    names = ["quarantine", "edges", "nodes"]
+    _write(storage, "quarantine", cfg.run_id,
+           quarantine_frame(parsed.where(F.col("reason").isNotNull()), cfg.run_id), partitions=1)
+    if prev_nodes is not None:
+        changes = _write(storage, "node_changes", cfg.run_id, node_changes_frame(prev_nodes, nodes, cfg.run_id),
+                         partitions=1)
+        report.changes = dict(sorted((r["change"], r["count"]) for r in changes.groupBy("change").count().collect()))
+        names.insert(1, "node_changes")
+    written_edges = _write(storage, "edges", cfg.run_id, edges)
+    report.edges_by_relation = dict(sorted((r["relation"], r["count"]) for r in
+                                           written_edges.groupBy("relation").count().collect()))
+    report.total_nodes = _write(storage, "nodes", cfg.run_id, nodes).count()
+    report.base_run_id = base_run
+    extra = {"report": asdict(report), "config": asdict(cfg)}
+    for name in names:
+        storage.publish_written(name, cfg.run_id, extra=extra)
+    return report
+
+
+def _write(storage: "Storage", name: str, run_id: str, df: "DataFrame", partitions: int | None = None) -> "DataFrame":
+    """Write ``df`` as the data of run ``run_id`` of table ``name`` (not yet published); returns it re-read."""
+    uri = storage.spark_uri(storage.run_data_uri(name, run_id))
+    (df.coalesce(partitions) if partitions else df).write.mode("overwrite").parquet(uri)
+    return df.sparkSession.read.parquet(uri)
+
+
+def _base_run(storage: "Storage", run_id: str) -> str | None:
+    """The published nodes run this one builds on (a rerun of the same run keeps its original base)."""
+    from g2i_core.storage import NotPublishedError
+
+    try:
+        latest = storage.manifest("nodes")
+    except NotPublishedError:
+        return None
+    if latest["run_id"] != run_id:
+        return latest["run_id"]
+    return latest.get("extra", {}).get("report", {}).get("base_run_id")
+
+
+def _read_published(spark: "SparkSession", storage: "Storage", name: str, run_id: str) -> "DataFrame":
+    return spark.read.parquet(*[storage.spark_uri(u) for u in storage.published_files(name, run_id)])
