@@ -12,10 +12,10 @@ accounted for: lines_in = nodes_out + duplicates + quarantined, printed and stor
 
 from __future__ import annotations
 
+import argparse
+
 NAME = "ingest"
 SUMMARY = "raw dumps -> nodes, edges, quarantine tables (Spark)"
-
-import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

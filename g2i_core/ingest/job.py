@@ -92,7 +92,7 @@ def _arrow_parser(source: str):
         for batch in batches:
             cols = batch.to_pydict()
             rows = []
-            for uri, line_no, raw in zip(cols["source_uri"], cols["line_no"], cols["raw"]):
+            for uri, line_no, raw in zip(cols["source_uri"], cols["line_no"], cols["raw"], strict=True):
                 row = parse_line(source, raw, line_no)
                 row["source_uri"] = uri
                 rows.append(row)
@@ -212,6 +212,7 @@ def _count_outcomes(parsed: "DataFrame") -> tuple[int, dict[str, int], int]:
 
 def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parsed: "DataFrame",
              chunks) -> IngestReport:
+    from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     # 3. Account for every line and refuse a broken dump before anything is published.
@@ -231,7 +232,8 @@ def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parse
     report.check_identity()
 
     # 4. Resolve duplicates; build the three tables (merged into the previous version in delta mode).
-    winners = resolve_duplicates(parsed.where(F.col("reason").isNull()))
+    # (persisted: both the nodes and the edges table read the winners)
+    winners = resolve_duplicates(parsed.where(F.col("reason").isNull())).persist(StorageLevel.MEMORY_AND_DISK)
     nodes = nodes_frame(winners, cfg.source, cfg.logical_date)
     edges = edges_frame(winners)
     base_run = _base_run(storage, cfg.run_id)
@@ -254,8 +256,10 @@ def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parse
     written_edges = _write(storage, "edges", cfg.run_id, edges)
     report.edges_by_relation = dict(sorted((r["relation"], r["count"]) for r in
                                            written_edges.groupBy("relation").count().collect()))
-    report.total_nodes = _write(storage, "nodes", cfg.run_id, nodes).count()
+    _write(storage, "nodes", cfg.run_id, nodes)
+    winners.unpersist()
     report.base_run_id = base_run
+    report.total_nodes = _footer_rows(storage, "nodes", cfg.run_id)
     extra = {"report": asdict(report), "config": asdict(cfg)}
     for name in names:
         storage.publish_written(name, cfg.run_id, extra=extra)
@@ -267,6 +271,15 @@ def _write(storage: "Storage", name: str, run_id: str, df: "DataFrame", partitio
     uri = storage.spark_uri(storage.run_data_uri(name, run_id))
     (df.coalesce(partitions) if partitions else df).write.mode("overwrite").parquet(uri)
     return df.sparkSession.read.parquet(uri)
+
+
+def _footer_rows(storage: "Storage", name: str, run_id: str) -> int:
+    import io
+
+    import pyarrow.parquet as pq
+
+    return sum(pq.read_metadata(io.BytesIO(storage.get_bytes(u))).num_rows
+               for u in storage.list(storage.run_data_uri(name, run_id)) if u.endswith(".parquet"))
 
 
 def _base_run(storage: "Storage", run_id: str) -> str | None:
