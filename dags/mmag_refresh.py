@@ -1,0 +1,79 @@
+"""
+### mmag_refresh — nightly MMAG + neighbour refresh
+
+For every source whose raw input changed, one mapped chain (a task group per source):
+
+`ingest` (Spark) → `fetch_images` → `build_graph` (Spark, emits **g2i.graph**) → `ppr` ∥ `embed` →
+`rerank` → `export` (emits **g2i.neighbours**, which triggers `g2i_train`) → `record_state`.
+
+* **Incremental**: `plan` fingerprints each raw dump. Unchanged sources are skipped; a delta dump
+  dropped under `raw/delta/<source>/<YYYYMMDD>/` is upserted into the last version (`--mode delta`).
+* **Idempotent**: run ids are `<source>-<YYYYMMDD>` of the logical date; every table is published
+  atomically (`_LATEST` flips last), so a rerun or a retried task replaces and never duplicates.
+* Params: `sources`, `raw` (source → dump URI or prefix), `force` (re-ingest unchanged dumps).
+* Storage root and S3 endpoint are configuration (`G2I_*` env or the `g2i_s3` connection).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param, dag, task, task_group
+
+from g2i_core.airflow_ops import GRAPH, NEIGHBOURS, StageOperator, default_args, task_settings
+from g2i_core.config import Settings
+from g2i_core.orchestration import SOURCES, raw_defaults
+
+HOUR = dt.timedelta(hours=1)
+
+
+@dag(
+    dag_id="mmag_refresh",
+    schedule="@daily",
+    start_date=dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    default_args=default_args(),
+    dagrun_timeout=12 * HOUR,
+    doc_md=__doc__,
+    tags=["g2i", "graph"],
+    params={
+        "sources": Param(list(SOURCES), type="array", items={"type": "string", "enum": list(SOURCES)},
+                         description="sources to refresh"),
+        "raw": Param(raw_defaults(Settings.load().storage_root), type="object",
+                     description="source -> raw dump URI (file or prefix)"),
+        "force": Param(False, type="boolean", description="re-ingest even if the dump did not change"),
+    },
+)
+def mmag_refresh():
+    @task(doc_md="Fingerprints raw dumps and delta drops; returns the values of each source to refresh.")
+    def plan(params=None, ds=None) -> list[dict]:
+        from g2i_core.orchestration import plan_refresh
+
+        return plan_refresh(task_settings(), ds=ds, sources=params["sources"], raw=params["raw"],
+                            force=params["force"])
+
+    @task_group(group_id="refresh")
+    def refresh(item):
+        ingest = StageOperator(task_id="ingest", stage="ingest", values=item, stage_timeout=4 * HOUR)
+        fetch = StageOperator(task_id="fetch_images", stage="fetch-images", values=item, stage_timeout=6 * HOUR)
+        build = StageOperator(task_id="build_graph", stage="build-graph", values=item, stage_timeout=4 * HOUR,
+                              outlets=[GRAPH])
+        ppr = StageOperator(task_id="ppr", stage="ppr", values=item, stage_timeout=6 * HOUR)
+        embed = StageOperator(task_id="embed", stage="embed", values=item, stage_timeout=6 * HOUR)
+        rerank = StageOperator(task_id="rerank", stage="rerank", values=item, stage_timeout=2 * HOUR)
+        export = StageOperator(task_id="export", stage="export", values=item, stage_timeout=HOUR,
+                               outlets=[NEIGHBOURS])
+        ingest >> fetch >> build >> [ppr, embed] >> rerank >> export
+
+    @task(doc_md="Records what each refreshed source consumed: the next run's incremental baseline.")
+    def record_state(items: list[dict]) -> list[str]:
+        from g2i_core.orchestration import record_refresh
+
+        return record_refresh(task_settings(), items)
+
+    planned = plan()
+    refresh.expand(item=planned) >> record_state(planned)
+
+
+mmag_refresh()

@@ -1,0 +1,186 @@
+"""The Airflow side of g2i's orchestration: one operator that runs a stage, the GPU-profile switch,
+default task arguments, and the Assets the DAGs publish.
+
+Imports only ``airflow.sdk`` and ``g2i_core.orchestration`` at module level (no torch/pyspark), so DAG
+files that import it parse fast. The pure logic (command lines, planning, shards) lives in
+``g2i_core.orchestration`` and is unit-tested there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import Any, Mapping
+
+from airflow.sdk import Asset, BaseOperator, XComArg
+
+from g2i_core.config import Settings
+from g2i_core.orchestration import (
+    STAGES,
+    OrchestrationConfig,
+    StageProcess,
+    coerce_values,
+    ds_nodash,
+    kubernetes_pod_spec,
+    run_stage,
+    settings_with_connection,
+)
+
+log = logging.getLogger(__name__)
+CFG = OrchestrationConfig.from_env()
+
+
+# ---- Assets -----------------------------------------------------------------------------------------
+def _asset(name: str, what: str) -> Asset:
+    root = Settings.load().storage_root.rstrip("/")
+    return Asset(name=f"g2i.{name}", uri=f"{root}/_assets/{name}", group="g2i", extra={"what": what})
+
+
+GRAPH = _asset("graph", "published graph_nodes/graph_edges of every refreshed source")
+NEIGHBOURS = _asset("neighbours", "published neighbours tables (semantic PPR top-k per node)")
+MODEL = _asset("model", "a trained graph-conditioned diffusion model under models/<run_id>/")
+REPORT = _asset("report", "an evaluation report under reports/<run_id>/")
+
+
+# ---- task defaults ----------------------------------------------------------------------------------
+def default_args(**overrides: Any) -> dict[str, Any]:
+    """Retries with exponential backoff (S3 and network hiccups), owner, no e-mails."""
+    args = {
+        "owner": "g2i",
+        "retries": CFG.retries,
+        "retry_delay": dt.timedelta(seconds=CFG.retry_delay_s),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": dt.timedelta(minutes=30),
+        "depends_on_past": False,
+    }
+    args.update(overrides)
+    return args
+
+
+def task_settings() -> Settings:
+    """Settings for a running task: ``G2I_*`` environment, then the ``g2i_s3`` Airflow connection when
+    one is defined (``AIRFLOW_CONN_G2I_S3`` or the metadata DB): login/password = S3 keys,
+    extra ``endpoint_url`` / ``region_name``."""
+    settings = Settings.load()
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(CFG.conn_id)
+    except Exception:  # noqa: BLE001 - no connection defined: the environment is the whole truth
+        return settings
+    log.info("using Airflow connection %r for S3", CFG.conn_id)
+    return settings_with_connection(settings, {"login": conn.login, "password": conn.password,
+                                               "extra": conn.extra_dejson})
+
+
+def run_key(context: Mapping[str, Any]) -> str:
+    """``YYYYMMDD`` of the run's logical date; asset-triggered and manual runs without one use the day
+    the run was scheduled for (``run_after``), so reruns of a run keep their ids."""
+    when = context.get("logical_date") or context["dag_run"].run_after
+    return ds_nodash(when)
+
+
+# ---- the stage operator ------------------------------------------------------------------------------
+class StageOperator(BaseOperator):
+    """Runs ``g2i <stage>`` (spark-submit for Spark stages) with values rendered for this run.
+
+    ``values`` is templated (Jinja, XCom or a mapped argument) and holds every placeholder of the
+    stage's argument template in ``g2i_core.orchestration.STAGES``. The task returns ``values`` so the
+    next task receives paths and run ids, never data. Killing the task ends the whole process group."""
+
+    template_fields = ("values",)
+    template_fields_renderers = {"values": "json"}
+    ui_color = "#e8f0fe"
+
+    def __init__(self, *, stage: str, values: Any, stage_timeout: dt.timedelta | None = None, **kwargs: Any):
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
+        kwargs.setdefault("doc_md", f"**g2i {stage}** ({STAGES[stage].engine}). {STAGES[stage].doc}")
+        kwargs.setdefault("execution_timeout", stage_timeout)
+        super().__init__(**kwargs)
+        self.stage = stage
+        self.values = values
+        self._proc: StageProcess | None = None
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        values = coerce_values(dict(self.values))
+        settings = task_settings()
+        run_stage(self.stage, values, settings, on_line=self.log.info, on_start=self._remember)
+        for asset in self.outlets or []:
+            if isinstance(asset, Asset):
+                context["outlet_events"][asset].extra = {
+                    k: values[k] for k in ("source", "graph_root", "run_id") if k in values}
+        return values
+
+    def _remember(self, proc: StageProcess) -> None:
+        self._proc = proc
+
+    def on_kill(self) -> None:
+        if self._proc is not None:
+            self._proc.kill()
+
+
+def gpu_stage(task_id: str, stage: str, values: XComArg, **kwargs: Any) -> BaseOperator:
+    """A GPU stage under the configured execution profile (``G2I_PROFILE``).
+
+    ``local`` (default): ``StageOperator`` on the worker. ``kubernetes``: a ``KubernetesPodOperator`` in
+    the trainer image with a GPU request on the GPU node pool (``orchestration.kubernetes_pod_spec``).
+    ``values`` is the output of the task that prepared the stage's values."""
+    if CFG.profile == "local":
+        return StageOperator(task_id=task_id, stage=stage, values=values, **kwargs)
+    # Imported only with the kubernetes profile, so the local profile never pays for it at parse time.
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.providers.cncf.kubernetes.secret import Secret
+    from kubernetes.client import models as k8s
+
+    source_task = values.operator.task_id
+    spec = kubernetes_pod_spec(stage, f"{{{{ ti.xcom_pull(task_ids='{source_task}') | tojson }}}}",
+                               Settings.load(), CFG)
+    kwargs.setdefault("doc_md", f"**g2i {stage}** on a GPU pod ({spec['image']}). {STAGES[stage].doc}")
+    pod = KubernetesPodOperator(
+        task_id=task_id,
+        name=spec["name"],
+        namespace=spec["namespace"],
+        image=spec["image"],
+        cmds=spec["cmds"],
+        arguments=spec["arguments"],
+        env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in spec["env"].items()],
+        secrets=[Secret("env", None, spec["secret"])],
+        container_resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": spec["gpu"]},
+                                                       requests={"nvidia.com/gpu": spec["gpu"]}),
+        node_selector=spec["node_selector"],
+        tolerations=[k8s.V1Toleration(**t) for t in spec["tolerations"]],
+        get_logs=True,
+        do_xcom_push=False,
+        on_finish_action="delete_succeeded_pod",
+        **kwargs,
+    )
+    values >> pod
+    return pod
+
+
+def gpu_stage_mapped(task_id: str, stage: str, values: XComArg, **kwargs: Any) -> BaseOperator:
+    """Like ``gpu_stage`` but mapped: one task (or pod) per values dict in ``values`` (a list XCom)."""
+    if CFG.profile == "local":
+        return StageOperator.partial(task_id=task_id, stage=stage, **kwargs).expand(values=values)
+    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+    from airflow.providers.cncf.kubernetes.secret import Secret
+    from airflow.sdk import task
+    from kubernetes.client import models as k8s
+
+    @task(task_id=f"{task_id}_arguments")
+    def as_arguments(items: list[dict]) -> list[list[str]]:
+        import json
+
+        return [["--values", json.dumps(item)] for item in items]
+
+    spec = kubernetes_pod_spec(stage, "", Settings.load(), CFG)
+    return KubernetesPodOperator.partial(
+        task_id=task_id, name=spec["name"], namespace=spec["namespace"], image=spec["image"], cmds=spec["cmds"],
+        env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in spec["env"].items()],
+        secrets=[Secret("env", None, spec["secret"])],
+        container_resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": spec["gpu"]},
+                                                       requests={"nvidia.com/gpu": spec["gpu"]}),
+        node_selector=spec["node_selector"], tolerations=[k8s.V1Toleration(**t) for t in spec["tolerations"]],
+        get_logs=True, do_xcom_push=False, on_finish_action="delete_succeeded_pod", **kwargs,
+    ).expand(arguments=as_arguments(values))

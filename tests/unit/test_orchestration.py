@@ -1,0 +1,221 @@
+"""Orchestration helpers: command table, spark-submit builder, planning, coverage, profiles, processes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from g2i_core import orchestration as orch
+from g2i_core.config import Settings
+
+SECRET = "s3cr3t-value-xyz"
+
+
+@pytest.fixture
+def settings(tmp_path) -> Settings:
+    return Settings.load(storage_root="s3://bucket", s3_endpoint="http://127.0.0.1:9", s3_access_key="AKIAEXAMPLE",
+                         s3_secret_key=SECRET, spark_master="local[2]", jars_dir=str(tmp_path / "nojars"),
+                         spark_local_dir=str(tmp_path / "spark"))
+
+
+INGEST_VALUES = {"source": "goodreads", "raw": "s3://bucket/raw/g.json.gz", "graph_root": "s3://bucket/mmag/goodreads",
+                 "mode": "full", "ds": "2024-01-01", "run_id": "goodreads-20240101"}
+
+
+# ---- templates -------------------------------------------------------------------------------------
+def test_render_args_fills_drops_and_expands():
+    t = "--root {root} --resume {resume} --fast {fast} --limit {limit} --ids {ids} --tag run-{n}"
+    got = orch.render_args(t, {"root": "s3://b/x", "resume": True, "fast": False, "limit": None,
+                               "ids": ["a", "b"], "n": 3})
+    assert got == ["--root", "s3://b/x", "--resume", "--ids", "a", "b", "--tag", "run-3"]
+
+
+def test_render_args_names_the_missing_value():
+    with pytest.raises(KeyError, match=r"stage 'ppr' needs a value for \{run_id\}"):
+        orch.render_args("--root {root} --run-id {run_id}", {"root": "r"}, stage="ppr")
+
+
+def test_every_stage_template_renders_with_its_dag_values():
+    full = {**INGEST_VALUES, "preset": "tiny", "steps": 5, "resume": False, "model": "m", "split": "test",
+            "backfill": False, "shard": 0, "num_shards": 2, "generations": "g", "limit": None}
+    for name, stage in orch.STAGES.items():
+        args = orch.render_args(stage.args, full, stage=name)
+        assert args and all(isinstance(a, str) for a in args)
+        assert stage.engine in {"spark", "python", "gpu"} and stage.doc
+
+
+# ---- command lines ---------------------------------------------------------------------------------
+def test_spark_stage_runs_through_spark_submit_with_project_conf_and_no_secrets(settings):
+    argv = orch.stage_argv("ingest", INGEST_VALUES, settings)
+    assert argv[0].endswith("spark-submit")
+    assert argv[argv.index("--master") + 1] == "local[2]"
+    confs = [argv[i + 1] for i, a in enumerate(argv) if a == "--conf"]
+    assert "spark.hadoop.fs.s3a.endpoint=http://127.0.0.1:9" in confs
+    assert "spark.sql.shuffle.partitions=8" in confs
+    assert not any("access.key" in c or "secret.key" in c for c in confs)
+    assert SECRET not in " ".join(argv)
+    script = argv[argv.index("--source") - 1]
+    assert script.endswith(("jobs/ingest.py", "g2i_core/cli.py"))
+    assert argv[-12:] == ["--source", "goodreads", "--raw", "s3://bucket/raw/g.json.gz", "--out",
+                          "s3://bucket/mmag/goodreads", "--mode", "full", "--logical-date", "2024-01-01",
+                          "--run-id", "goodreads-20240101"]
+
+
+def test_cluster_master_comes_from_settings_only(settings):
+    argv = orch.stage_argv("ingest", INGEST_VALUES, settings.replace(spark_master="spark://spark-master:7077"))
+    assert argv[argv.index("--master") + 1] == "spark://spark-master:7077"
+
+
+def test_python_and_container_stage_command_lines(settings):
+    values = {"graph_root": "s3://bucket/mmag/goodreads", "run_id": "train-20240101", "preset": "tiny", "steps": 7,
+              "resume": True}
+    local = orch.stage_argv("train", values, settings)
+    assert local[:4] == [sys.executable, "-m", "g2i_core.cli", "train"]
+    assert local[4:] == ["--root", "s3://bucket/mmag/goodreads", "--run-id", "train-20240101", "--preset", "tiny",
+                         "--steps", "7", "--resume"]
+    assert orch.stage_argv("train", values, settings, container=True)[:2] == ["g2i", "train"]
+    with pytest.raises(KeyError, match="unknown stage 'trian'"):
+        orch.stage_argv("trian", values, settings)
+
+
+def test_settings_env_round_trips_through_settings_load(settings, monkeypatch):
+    env = orch.stage_env(settings, base={"PATH": "/usr/bin"})
+    for key, value in env.items():
+        if key.startswith("G2I_"):
+            monkeypatch.setenv(key, value)
+    assert Settings.load() == settings
+    assert env["PYSPARK_PYTHON"] == sys.executable
+    assert orch.redact_argv(["x", f"--key={SECRET}"], settings) == "x --key=***"
+
+
+def test_coerce_values_after_jinja():
+    assert orch.coerce_values({"a": "True", "b": "False", "c": "None", "d": "x", "e": 3}) == \
+        {"a": True, "b": False, "c": None, "d": "x", "e": 3}
+
+
+# ---- run ids and planning ---------------------------------------------------------------------------
+def test_run_ids_derive_from_the_logical_date_only():
+    assert orch.ds_nodash("2024-03-05") == "20240305"
+    assert orch.ds_nodash(dt.datetime(2024, 3, 5, 23, 59, tzinfo=dt.timezone.utc)) == "20240305"
+    assert orch.run_id_for("goodreads", dt.date(2024, 3, 5)) == "goodreads-20240305"
+    with pytest.raises(ValueError, match="YYYY-MM-DD"):
+        orch.ds_nodash("yesterday")
+
+
+def test_fingerprint_is_order_free_and_sensitive_to_content():
+    a = [("s3://b/x", 10, "e1"), ("s3://b/y", 5, "e2")]
+    assert orch.fingerprint(a) == orch.fingerprint(list(reversed(a)))
+    assert orch.fingerprint(a) != orch.fingerprint([("s3://b/x", 10, "e9"), ("s3://b/y", 5, "e2")])
+
+
+@pytest.mark.parametrize("case, state, published, delta, force, expect", [
+    ("first run", None, False, None, False, "full"),
+    ("unchanged dump", ("2024-01-01", "fp1", "full"), True, None, False, None),
+    ("changed dump", ("2024-01-01", "fp0", "full"), True, None, False, "full"),
+    ("delta arrived", ("2024-01-01", "fp1", "full"), True, "s3://b/raw/delta/goodreads/20240102", False, "delta"),
+    ("delta but nothing published", None, False, "s3://b/raw/delta/goodreads/20240102", False, "full"),
+    ("rerun of the same date", ("2024-01-02", "fp1", "full"), True, None, False, "full"),
+    ("forced", ("2024-01-01", "fp1", "full"), True, "s3://b/raw/delta/goodreads/20240102", True, "full"),
+])
+def test_plan_source(case, state, published, delta, force, expect):
+    plan = orch.plan_source("goodreads", ds="2024-01-02", raw="s3://b/raw/g.json.gz", full_fingerprint="fp1",
+                            delta=delta, state=orch.SourceState(*state) if state else None, published=published,
+                            force=force)
+    if expect is None:
+        assert plan is None, case
+        return
+    assert plan["mode"] == expect, case
+    assert plan["run_id"] == "goodreads-20240102" and plan["ds"] == "2024-01-02"
+    assert plan["raw"] == (delta if expect == "delta" else "s3://b/raw/g.json.gz")
+
+
+def test_coverage_report_finds_duplicates_gaps_and_strays():
+    assert orch.coverage_report(["a", "b", "c"], ["c", "a", "b"]) == {"duplicated": [], "missing": [], "unexpected": []}
+    assert orch.coverage_report(["a", "b", "c"], ["a", "a", "d"]) == \
+        {"duplicated": ["a"], "missing": ["b", "c"], "unexpected": ["d"]}
+
+
+def test_headline_metrics_keeps_top_level_numbers():
+    assert orch.headline_metrics({"fid": 12.5, "n": 3, "ok": True, "detail": {"x": 1}, "name": "s"}) == \
+        {"fid": 12.5, "n": 3}
+
+
+# ---- profiles ----------------------------------------------------------------------------------------
+def test_orchestration_config_from_env_and_its_errors():
+    cfg = orch.OrchestrationConfig.from_env({"G2I_PROFILE": "kubernetes", "G2I_BACKFILL_SHARDS": "16",
+                                             "G2I_GPU_NODE_SELECTOR": "cloud.google.com/gke-accelerator=nvidia-l4"})
+    assert (cfg.profile, cfg.backfill_shards) == ("kubernetes", 16)
+    assert cfg.node_selector() == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert orch.OrchestrationConfig.from_env({}).profile == "local"
+    with pytest.raises(ValueError, match="G2I_PROFILE must be one of"):
+        orch.OrchestrationConfig.from_env({"G2I_PROFILE": "slurm"})
+    with pytest.raises(ValueError, match="G2I_RETRIES must be an integer"):
+        orch.OrchestrationConfig.from_env({"G2I_RETRIES": "many"})
+
+
+def test_kubernetes_pod_spec_requests_a_gpu_and_keeps_secrets_out(settings):
+    cfg = orch.OrchestrationConfig(profile="kubernetes", gpu_count=2, trainer_image="registry/g2i-trainer:1")
+    spec = orch.kubernetes_pod_spec("train", "{{ values }}", settings, cfg)
+    assert spec["image"] == "registry/g2i-trainer:1" and spec["gpu"] == "2"
+    assert spec["cmds"] == ["python", "-m", "g2i_core.orchestration", "stage", "train"]
+    assert spec["arguments"] == ["--values", "{{ values }}"]
+    assert "G2I_S3_SECRET_KEY" not in spec["env"] and "G2I_S3_ACCESS_KEY" not in spec["env"]
+    assert SECRET not in repr(spec) and spec["env"]["G2I_STORAGE_ROOT"] == "s3://bucket"
+    assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
+
+
+def test_airflow_connection_overrides_endpoint_and_keys(settings):
+    got = orch.settings_with_connection(settings, {"login": "AK", "password": "SK",
+                                                   "extra": '{"endpoint_url": "https://s3.eu", "region_name": "eu-1"}'})
+    assert (got.s3_access_key, got.s3_secret_key, got.s3_endpoint, got.s3_region) == ("AK", "SK", "https://s3.eu", "eu-1")
+    assert orch.settings_with_connection(settings, None) is settings
+
+
+# ---- processes ---------------------------------------------------------------------------------------
+def test_stage_process_streams_output_and_reports_the_exit_code():
+    lines = []
+    proc = orch.StageProcess([sys.executable, "-c", "print('one'); print('two'); raise SystemExit(3)"],
+                             dict(os.environ), on_line=lines.append)
+    assert proc.run() == 3
+    assert lines == ["one", "two"]
+
+
+def test_stage_process_kill_ends_the_whole_process_group(tmp_path):
+    pidfile = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys, time; p = subprocess.Popen(['sleep', '60']); "
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid)); print('ready', flush=True); time.sleep(60)")
+    proc = orch.StageProcess([sys.executable, "-c", code], dict(os.environ), on_line=lambda s: None)
+    import threading
+
+    t = threading.Thread(target=proc.run, daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while not pidfile.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    proc.kill(grace_s=5)
+    t.join(10)
+    assert proc.proc.poll() is not None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            os.kill(grandchild, 0)
+        except ProcessLookupError:
+            break
+        subprocess.run(["true"])  # give init a moment to reap
+        time.sleep(0.05)
+    else:
+        pytest.fail("grandchild (the stage's own subprocess) survived the kill")
+
+
+def test_run_stage_failure_names_the_stage_and_code(settings, monkeypatch):
+    monkeypatch.setitem(orch.STAGES, "boom", orch.Stage("boom", "python", "--x {x}", "test stage"))
+    monkeypatch.setattr(orch, "stage_argv",
+                        lambda stage, values, s, container=False: [sys.executable, "-c", "raise SystemExit(7)"])
+    with pytest.raises(orch.StageFailed, match="g2i boom exited with code 7"):
+        orch.run_stage("boom", {"x": 1}, settings, on_line=lambda s: None)
