@@ -136,6 +136,7 @@ def gpu_stage(task_id: str, stage: str, values: XComArg, **kwargs: Any) -> BaseO
     source_task = values.operator.task_id
     spec = kubernetes_pod_spec(stage, f"{{{{ ti.xcom_pull(task_ids='{source_task}') | tojson }}}}",
                                Settings.load(), CFG)
+    kwargs.update(_models_volume(spec, k8s))
     kwargs.setdefault("doc_md", f"**g2i {stage}** on a GPU pod ({spec['image']}). {STAGES[stage].doc}")
     pod = KubernetesPodOperator(
         task_id=task_id,
@@ -175,6 +176,7 @@ def gpu_stage_mapped(task_id: str, stage: str, values: XComArg, **kwargs: Any) -
         return [["--values", json.dumps(item)] for item in items]
 
     spec = kubernetes_pod_spec(stage, "", Settings.load(), CFG)
+    kwargs.update(_models_volume(spec, k8s))
     return KubernetesPodOperator.partial(
         task_id=task_id, name=spec["name"], namespace=spec["namespace"], image=spec["image"], cmds=spec["cmds"],
         env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in spec["env"].items()],
@@ -184,3 +186,12 @@ def gpu_stage_mapped(task_id: str, stage: str, values: XComArg, **kwargs: Any) -
         node_selector=spec["node_selector"], tolerations=[k8s.V1Toleration(**t) for t in spec["tolerations"]],
         get_logs=True, do_xcom_push=False, on_finish_action="delete_succeeded_pod", **kwargs,
     ).expand(arguments=as_arguments(values))
+
+
+def _models_volume(spec: dict, k8s: Any) -> dict[str, Any]:
+    """Read-only /models mount of the weights PVC (sd15 preset), when one is configured."""
+    if not spec["models_pvc"]:
+        return {}
+    claim = k8s.V1PersistentVolumeClaimVolumeSource(claim_name=spec["models_pvc"], read_only=True)
+    return {"volumes": [k8s.V1Volume(name="models", persistent_volume_claim=claim)],
+            "volume_mounts": [k8s.V1VolumeMount(name="models", mount_path="/models", read_only=True)]}

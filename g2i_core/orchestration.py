@@ -48,9 +48,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("ingest", "spark",
           "--source {source} --raw {raw} --out {graph_root} --mode {mode} --logical-date {ds} --run-id {run_id}",
           "Spark: raw dump -> `nodes`, `edges`, `quarantine` (full dump or a delta upserted into the last version)."),
-    Stage("fetch-images", "python", "--root {graph_root} --run-id {run_id}",
+    Stage("fetch-images", "python", "--in {graph_root} --run-id {run_id}",
           "Downloads `nodes.image_url` with bounded concurrency into content-addressed `images/` + `node_images`."),
-    Stage("build-graph", "spark", "--root {graph_root} --run-id {run_id}",
+    Stage("build-graph", "spark", "--in {graph_root} --run-id {run_id}",
           "Spark: cleaned `graph_nodes`, `graph_edges`, split and stats."),
     Stage("ppr", "spark", "--root {graph_root} --run-id {run_id}",
           "Personalized PageRank top-K candidates per node (`ppr_candidates`)."),
@@ -325,6 +325,7 @@ class OrchestrationConfig:
     gpu_count: int = 1
     gpu_node_selector: str = "g2i.io/pool=gpu"  # key=value of the GPU node pool
     k8s_secret: str = "g2i-s3"  # Kubernetes Secret holding G2I_S3_ACCESS_KEY / G2I_S3_SECRET_KEY
+    models_pvc: str = ""  # PVC with sd15/CLIP/DINOv2 weights, mounted read-only at /models in GPU pods
     retries: int = 2
     retry_delay_s: int = 60  # first retry delay; doubles each retry (exponential backoff)
     backfill_shards: int = 4
@@ -377,6 +378,7 @@ def kubernetes_pod_spec(stage: str, values_template: str, settings: Settings,
         "gpu": str(cfg.gpu_count),
         "node_selector": cfg.node_selector(),
         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+        "models_pvc": cfg.models_pvc,
     }
 
 
