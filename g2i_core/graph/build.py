@@ -1,0 +1,206 @@
+"""build-graph: ``nodes`` + ``edges`` (+ ``node_images``) -> ``graph_nodes``, ``graph_edges``, stats JSON.
+
+Steps: drop dangling edges (an end not among the nodes), optionally symmetrize, attach each node's image
+status, compute in/out degree and weakly connected components (GraphFrames or our GraphX bridge, see
+``graph.engine``), and assign a train/val/test split from a hash of the node id alone, so adding nodes
+never moves an existing node to another split.
+
+Columns added to ``graph_nodes`` (besides every ``nodes`` column): ``in_degree``, ``out_degree``,
+``degree`` (= in + out, over all relations), ``component`` (smallest node id of its component),
+``component_size``, ``split``, ``image_status``, ``image_key``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+    from g2i_core.storage import Storage
+
+log = logging.getLogger(__name__)
+SPLIT_BUCKETS = 10_000
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    run_id: str = ""  # default: the nodes run id it was built from
+    symmetrize: bool = False  # add the reverse of every edge (same relation and weight)
+    relations: tuple[str, ...] = ()  # keep only these relations; empty = all
+    train_fraction: float = 0.8
+    val_fraction: float = 0.1  # test gets the rest
+    cc_max_iterations: int = 50
+
+    def check(self) -> "BuildConfig":
+        if not (0 < self.train_fraction < 1 and 0 <= self.val_fraction < 1
+                and self.train_fraction + self.val_fraction <= 1):
+            raise ValueError(f"need 0 < train_fraction < 1, 0 <= val_fraction and their sum <= 1; got "
+                             f"train_fraction={self.train_fraction}, val_fraction={self.val_fraction}")
+        return self
+
+
+# ---- split: the same answer in Python and in Spark ----------------------------------------------
+def split_bucket(node_id: str) -> int:
+    """0..9999 from the first 32 bits of sha256(node_id): depends on the id only."""
+    return int(hashlib.sha256(node_id.encode("utf-8")).hexdigest()[:8], 16) % SPLIT_BUCKETS
+
+
+def split_for(node_id: str, train_fraction: float = 0.8, val_fraction: float = 0.1) -> str:
+    b = split_bucket(node_id)
+    return "train" if b < train_fraction * SPLIT_BUCKETS else (
+        "val" if b < (train_fraction + val_fraction) * SPLIT_BUCKETS else "test")
+
+
+def split_column(node_id: "Column", train_fraction: float, val_fraction: float) -> "Column":
+    from pyspark.sql import functions as F
+
+    bucket = F.conv(F.substring(F.sha2(node_id, 256), 1, 8), 16, 10).cast("long") % SPLIT_BUCKETS
+    return (F.when(bucket < train_fraction * SPLIT_BUCKETS, "train")
+            .when(bucket < (train_fraction + val_fraction) * SPLIT_BUCKETS, "val").otherwise("test"))
+
+
+# ---- transformations -------------------------------------------------------------------------------
+def drop_dangling(edges: "DataFrame", nodes: "DataFrame") -> "DataFrame":
+    """Edges whose both ends are nodes (Amazon dumps link to many products outside the file)."""
+    ids = nodes.select("node_id")
+    return (edges.join(ids.withColumnRenamed("node_id", "src"), "src", "left_semi")
+            .join(ids.withColumnRenamed("node_id", "dst"), "dst", "left_semi")
+            .select("src", "dst", "relation", "weight"))
+
+
+def symmetrize(edges: "DataFrame") -> "DataFrame":
+    """Both directions of every edge, once per (src, dst, relation), keeping the larger weight."""
+    from pyspark.sql import functions as F
+
+    reverse = edges.select(F.col("dst").alias("src"), F.col("src").alias("dst"), "relation", "weight")
+    return edges.unionByName(reverse).groupBy("src", "dst", "relation").agg(F.max("weight").alias("weight"))
+
+
+def degrees(nodes: "DataFrame", edges: "DataFrame") -> "DataFrame":
+    """(node_id, in_degree, out_degree, degree) for every node, zeros for isolated ones."""
+    from pyspark.sql import functions as F
+
+    out_deg = edges.groupBy(F.col("src").alias("node_id")).agg(F.count(F.lit(1)).alias("out_degree"))
+    in_deg = edges.groupBy(F.col("dst").alias("node_id")).agg(F.count(F.lit(1)).alias("in_degree"))
+    d = (nodes.select("node_id").join(in_deg, "node_id", "left").join(out_deg, "node_id", "left")
+         .fillna(0, ["in_degree", "out_degree"]))
+    return d.withColumn("degree", F.col("in_degree") + F.col("out_degree"))
+
+
+def image_status(nodes: "DataFrame", node_images: "DataFrame | None") -> "DataFrame":
+    """(node_id, image_status, image_key); ``not_fetched`` where fetch-images has not run for a node."""
+    from pyspark.sql import functions as F
+
+    if node_images is None:
+        return nodes.select("node_id", F.lit("not_fetched").alias("image_status"),
+                            F.lit(None).cast("string").alias("image_key"))
+    imgs = node_images.select("node_id", F.col("status").alias("image_status"), "image_key")
+    return (nodes.select("node_id").join(imgs, "node_id", "left")
+            .fillna("not_fetched", ["image_status"]))
+
+
+def graph_nodes_frame(nodes: "DataFrame", degree: "DataFrame", components: "DataFrame", images: "DataFrame",
+                      cfg: BuildConfig) -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    comp = components.select(F.col("id").alias("node_id"), "component")
+    sizes = comp.groupBy("component").agg(F.count(F.lit(1)).alias("component_size"))
+    return (nodes.join(degree, "node_id").join(comp.join(sizes, "component"), "node_id").join(images, "node_id")
+            .withColumn("split", split_column(F.col("node_id"), cfg.train_fraction, cfg.val_fraction)))
+
+
+def graph_stats(graph_nodes: "DataFrame", graph_edges: "DataFrame", dropped: dict[str, int]) -> dict:
+    """Counts per relation, degree quantiles, component sizes, image coverage and split sizes (few passes)."""
+    from pyspark.sql import functions as F
+
+    # one aggregate over the nodes gives node, split, image, real-image and isolated counts
+    groups = graph_nodes.groupBy("split", "image_status").agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.col("has_real_image").cast("int")).alias("real"),
+        F.sum((F.col("degree") == 0).cast("int")).alias("isolated")).collect()
+    n_nodes = sum(r["n"] for r in groups)
+
+    def total(key):
+        out: dict[str, int] = {}
+        for r in groups:
+            out[r[key]] = out.get(r[key], 0) + r["n"]
+        return dict(sorted(out.items()))
+
+    cols, probs = ["degree", "in_degree", "out_degree"], [0.5, 0.9, 0.99, 1.0]
+    quantiles = graph_nodes.approxQuantile(cols, probs, 0.001)
+    comps = graph_nodes.select("component", "component_size").distinct()
+    largest = [r["component_size"] for r in comps.orderBy(F.desc("component_size")).limit(10).collect()]
+    images = total("image_status")
+    edges_by_relation = dict(sorted((r["relation"], r["count"]) for r in graph_edges.groupBy("relation").count().collect()))
+    return {
+        "nodes": n_nodes,
+        "edges": sum(edges_by_relation.values()),
+        "edges_by_relation": edges_by_relation,
+        "dangling_dropped_by_relation": dropped,
+        "degree_quantiles": {c: dict(zip(["p50", "p90", "p99", "max"], q, strict=True))
+                             for c, q in zip(cols, quantiles, strict=True)},
+        "components": comps.count(),
+        "largest_component_sizes": largest,
+        "largest_component_fraction": round(largest[0] / n_nodes, 6) if n_nodes else 0.0,
+        "isolated_nodes": sum(r["isolated"] for r in groups),
+        "image_status": images,
+        "image_coverage": round(images.get("ok", 0) / n_nodes, 6) if n_nodes else 0.0,
+        "real_image_fraction": round(sum(r["real"] or 0 for r in groups) / n_nodes, 6) if n_nodes else 0.0,
+        "split": total("split"),
+    }
+
+
+# ---- the job ------------------------------------------------------------------------------------------
+def _read(spark: "SparkSession", storage: "Storage", name: str) -> "DataFrame":
+    return spark.read.parquet(*[storage.spark_uri(u) for u in storage.published_files(name)])
+
+
+def run_build_graph(spark: "SparkSession", storage: "Storage", cfg: BuildConfig,
+                    out: "Storage | None" = None) -> dict:
+    """Build and publish the graph from the tables under ``storage``; returns the stats dict."""
+    from pyspark.sql import functions as F
+
+    from g2i_core.graph.engine import connected_components
+
+    cfg = cfg.check()
+    out = out or storage
+    # 1. Inputs: the latest published nodes/edges, and node_images when fetch-images has run.
+    inputs = {name: storage.manifest(name)["run_id"] for name in ("nodes", "edges")}
+    run_id = cfg.run_id or inputs["nodes"]
+    nodes, edges = _read(spark, storage, "nodes"), _read(spark, storage, "edges")
+    images_store = out if out.is_published("node_images") else storage
+    node_images = _read(spark, images_store, "node_images") if images_store.is_published("node_images") else None
+    if node_images is not None:
+        inputs["node_images"] = images_store.manifest("node_images")["run_id"]
+    if cfg.relations:
+        edges = edges.where(F.col("relation").isin(list(cfg.relations)))
+    # 2. Clean edges: dangling ends out, optionally both directions.
+    kept = drop_dangling(edges, nodes)
+    before = {r["relation"]: r["count"] for r in edges.groupBy("relation").count().collect()}
+    after = {r["relation"]: r["count"] for r in kept.groupBy("relation").count().collect()}
+    dropped = {rel: before[rel] - after.get(rel, 0) for rel in sorted(before) if before[rel] != after.get(rel, 0)}
+    graph_edges = symmetrize(kept) if cfg.symmetrize else kept
+    edges_uri = storage.spark_uri(out.run_data_uri("graph_edges", run_id))
+    graph_edges.write.mode("overwrite").parquet(edges_uri)
+    graph_edges = spark.read.parquet(edges_uri)
+    # 3. Node features: degree, component, image status, split.
+    components = connected_components(spark, nodes.select(F.col("node_id").alias("id")), graph_edges,
+                                      max_iterations=cfg.cc_max_iterations)
+    graph_nodes = graph_nodes_frame(nodes, degrees(nodes, graph_edges), components,
+                                    image_status(nodes, node_images), cfg)
+    nodes_uri = storage.spark_uri(out.run_data_uri("graph_nodes", run_id))
+    graph_nodes.write.mode("overwrite").parquet(nodes_uri)
+    # 4. Stats from what was written; publish edges first, nodes last (its _LATEST completes the graph).
+    stats = graph_stats(spark.read.parquet(nodes_uri), graph_edges, dropped)
+    stats.update(run_id=run_id, inputs=inputs, config=asdict(cfg))
+    out.put_json(out.uri("graph_stats", f"{run_id}.json"), stats)
+    extra = {"stats": stats, "config": asdict(cfg), "inputs": inputs}
+    out.publish_written("graph_edges", run_id, rows=stats["edges"], extra=extra)
+    out.publish_written("graph_nodes", run_id, rows=stats["nodes"], extra=extra)
+    log.info("build-graph run=%s: %d nodes, %d edges %s, dropped dangling %s, %d components (largest %s), "
+             "image coverage %.1f%%", run_id, stats["nodes"], stats["edges"], stats["edges_by_relation"], dropped,
+             stats["components"], stats["largest_component_sizes"][:3], 100 * stats["image_coverage"])
+    return stats
