@@ -1,0 +1,57 @@
+"""Reading graphs and node sets from URIs; the only place the PPR code touches storage."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from g2i_core.ppr.graph import CsrGraph, graph_from_arrow
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from g2i_core.config import Settings
+    from g2i_core.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+def open_storage(uri: str, settings: "Settings | None" = None) -> "Storage":
+    from g2i_core.config import Settings
+    from g2i_core.storage import Storage
+
+    return Storage(uri, settings=settings or Settings.load())
+
+
+def read_table_uri(uri: str, table: str, settings: "Settings | None" = None,
+                   columns: list[str] | None = None) -> "pa.Table":
+    """A Parquet file, a prefix of Parquet files, or a storage root holding a published ``table``."""
+    storage = open_storage(uri, settings)
+    if not uri.endswith(".parquet") and storage.is_published(table):
+        return storage.read_table(table, columns=columns)
+    try:
+        return storage.read_parquet(uri, columns=columns)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{uri} is neither a Parquet file/prefix nor a storage root with a published "
+                                f"{table!r} table (run the stage that writes it first)") from None
+
+
+def load_graph(edges_uri: str, settings: "Settings | None" = None, *, use_weights: bool = True) -> CsrGraph:
+    """Edges from ``edges_uri``; when it is a storage root with ``graph_nodes``, isolated nodes too."""
+    edges = read_table_uri(edges_uri, "graph_edges", settings)
+    extra: list[str] = []
+    storage = open_storage(edges_uri, settings)
+    if not edges_uri.endswith(".parquet") and storage.is_published("graph_nodes"):
+        extra = storage.read_table("graph_nodes", columns=["node_id"]).column("node_id").to_pylist()
+    graph = graph_from_arrow(edges, use_weights=use_weights, extra_nodes=extra)
+    log.info("graph: %d nodes, %d edges, %d dangling", graph.num_nodes, graph.num_edges,
+             int((graph.out_degree == 0).sum()))
+    return graph
+
+
+def load_node_ids(uri: str, settings: "Settings | None" = None) -> list[str]:
+    """``node_id`` column of a Parquet file/prefix, or of a published ``graph_nodes`` table."""
+    table = read_table_uri(uri, "graph_nodes", settings)
+    if "node_id" not in table.column_names:
+        raise ValueError(f"{uri}: the node set needs a node_id column; it has {table.column_names}")
+    return [x for x in table.column("node_id").to_pylist() if x is not None]

@@ -1,0 +1,155 @@
+"""PPR methods against networkx (an independent implementation of the same definition)."""
+
+from __future__ import annotations
+
+import networkx as nx
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from g2i_core.ppr.api import PprConfig, compute_candidates
+from g2i_core.ppr.candidates import precision_at_k
+from g2i_core.ppr.exact import exact_candidates, ppr_rows
+from g2i_core.ppr.graph import build_graph, powerlaw_graph
+from g2i_core.ppr.push import push_candidates
+
+ALPHA = 0.15
+
+
+def _random_edges(n: int, p: float, seed: int, weighted: bool = False):
+    rng = np.random.default_rng(seed)
+    mask = rng.random((n, n)) < p
+    np.fill_diagonal(mask, False)
+    mask[rng.choice(n, max(1, n // 10), replace=False)] = False  # dangling nodes
+    s, d = np.nonzero(mask)
+    w = rng.uniform(0.5, 3.0, len(s)) if weighted else None
+    return [f"v{i:03d}" for i in s], [f"v{i:03d}" for i in d], w
+
+
+GRAPHS = {
+    "random": lambda: _random_edges(60, 0.08, seed=1),
+    "random_weighted": lambda: _random_edges(50, 0.1, seed=2, weighted=True),
+    "star": lambda: (["hub"] * 12 + [f"leaf{i:02d}" for i in range(12)],
+                     [f"leaf{i:02d}" for i in range(12)] + ["hub"] * 12, None),
+    "chain": lambda: ([f"c{i:02d}" for i in range(15)], [f"c{i:02d}" for i in range(1, 16)], None),
+    "disconnected": lambda: (["a", "b", "c", "x", "y"], ["b", "c", "a", "y", "x"], None),
+    "dangling": lambda: (["a", "a", "b", "c", "d"], ["b", "c", "d", "d", "e"], None),
+}
+
+
+def _networkx_rows(src, dst, weight, ids) -> np.ndarray:
+    g = nx.DiGraph()
+    g.add_nodes_from(ids)
+    for i, (s, d) in enumerate(zip(src, dst)):
+        g.add_edge(s, d, weight=1.0 if weight is None else float(weight[i]))
+    rows = []
+    for s in ids:
+        pr = nx.pagerank(g, alpha=1 - ALPHA, personalization={s: 1}, dangling={s: 1}, tol=1e-14, max_iter=100_000)
+        rows.append([pr[v] for v in ids])
+    return np.array(rows)
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_exact_matches_networkx(name):
+    src, dst, w = GRAPHS[name]()
+    graph = build_graph(src, dst, w)
+    ours = ppr_rows(graph, np.arange(graph.num_nodes), ALPHA, tol=1e-12)
+    theirs = _networkx_rows(src, dst, w, graph.ids.tolist())
+    assert np.abs(ours - theirs).max() < 1e-8
+
+
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_push_reaches_precision_and_agrees_with_exact(name):
+    src, dst, w = GRAPHS[name]()
+    graph = build_graph(src, dst, w)
+    exact = ppr_rows(graph, np.arange(graph.num_nodes), ALPHA)
+    cand = push_candidates(graph, top_k=10)
+    assert precision_at_k(cand, exact, 10) >= 0.95
+    # every reported score is a lower bound within the push tolerance of the exact score
+    rows, cols = np.nonzero(cand.neighbours >= 0)
+    truth = exact[cand.sources[rows], cand.neighbours[rows, cols]]
+    assert np.all(cand.scores[rows, cols] <= truth + 1e-12)
+    assert np.abs(cand.scores[rows, cols] - truth).max() < 1e-4
+
+
+def test_candidates_exclude_source_rank_from_one_and_sorted():
+    graph = powerlaw_graph(300, avg_degree=6, seed=3)
+    for cand in (exact_candidates(graph, top_k=8), push_candidates(graph, top_k=8)):
+        table = cand.to_arrow(graph).to_pylist()
+        assert all(r["node_id"] != r["neighbour_id"] for r in table)
+        by_node: dict[str, list] = {}
+        for r in table:
+            by_node.setdefault(r["node_id"], []).append(r)
+        for rows in by_node.values():
+            assert [r["rank"] for r in rows] == list(range(1, len(rows) + 1))
+            scores = [r["ppr_score"] for r in rows]
+            assert scores == sorted(scores, reverse=True)
+
+
+def test_methods_agree_on_powerlaw_graph():
+    graph = powerlaw_graph(2000, avg_degree=10, seed=5)
+    sources = np.random.default_rng(0).choice(graph.num_nodes, 60, replace=False)
+    exact = ppr_rows(graph, sources, ALPHA)
+    cand = compute_candidates(graph, PprConfig(method="push", top_k=10), sources)
+    assert precision_at_k(cand, exact, 10) >= 0.95
+    ex = compute_candidates(graph, PprConfig(method="exact", top_k=10), sources)
+    assert precision_at_k(ex, exact, 10) == 1.0
+
+
+def test_isolated_and_dangling_sources_get_only_reachable_candidates():
+    graph = build_graph(["a", "b"], ["b", "c"], extra_nodes=["lonely"])
+    cand = push_candidates(graph, top_k=5).as_dict(graph)
+    assert cand["lonely"] == [] and cand["c"] == []
+    assert cand["a"] == ["b", "c"]
+    assert exact_candidates(graph, top_k=5).as_dict(graph) == cand
+
+
+def test_empty_graph_and_empty_sources():
+    graph = build_graph([], [])
+    assert push_candidates(graph, top_k=3).to_arrow(graph).num_rows == 0
+    assert exact_candidates(graph, top_k=3).to_arrow(graph).num_rows == 0
+    g2 = build_graph(["a"], ["b"])
+    assert push_candidates(g2, np.zeros(0, np.int64), top_k=3).to_arrow(g2).num_rows == 0
+
+
+def test_tie_aware_precision_on_star():
+    # every leaf of the hub scores the same; any 3 of them are a correct top-3
+    src, dst, _ = GRAPHS["star"]()
+    graph = build_graph(src, dst)
+    hub = graph.index_of(["hub"])
+    exact = ppr_rows(graph, hub, ALPHA)
+    cand = push_candidates(graph, hub, top_k=3)
+    assert precision_at_k(cand, exact, 3) == 1.0
+    assert cand.as_dict(graph)["hub"] == ["leaf00", "leaf01", "leaf02"]  # ties broken by node id
+
+
+def test_bad_inputs_fail_with_teaching_messages():
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        build_graph(["a"], ["b"], [0.0])
+    with pytest.raises(ValueError, match="alpha"):
+        PprConfig(alpha=1.5).check()
+    with pytest.raises(ValueError, match="method must be one of"):
+        PprConfig(method="magic").check()
+    with pytest.raises(ValueError, match="not in the graph"):
+        build_graph(["a"], ["b"]).index_of(["zz"])
+
+
+def test_cli_writes_ppr_candidates(file_storage, tmp_path):
+    from g2i_core.cli import main
+
+    src, dst, w = GRAPHS["random_weighted"]()
+    edges_uri = f"file://{tmp_path}/edges.parquet"
+    pq.write_table(pa.table({"src": src, "dst": dst, "weight": w}), edges_uri[len("file://"):])
+    pq.write_table(pa.table({"node_id": ["v001", "v002"]}), tmp_path / "subset.parquet")
+    rc = main(["ppr", "--edges", edges_uri, "--out", file_storage.root, "--top-k", "4", "--method", "exact",
+               "--nodes", f"file://{tmp_path}/subset.parquet", "--run-id", "t1"])
+    assert rc == 0
+    table = file_storage.read_table("ppr_candidates")
+    assert table.column_names == ["node_id", "rank", "neighbour_id", "ppr_score"]
+    assert set(table.column("node_id").to_pylist()) == {"v001", "v002"}
+    graph = build_graph(src, dst, w)
+    expected = exact_candidates(graph, graph.index_of(["v001", "v002"]), top_k=4).to_arrow(graph)
+    assert table.column("neighbour_id").to_pylist() == expected.column("neighbour_id").to_pylist()
+    assert file_storage.manifest("ppr_candidates")["extra"]["config"]["method"] == "exact"
+    assert main(["ppr", "--edges", f"file://{tmp_path}/nope.parquet", "--out", file_storage.root]) == 1
