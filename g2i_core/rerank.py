@@ -1,0 +1,217 @@
+"""Neighbour selection from PPR candidates and embeddings -> ``neighbours``
+(node_id, rank, neighbour_id, ppr_score, semantic_score, score).
+
+Strategies (the paper's ablation):
+  semantic_ppr  default. Among the node's PPR candidates, score =
+                (1 - ppr_weight) * semantic_score + ppr_weight * ppr_score / max ppr_score of the node.
+  ppr           the top-k candidates by PPR score alone (score = ppr_score).
+  semantic      the top-k of ALL other nodes by semantic score, ignoring the graph (score = semantic_score;
+                ppr_score is filled when the neighbour is also a PPR candidate, else null).
+  random        k other nodes drawn uniformly, seeded per node (score = 0).
+
+semantic_score is the cosine between the target's text vector and the neighbour's vector of the
+configured kind: ``text`` (default; works with the offline MiniLM), ``image`` (needs a shared text-image
+space, i.e. CLIP for both), or ``both`` (mean of the two). A neighbour without that vector gets
+semantic_score null and is ranked on its PPR part alone. Ties: higher PPR, then neighbour id.
+"""
+
+from __future__ import annotations
+
+import logging
+import zlib
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from g2i_core.storage import Storage
+
+log = logging.getLogger(__name__)
+TABLE = "neighbours"
+STRATEGIES = ("semantic_ppr", "ppr", "semantic", "random")
+NEIGHBOUR_KINDS = ("text", "image", "both")
+
+
+@dataclass(frozen=True)
+class RerankConfig:
+    strategy: str = "semantic_ppr"
+    k: int = 5
+    ppr_weight: float = 0.2
+    neighbour_kind: str = "text"
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.neighbour_kind not in NEIGHBOUR_KINDS:
+            raise ValueError(f"neighbour_kind must be one of {NEIGHBOUR_KINDS}, got {self.neighbour_kind!r}")
+        if self.k < 1:
+            raise ValueError(f"k must be >= 1, got {self.k}")
+        if not 0 <= self.ppr_weight <= 1:
+            raise ValueError(f"ppr_weight must be in [0, 1], got {self.ppr_weight}")
+
+
+class VectorIndex:
+    """Unit vectors by node id; ``cos(a_ids, b_ids)`` with NaN where a vector is missing."""
+
+    def __init__(self, ids: list[str], vectors: np.ndarray):
+        self.pos = {n: i for i, n in enumerate(ids)}
+        self.ids = list(ids)
+        self.vectors = np.asarray(vectors, np.float32)
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1] if self.vectors.ndim == 2 and len(self.vectors) else 0
+
+    def get(self, node_id: str) -> np.ndarray | None:
+        i = self.pos.get(node_id)
+        return None if i is None else self.vectors[i]
+
+
+def select_neighbours(candidates: "pa.Table", text: VectorIndex, others: dict[str, VectorIndex],
+                      config: RerankConfig) -> "pa.Table":
+    """Neighbours for every node of ``candidates`` (semantic_ppr/ppr) or of ``text`` (semantic/random).
+
+    ``others`` maps neighbour kind ('text', 'image') to its vectors; see the module docstring."""
+    import pyarrow as pa
+
+    config.check()
+    _check_spaces(text, others, config)
+    by_node: dict[str, list[tuple[str, float]]] = {}
+    for nid, nbr, score in zip(*(candidates.column(c).to_pylist() for c in ("node_id", "neighbour_id", "ppr_score"))):
+        by_node.setdefault(nid, []).append((nbr, score))
+    out: dict[str, list] = {c: [] for c in ("node_id", "rank", "neighbour_id", "ppr_score", "semantic_score", "score")}
+    if config.strategy in ("semantic_ppr", "ppr"):
+        chosen = {nid: _rank_candidates(nid, cands, text, others, config) for nid, cands in sorted(by_node.items())}
+    elif config.strategy == "semantic":
+        chosen = _semantic_all(text, others, by_node, config)
+    else:
+        chosen = _random(text.ids or sorted(by_node), text, others, by_node, config)
+    for nid, picks in chosen.items():
+        for rank, (nbr, ppr, sem, score) in enumerate(picks, start=1):
+            for col, val in zip(out, (nid, rank, nbr, ppr, sem, score)):
+                out[col].append(val)
+    return pa.table({"node_id": pa.array(out["node_id"], pa.string()), "rank": pa.array(out["rank"], pa.int32()),
+                     "neighbour_id": pa.array(out["neighbour_id"], pa.string()),
+                     **{c: pa.array(out[c], pa.float64()) for c in ("ppr_score", "semantic_score", "score")}})
+
+
+def _semantic(target: str, nbr: str, text: VectorIndex, others: dict[str, VectorIndex], kind: str) -> float | None:
+    t = text.get(target)
+    if t is None:
+        return None
+    sims = []
+    for k in (("text", "image") if kind == "both" else (kind,)):
+        v = others[k].get(nbr) if k in others else None
+        if v is not None:
+            sims.append(float(np.dot(t, v)))
+    return float(np.mean(sims)) if sims else None
+
+
+def _rank_candidates(nid, cands, text, others, config):
+    top_ppr = max((s for _, s in cands), default=0.0) or 1.0
+    scored = []
+    for nbr, ppr in cands:
+        if nbr == nid:
+            continue
+        sem = _semantic(nid, nbr, text, others, config.neighbour_kind)
+        if config.strategy == "ppr":
+            score = ppr
+        else:
+            score = (1 - config.ppr_weight) * (sem or 0.0) + config.ppr_weight * ppr / top_ppr
+        scored.append((nbr, ppr, sem, score))
+    scored.sort(key=lambda r: (-r[3], -r[1], r[0]))
+    return scored[: config.k]
+
+
+def _semantic_all(text, others, by_node, config, chunk: int = 2048):
+    """Exact top-k by cosine over all nodes, in chunks of targets (memory chunk x n)."""
+    kinds = ("text", "image") if config.neighbour_kind == "both" else (config.neighbour_kind,)
+    pool = sorted(set().union(*(others[k].ids for k in kinds if k in others)))
+    sims_by_kind = [_aligned(others[k], pool) for k in kinds if k in others]
+    pool_pos = {n: j for j, n in enumerate(pool)}
+    chosen = {}
+    for start in range(0, len(text.ids), chunk):
+        ids = text.ids[start:start + chunk]
+        t = text.vectors[start:start + chunk]  # (c, d)
+        total = np.zeros((len(ids), len(pool)))
+        count = np.zeros((len(ids), len(pool)))
+        for vecs, present in sims_by_kind:
+            total += np.where(present, t @ vecs.T, 0.0)
+            count += present
+        sims = np.where(count > 0, total / np.maximum(count, 1), -np.inf)
+        for i, nid in enumerate(ids):
+            row = sims[i]
+            if nid in pool_pos:
+                row[pool_pos[nid]] = -np.inf  # never one's own neighbour
+            near = np.argpartition(-row, min(config.k, len(row) - 1))[: config.k + 1] if len(row) else row
+            near = near[np.isfinite(row[near])]
+            top = near[np.lexsort((near, -row[near]))][: config.k]
+            ppr = dict(by_node.get(nid, []))
+            chosen[nid] = [(pool[j], ppr.get(pool[j]), float(row[j]), float(row[j])) for j in top]
+    return chosen
+
+
+def _aligned(index: VectorIndex, pool: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    vecs = np.zeros((len(pool), index.dim), np.float32)
+    present = np.zeros(len(pool), bool)
+    for j, nid in enumerate(pool):
+        v = index.get(nid)
+        if v is not None:
+            vecs[j], present[j] = v, True
+    return vecs, present[None, :]
+
+
+def _random(node_ids, text, others, by_node, config):
+    ids = sorted(node_ids)
+    chosen = {}
+    for nid in ids:
+        rng = np.random.default_rng([config.seed, zlib.crc32(nid.encode())])  # stable per node, any order
+        others_ids = [x for x in ids if x != nid] if len(ids) < 10_000 else None
+        if others_ids is not None:
+            picks = [others_ids[j] for j in rng.choice(len(others_ids), min(config.k, len(others_ids)), replace=False)]
+        else:
+            picks = []
+            while len(picks) < config.k:
+                cand = ids[int(rng.integers(len(ids)))]
+                if cand != nid and cand not in picks:
+                    picks.append(cand)
+        ppr = dict(by_node.get(nid, []))
+        chosen[nid] = [(p, ppr.get(p), _semantic(nid, p, text, others, config.neighbour_kind), 0.0) for p in picks]
+    return chosen
+
+
+def _check_spaces(text: VectorIndex, others: dict[str, VectorIndex], config: RerankConfig) -> None:
+    kinds = ("text", "image") if config.neighbour_kind == "both" else (config.neighbour_kind,)
+    for k in kinds:
+        other = others.get(k)
+        if other is None or not other.ids:
+            if config.strategy in ("semantic_ppr", "semantic"):
+                raise ValueError(f"no {k} embeddings for neighbours: run `g2i embed` first or use "
+                                 f"--neighbour-kind text")
+            continue
+        if text.dim and other.dim != text.dim:
+            raise ValueError(f"target text vectors ({text.dim} dims) and neighbour {k} vectors ({other.dim} dims) "
+                             f"are not in one space: text<->image needs CLIP for both (g2i embed --text-encoder "
+                             f"clip --image-encoder clip --clip-path DIR), or use --neighbour-kind text")
+
+
+def rerank_storage(storage: "Storage", config: RerankConfig, run_id: str, candidates_table: str = "ppr_candidates",
+                   out_table: str = TABLE) -> dict:
+    """Read candidates + embeddings under ``storage``, publish ``out_table``, return its manifest."""
+    from g2i_core.embed import load_vectors
+
+    config.check()
+    candidates = storage.read_table(candidates_table)
+    ids, vecs, text_encoder = load_vectors(storage, "text")
+    text = VectorIndex(ids, vecs)
+    others = {"text": text}
+    if config.neighbour_kind in ("image", "both"):
+        img_ids, img_vecs, image_encoder = load_vectors(storage, "image")
+        others["image"] = VectorIndex(img_ids, img_vecs)
+    table = select_neighbours(candidates, text, others, config)
+    return storage.publish_table(out_table, table, run_id, extra={"config": asdict(config),
+                                                                  "text_encoder": text_encoder})

@@ -1,0 +1,11 @@
+"""spark-submit entry point for `g2i ppr` (same arguments): spark-submit jobs/ppr.py ..."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from g2i_core.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["ppr", *sys.argv[1:]]))

@@ -1,0 +1,111 @@
+"""Neighbour selection strategies and embeddings, on hand-built vectors and a real tiny store."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from g2i_core.rerank import RerankConfig, VectorIndex, select_neighbours
+
+
+def _unit(*v):
+    a = np.asarray(v, np.float32)
+    return a / np.linalg.norm(a)
+
+
+# target "t" points along x; candidates lie at known angles from it
+VECS = {"t": _unit(1, 0), "a": _unit(1, 0.1), "b": _unit(1, 1), "c": _unit(0, 1), "d": _unit(-1, 0.2)}
+CANDS = pa.table({"node_id": ["t"] * 4, "rank": [1, 2, 3, 4], "neighbour_id": ["c", "b", "d", "a"],
+                  "ppr_score": [0.4, 0.3, 0.2, 0.1]})
+
+
+def _text():
+    ids = sorted(VECS)
+    return VectorIndex(ids, np.stack([VECS[i] for i in ids]))
+
+
+def test_semantic_ppr_reorders_candidates_by_similarity():
+    text = _text()
+    out = select_neighbours(CANDS, text, {"text": text}, RerankConfig(k=3, ppr_weight=0.2)).to_pylist()
+    assert [r["neighbour_id"] for r in out] == ["a", "b", "c"]
+    top = out[0]
+    expected = 0.8 * float(VECS["t"] @ VECS["a"]) + 0.2 * 0.1 / 0.4
+    assert top["score"] == pytest.approx(expected) and top["semantic_score"] == pytest.approx(VECS["t"] @ VECS["a"])
+    assert [r["rank"] for r in out] == [1, 2, 3]
+
+
+def test_ppr_weight_one_and_ppr_strategy_keep_ppr_order():
+    text = _text()
+    for cfg in (RerankConfig(k=4, ppr_weight=1.0), RerankConfig(strategy="ppr", k=4)):
+        out = select_neighbours(CANDS, text, {"text": text}, cfg).to_pylist()
+        assert [r["neighbour_id"] for r in out] == ["c", "b", "d", "a"]
+
+
+def test_semantic_strategy_searches_all_nodes_and_random_is_seeded():
+    text = _text()
+    sem = select_neighbours(CANDS, text, {"text": text}, RerankConfig(strategy="semantic", k=2)).to_pylist()
+    t_rows = [r for r in sem if r["node_id"] == "t"]
+    assert [r["neighbour_id"] for r in t_rows] == ["a", "b"]
+    assert all(r["node_id"] != r["neighbour_id"] for r in sem)
+    assert {r["node_id"] for r in sem} == set(VECS)
+    r1 = select_neighbours(CANDS, text, {"text": text}, RerankConfig(strategy="random", k=3, seed=1)).to_pylist()
+    r2 = select_neighbours(CANDS, text, {"text": text}, RerankConfig(strategy="random", k=3, seed=1)).to_pylist()
+    assert r1 == r2 and all(r["node_id"] != r["neighbour_id"] for r in r1)
+    assert len({r["neighbour_id"] for r in r1 if r["node_id"] == "t"}) == 3
+
+
+def test_fewer_candidates_than_k_missing_vectors_and_empty_input():
+    text = VectorIndex(["t", "a"], np.stack([VECS["t"], VECS["a"]]))
+    out = select_neighbours(CANDS, text, {"text": text}, RerankConfig(k=10)).to_pylist()
+    assert len(out) == 4  # keeps what it has
+    assert out[0]["neighbour_id"] == "a"
+    assert [r["semantic_score"] for r in out[1:]] == [None, None, None]  # ranked on PPR alone
+    assert [r["neighbour_id"] for r in out[1:]] == ["c", "b", "d"]
+    empty = CANDS.slice(0, 0)
+    assert select_neighbours(empty, text, {"text": text}, RerankConfig()).num_rows == 0
+
+
+def test_text_image_across_spaces_fails_with_teaching_message():
+    text = _text()
+    img = VectorIndex(["a"], np.ones((1, 5), np.float32))
+    with pytest.raises(ValueError, match="not in one space"):
+        select_neighbours(CANDS, text, {"text": text, "image": img}, RerankConfig(neighbour_kind="image"))
+
+
+def _png(rgb) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 16), rgb).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_embed_and_rerank_on_a_store_with_cache(file_storage):
+    from g2i_core.embed import EmbedConfig, embed_nodes, load_vectors
+    from g2i_core.rerank import rerank_storage
+
+    texts = {"n1": "a dragon fantasy epic with magic swords", "n2": "wizards and dragons in a magic kingdom",
+             "n3": "quarterly tax accounting handbook", "n4": "spreadsheet finance for accountants"}
+    file_storage.publish_table("graph_nodes", pa.table({"node_id": list(texts), "text": list(texts.values())}), "r1")
+    keys = [file_storage.put_content_addressed(_png(c), ext="png").key for c in [(250, 10, 10), (240, 20, 20)]]
+    file_storage.publish_table("node_images", pa.table({"node_id": ["n1", "n2"], "image_key": keys,
+                                                        "status": ["ok", "ok"]}), "r1")
+    m1 = embed_nodes(file_storage, EmbedConfig(), "e1")
+    assert m1["extra"]["stats"]["text"]["encoded"] == 4 and m1["extra"]["stats"]["image"]["encoded"] == 2
+    m2 = embed_nodes(file_storage, EmbedConfig(), "e2")  # nothing changed: all from cache
+    assert m2["extra"]["stats"]["text"] == {"nodes": 4, "encoded": 0, "cached": 4}
+    ids, vecs, enc = load_vectors(file_storage, "text")
+    assert enc == "minilm-l6-v2" and vecs.shape == (4, 384)
+    assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    _, img, _ = load_vectors(file_storage, "image")
+    assert float(img[0] @ img[1]) > 0.9  # two near-identical red covers
+    # n1's candidates by PPR put the accounting book first; the re-rank must prefer the dragon book
+    file_storage.publish_table("ppr_candidates", pa.table({
+        "node_id": ["n1", "n1", "n1"], "rank": [1, 2, 3], "neighbour_id": ["n3", "n4", "n2"],
+        "ppr_score": [0.3, 0.2, 0.1]}), "p1")
+    rerank_storage(file_storage, RerankConfig(k=2), "x1")
+    out = file_storage.read_table("neighbours").to_pylist()
+    assert out[0]["neighbour_id"] == "n2" and out[0]["rank"] == 1
