@@ -52,8 +52,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "Downloads `nodes.image_url` with bounded concurrency into content-addressed `images/` + `node_images`."),
     Stage("build-graph", "spark", "--in {graph_root} --run-id {run_id}",
           "Spark: cleaned `graph_nodes`, `graph_edges`, split and stats."),
-    Stage("ppr", "spark", "--root {graph_root} --run-id {run_id}",
-          "Personalized PageRank top-K candidates per node (`ppr_candidates`)."),
+    Stage("ppr", "python", "--edges {graph_root} --out {graph_root} --run-id {run_id}",
+          "Personalized PageRank top-K candidates per node (`ppr_candidates`; single-machine push by default, "
+          "`--method spark-push|graphframes` for the distributed engines)."),
     Stage("embed", "python", "--root {graph_root} --run-id {run_id}",
           "Text/image embeddings of every node (`embeddings/<encoder>`)."),
     Stage("rerank", "python", "--root {graph_root} --run-id {run_id}",
@@ -445,8 +446,24 @@ def dag_test(dag_id: str, logical_date: str, conf: Mapping[str, Any] | None = No
         took = (ti.end_date - ti.start_date).total_seconds() if ti.start_date and ti.end_date else 0.0
         idx = f"[{ti.map_index}]" if ti.map_index >= 0 else ""
         print(f"[dag-test] {dag_id} {ti.task_id}{idx}: {ti.state} in {took:.1f}s (try {ti.try_number})")
+    for name, extra in _asset_events(dr):
+        print(f"[dag-test] {dag_id} asset event {name} {json.dumps(extra, sort_keys=True)}")
     print(f"[dag-test] {dag_id} logical_date={logical_date}: {dr.state} in {wall:.1f}s")
     return 0 if str(dr.state) in {"success", "DagRunState.SUCCESS"} else 1
+
+
+def _asset_events(dr) -> list[tuple[str, dict]]:
+    """(asset name, extra) of every asset event this DAG run emitted, from the metadata DB."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(AssetModel.name, AssetEvent.extra).join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetEvent.source_dag_id == dr.dag_id, AssetEvent.source_run_id == dr.run_id)
+            .order_by(AssetEvent.id)).all()
+    return [(name, extra or {}) for name, extra in rows]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
