@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterator
 
@@ -74,6 +75,7 @@ class IngestReport:
     changes: dict[str, int] = field(default_factory=dict)
     base_run_id: str | None = None
     raw_files: dict[str, int] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)  # rechunk, parse_and_publish
 
     def check_identity(self) -> None:
         if self.lines_in != self.nodes_out + self.duplicates + self.quarantined:
@@ -181,7 +183,9 @@ def run_ingest(spark: "SparkSession", storage: "Storage", config: IngestConfig) 
     cfg = config.resolved()
     # 1. Stream the dump(s) once into splittable Parquet chunks.
     staging = storage.uri("_staging", "ingest", cfg.run_id)
+    started = time.monotonic()
     chunks = rechunk(storage, cfg.raw_uri, staging, cfg.chunk_lines)
+    rechunk_s = time.monotonic() - started
     if chunks.lines_in == 0:
         raise ValueError(f"{cfg.raw_uri} holds no lines: refusing to publish an empty {cfg.source} graph")
     # 2. Parse on the executors; keep the parsed rows, every later step reads them.
@@ -189,6 +193,8 @@ def run_ingest(spark: "SparkSession", storage: "Storage", config: IngestConfig) 
     parsed = parse_lines(lines, cfg.source).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         report = _publish(spark, storage, cfg, parsed, chunks)
+        report.seconds = {"rechunk": round(rechunk_s, 3),
+                          "parse_and_publish": round(time.monotonic() - started - rechunk_s, 3)}
     finally:
         parsed.unpersist()
         if not cfg.keep_chunks:

@@ -37,7 +37,9 @@ class ImageServer:
         if not directory.is_dir():
             raise FileNotFoundError(f"image directory {directory} does not exist (run `g2i sample` first)")
         handler = type("Handler", (_Handler,), {"slow_seconds": slow_seconds})
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", port), functools.partial(handler, directory=str(directory)))
+        # a listen backlog of 5 (socketserver's default) drops concurrent fetchers' SYNs into 1 s retransmits
+        server = type("Server", (ThreadingHTTPServer,), {"request_queue_size": 128})
+        self.httpd = server(("127.0.0.1", port), functools.partial(handler, directory=str(directory)))
         self.httpd.daemon_threads = True
         self._thread: threading.Thread | None = None
 

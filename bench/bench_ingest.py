@@ -1,0 +1,151 @@
+"""Ingest throughput: Spark ``local[2]`` ingest vs single-process baselines on one Goodreads dump.
+
+    .venv/bin/python bench/bench_ingest.py            # 1,000,000 records (generated once, cached)
+    .venv/bin/python bench/bench_ingest.py --quick    # 50,000 records, < 2 min
+
+Contenders, all reading the same ``goodreads_books.json.gz``, each in its own process so peak memory
+(RSS of the whole process tree, sampled every 0.1 s: driver + JVM + Python workers for Spark) is its own:
+
+* ``spark_ingest``: ``g2i ingest`` end to end (JVM start, re-chunk, parallel parse, dedupe, publish).
+* ``python_parse``: one process streaming the gz through the same ``parse_line`` (the work ingest does
+  per line, without dedupe or writing).
+* ``pyarrow_read_json``: ``pyarrow.json.read_json`` of the whole file (C++, multithreaded reader, no
+  cleaning, dedupe or edges: a lower bound on "just load it").
+
+Writes bench/results/ingest.json and bench/results/ingest.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+PY = sys.executable
+
+PYTHON_PARSE = """
+import gzip, sys
+from g2i_core.ingest.parsers import parse_line
+ok = bad = 0
+with gzip.open(sys.argv[1], "rb") as fh:
+    for i, line in enumerate(fh, 1):
+        if line.strip():
+            row = parse_line("goodreads", line.rstrip(b"\\n"), i)
+            ok += row["reason"] is None
+            bad += row["reason"] is not None
+print(ok + bad)
+"""
+PYARROW_READ = """
+import sys
+import pyarrow as pa, pyarrow.json as pj
+table = pj.read_json(pa.input_stream(sys.argv[1], compression="gzip"),
+                     parse_options=pj.ParseOptions(newlines_in_values=False, unexpected_field_behavior="infer"))
+print(table.num_rows)
+"""
+
+
+def measure(cmd: list[str], env: dict | None = None) -> dict:
+    """Run ``cmd``; wall seconds, peak RSS of its process tree (MiB), exit code and the last stdout line."""
+    import psutil
+
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                            env={**os.environ, **(env or {})})
+    peak, stop = 0, threading.Event()
+
+    def sample():
+        nonlocal peak
+        root = psutil.Process(proc.pid)
+        while not stop.is_set():
+            try:
+                rss = root.memory_info().rss + sum(c.memory_info().rss for c in root.children(recursive=True))
+                peak = max(peak, rss)
+            except psutil.Error:
+                pass
+            stop.wait(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    stop.set()
+    sampler.join()
+    if proc.returncode:
+        raise RuntimeError(f"{cmd[:3]} failed ({proc.returncode}):\n{err[-3000:]}")
+    return {"seconds": round(time.monotonic() - started, 2), "peak_rss_mib": round(peak / 2**20, 1),
+            "stdout": out.strip().splitlines()[-1] if out.strip() else ""}
+
+
+def ensure_dump(nodes: int, data_dir: Path) -> tuple[Path, float | None]:
+    out = data_dir / f"goodreads-{nodes}"
+    dump = out / "raw" / "goodreads_books.json.gz"
+    if dump.exists():
+        return dump, None
+    started = time.monotonic()
+    subprocess.run([PY, "-m", "g2i_core.cli", "sample", "--formats", "goodreads", "--nodes", str(nodes),
+                    "--render-limit", "0", "--seed", "1", "--out", str(out)], check=True, cwd=ROOT)
+    return dump, round(time.monotonic() - started, 1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="50,000 records instead of 1,000,000")
+    parser.add_argument("--nodes", type=int, default=None)
+    parser.add_argument("--data-dir", default=str(ROOT / ".local" / "bench"))
+    args = parser.parse_args(argv)
+    nodes = args.nodes or (50_000 if args.quick else 1_000_000)
+    data_dir = Path(args.data_dir)
+
+    # 1. The dump (generated once per size, then reused).
+    dump, gen_seconds = ensure_dump(nodes, data_dir)
+    truth = json.loads((dump.parent.parent / "truth" / "goodreads.json").read_text())
+    lines = truth["lines"]
+    print(f"dump {dump} ({dump.stat().st_size / 2**20:.0f} MiB gz, {lines} lines)", flush=True)
+
+    # 2. The contenders, one process each.
+    out_root = data_dir / f"ingest-out-{nodes}"
+    report_path = data_dir / f"ingest-report-{nodes}.json"
+    results = {}
+    results["pyarrow_read_json"] = measure([PY, "-c", PYARROW_READ, str(dump)])
+    print("pyarrow_read_json", results["pyarrow_read_json"], flush=True)
+    results["python_parse"] = measure([PY, "-c", PYTHON_PARSE, str(dump)])
+    print("python_parse", results["python_parse"], flush=True)
+    spark_cmd = [PY, "-m", "g2i_core.cli", "ingest", "--source", "goodreads", "--raw", f"file://{dump}",
+                 "--out", f"file://{out_root}", "--logical-date", "2026-01-01", "--json"]
+    results["spark_ingest"] = measure(spark_cmd, env={"G2I_SPARK_MASTER": "local[2]"})
+    report = json.loads((out_root / "nodes" / "_manifests" / "goodreads-2026-01-01.json").read_text())["extra"]
+    report_path.write_text(json.dumps(report, indent=2))
+    assert report["report"]["nodes_out"] == truth["nodes_expected"], "ingest lost or invented nodes"
+    print("spark_ingest", results["spark_ingest"], flush=True)
+    for r in results.values():
+        r["records_per_s"] = round(lines / r["seconds"])
+
+    # 3. Write JSON + markdown.
+    summary = {
+        "benchmark": "ingest", "records": lines, "dump_mib": round(dump.stat().st_size / 2**20, 1),
+        "generation_seconds": gen_seconds, "cpus": os.cpu_count(), "machine": platform.platform(),
+        "load_avg_1m_at_end": round(os.getloadavg()[0], 2), "results": results,
+        "command": "python bench/bench_ingest.py" + (" --quick" if args.quick else ""),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = "ingest_quick" if args.quick else "ingest"
+    (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2))
+    rows = ["| contender | seconds | records/s | peak RSS (MiB) |", "|---|---:|---:|---:|"]
+    rows += [f"| {k} | {v['seconds']} | {v['records_per_s']:,} | {v['peak_rss_mib']:,} |" for k, v in results.items()]
+    md = (f"# Ingest benchmark\n\n{lines:,} Goodreads records ({summary['dump_mib']} MiB gz), {os.cpu_count()} CPUs, "
+          f"Spark local[2]; 1-min load average at the end {summary['load_avg_1m_at_end']} (shared machine).\n\n"
+          + "\n".join(rows) + f"\n\nReproduce: `{summary['command']}`\n")
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
