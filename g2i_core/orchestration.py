@@ -553,6 +553,9 @@ def record_refresh(settings: Settings, items: Sequence[Mapping[str, Any]]) -> li
     return done
 
 
+FINAL_MODEL_FILE = "model.safetensors"  # written by `g2i train` after the last step (checkpoints live deeper)
+
+
 def _root_storage(settings: Settings, dataset: str):
     from g2i_core.storage import Storage
 
@@ -575,8 +578,9 @@ def register_model(settings: Settings, values: Mapping[str, Any]) -> dict:
     """Point ``models/_LATEST`` at a finished training run (the backfill/evaluate default model)."""
     storage = _root_storage(settings, values["source"])
     run_uri = storage.uri("models", values["run_id"])
-    if not storage.list(run_uri):
-        raise FileNotFoundError(f"training run {values['run_id']} wrote nothing under {run_uri}")
+    if not storage.exists(f"{run_uri}/{FINAL_MODEL_FILE}"):
+        raise FileNotFoundError(f"training run {values['run_id']} has no final model ({FINAL_MODEL_FILE}) under "
+                                f"{run_uri}: did `g2i train` finish?")
     storage.put_json(storage.uri("models", "_LATEST"), {"run_id": values["run_id"]})
     return {**values, "model": run_uri}
 
@@ -589,8 +593,9 @@ def resolve_model(storage, model: str) -> str:
             raise FileNotFoundError(f"no trained model under {storage.uri('models')}: run g2i_train first")
         model = storage.get_json(pointer)["run_id"]
     uri = storage.uri("models", model)
-    if not storage.list(uri):
-        raise FileNotFoundError(f"model run {model!r} not found under {storage.uri('models')}")
+    if not storage.exists(f"{uri}/{FINAL_MODEL_FILE}"):
+        raise FileNotFoundError(f"model run {model!r} has no final model under {uri} (finished runs: "
+                                f"{sorted({u.split('/models/')[1].split('/')[0] for u in storage.list(storage.uri('models')) if u.endswith(FINAL_MODEL_FILE)})})")
     return uri
 
 

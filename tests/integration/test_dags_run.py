@@ -206,3 +206,32 @@ def test_next_day_with_an_unchanged_dump_skips_the_source(airflow, first_run):
     assert not any(k.startswith("refresh.") and v["state"] == "success" for k, v in run.tasks.items())
     assert graph(airflow).manifest("nodes")["run_id"] == f"{SOURCE}-20240101"
     assert run.assets == []  # no new neighbours: g2i_train is not triggered
+
+
+def test_train_then_backfill_shards_cover_every_target_exactly_once(airflow, first_run):
+    from g2i_core.generate import GenerateConfig, read_manifest, select_nodes, shard_of
+
+    assert first_run.rc == 0
+    train = airflow.run("g2i_train", DAY1, {"dataset": SOURCE, "preset": "tiny", "steps": 2, "resume": False})
+    print(f"\ng2i_train (tiny, 2 steps): {train.state} in {train.wall_s:.0f}s")
+    assert train.rc == 0 and train.state == "success", train.log[-5000:]
+    assert [name for name, _ in train.assets] == ["g2i.model"]
+    g = graph(airflow)
+    assert g.get_json(g.uri("models", "_LATEST")) == {"run_id": "train-20240101"}
+
+    shards = 3
+    backfill = airflow.run("g2i_backfill_covers", DAY1, {"dataset": SOURCE, "shards": shards, "steps": 2, "sample": 8})
+    print(f"g2i_backfill_covers ({shards} shards): {backfill.state} in {backfill.wall_s:.0f}s; "
+          + ", ".join(f"{k} {v['s']:.0f}s" for k, v in backfill.tasks.items()))
+    assert backfill.rc == 0 and backfill.state == "success", backfill.log[-5000:]
+    assert {k for k in backfill.tasks if k.startswith("generate[")} == {f"generate[{i}]" for i in range(shards)}
+    assert backfill.tasks["check_coverage"]["state"] == "success"
+
+    # Independently of the DAG's own check: the union of the shard manifests is the target set, once each.
+    generated = read_manifest(g, "backfill-20240101").to_pylist()
+    targets = select_nodes(g, GenerateConfig(run_id="backfill-20240101", model_uri=g.uri("models", "train-20240101"),
+                                             backfill=True))
+    assert targets, "the sample has nodes without covers"
+    ids = [r["node_id"] for r in generated]
+    assert sorted(ids) == sorted(targets) and len(ids) == len(set(ids))
+    assert all(str(shard_of(r["node_id"], shards)) in str(r["shard"]) for r in generated)

@@ -219,3 +219,74 @@ def test_run_stage_failure_names_the_stage_and_code(settings, monkeypatch):
                         lambda stage, values, s, container=False: [sys.executable, "-c", "raise SystemExit(7)"])
     with pytest.raises(orch.StageFailed, match="g2i boom exited with code 7"):
         orch.run_stage("boom", {"x": 1}, settings, on_line=lambda s: None)
+
+
+# ---- planning and registration against a file:// store -------------------------------------------------
+def _file_settings(tmp_path) -> Settings:
+    return Settings.load(storage_root=f"file://{tmp_path}/store", s3_access_key="", s3_secret_key="")
+
+
+def test_plan_refresh_full_then_skip_then_changed_then_delta(tmp_path):
+    import pyarrow as pa
+
+    from g2i_core.storage import Storage
+
+    settings = _file_settings(tmp_path)
+    store = Storage.from_settings(settings)
+    raw = {"goodreads": store.uri("raw", "g.json.gz")}
+    store.put_bytes(raw["goodreads"], b"dump-v1")
+
+    first = orch.plan_refresh(settings, ds="2024-01-01", sources=["goodreads"], raw=raw)
+    assert [(p["source"], p["mode"], p["run_id"]) for p in first] == [("goodreads", "full", "goodreads-20240101")]
+    assert first[0]["graph_root"] == store.uri("mmag", "goodreads")
+    Storage(first[0]["graph_root"]).publish_table("nodes", pa.table({"node_id": ["a"]}), "goodreads-20240101")
+    assert orch.record_refresh(settings, first) == ["goodreads"]
+
+    assert orch.plan_refresh(settings, ds="2024-01-02", sources=["goodreads"], raw=raw) == []
+    assert orch.plan_refresh(settings, ds="2024-01-01", sources=["goodreads"], raw=raw)[0]["mode"] == "full"  # rerun
+
+    store.put_bytes(store.uri("raw", "delta", "goodreads", "20240103", "d.json.gz"), b"delta")
+    delta = orch.plan_refresh(settings, ds="2024-01-03", sources=["goodreads"], raw=raw)
+    assert [(p["mode"], p["raw"]) for p in delta] == [("delta", store.uri("raw", "delta", "goodreads", "20240103"))]
+
+    store.put_bytes(raw["goodreads"], b"dump-v2, longer")
+    assert orch.plan_refresh(settings, ds="2024-01-04", sources=["goodreads"], raw=raw)[0]["mode"] == "full"
+
+
+def test_plan_refresh_errors_teach(tmp_path):
+    settings = _file_settings(tmp_path)
+    with pytest.raises(ValueError, match="unknown sources"):
+        orch.plan_refresh(settings, ds="2024-01-01", sources=["imdb"], raw={})
+    with pytest.raises(ValueError, match="no raw dump URI for source 'goodreads'"):
+        orch.plan_refresh(settings, ds="2024-01-01", sources=["goodreads"], raw={})
+    with pytest.raises(FileNotFoundError, match="raw dump for goodreads not found"):
+        orch.plan_refresh(settings, ds="2024-01-01", sources=["goodreads"],
+                          raw={"goodreads": f"file://{tmp_path}/missing.json.gz"})
+
+
+def test_train_inputs_registration_and_model_resolution(tmp_path):
+    import pyarrow as pa
+
+    from g2i_core.storage import Storage
+
+    settings = _file_settings(tmp_path)
+    with pytest.raises(ValueError, match="run mmag_refresh for goodreads first"):
+        orch.prepare_train(settings, dataset="goodreads", preset="tiny", steps=3, resume=True, run_id="train-1")
+    root = Storage(orch.graph_root(settings.storage_root, "goodreads"))
+    for table in ("nodes", "neighbours"):
+        root.publish_table(table, pa.table({"node_id": ["a"]}), "r1")
+    values = orch.prepare_train(settings, dataset="goodreads", preset="tiny", steps=3, resume=True, run_id="train-1")
+    assert values == {"source": "goodreads", "graph_root": root.root, "run_id": "train-1", "preset": "tiny",
+                      "steps": 3, "resume": True}
+
+    with pytest.raises(FileNotFoundError, match="run g2i_train first"):
+        orch.resolve_model(root, "")
+    root.put_bytes(root.uri("models", "train-1", "checkpoint-2", "model.safetensors"), b"partial")
+    with pytest.raises(FileNotFoundError, match="did `g2i train` finish"):
+        orch.register_model(settings, values)
+    root.put_bytes(root.uri("models", "train-1", "model.safetensors"), b"weights")
+    assert orch.register_model(settings, values)["model"] == root.uri("models", "train-1")
+    assert orch.resolve_model(root, "") == orch.resolve_model(root, "train-1") == root.uri("models", "train-1")
+    shards = orch.plan_backfill(settings, dataset="goodreads", model="", shards=3, steps=4, run_id="backfill-1")
+    assert [s["shard"] for s in shards] == [0, 1, 2]
+    assert all(s["num_shards"] == 3 and s["backfill"] is True and s["generations"] == "backfill-1" for s in shards)
