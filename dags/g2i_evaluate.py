@@ -31,6 +31,7 @@ from g2i_core.orchestration import SOURCES
         "model": Param("", type="string", description="model run id (default: the latest trained model)"),
         "split": Param("test", enum=["test", "val"]),
         "steps": Param(20, type="integer", minimum=1, description="denoising steps"),
+        "limit": Param(0, type="integer", minimum=0, description="only the first N nodes of the split (0 = all)"),
     },
 )
 def g2i_evaluate():
@@ -40,7 +41,8 @@ def g2i_evaluate():
         from g2i_core.orchestration import prepare_evaluate
 
         return prepare_evaluate(task_settings(), dataset=params["dataset"], model=params["model"],
-                                split=params["split"], steps=params["steps"], run_id=f"eval-{run_key(context)}")
+                                split=params["split"], steps=params["steps"], limit=params["limit"],
+                                run_id=f"eval-{run_key(context)}")
 
     @task(doc_md="Publishes the report pointer; returns the report URI and headline metrics.")
     def publish_report(values: dict) -> dict:

@@ -64,10 +64,10 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("train", "gpu", "--root {graph_root} --run-id {run_id} --preset {preset} --steps {steps} --resume {resume}",
           "Trains the graph-conditioned diffusion model -> `models/<run_id>/`."),
     Stage("generate", "gpu",
-          "--root {graph_root} --model {model} --split {split} --backfill {backfill} --shard {shard} "
-          "--num-shards {num_shards} --steps {steps} --run-id {generations}",
-          "Generates images for one shard of a node set -> `generations/<run_id>/`."),
-    Stage("evaluate", "gpu", "--root {graph_root} --generations {generations} --limit {limit} --run-id {run_id}",
+          "--model {model} --run-id {generations} --split {split} --backfill {backfill} --shard {shard} "
+          "--steps {steps} --limit {limit}",
+          "Generates images for one shard (`i/n`) of a node set -> `generations/<run_id>/`."),
+    Stage("evaluate", "gpu", "--run-id {run_id} --generations g2i={generations}",
           "Evaluation suite -> `reports/<run_id>/` (metrics.json, report.html, grids)."),
 ]}
 
@@ -407,7 +407,12 @@ def coerce_values(values: Mapping[str, Any]) -> dict[str, Any]:
 def run_stage(stage: str, values: Mapping[str, Any], settings: Settings, *,
               on_line: Callable[[str], None] = print, on_start: Callable[[StageProcess], None] | None = None,
               timeout_s: float | None = None) -> None:
-    """Run one stage to completion; raise ``StageFailed`` (with the exit code) when it fails."""
+    """Run one stage to completion; raise ``StageFailed`` (with the exit code) when it fails.
+
+    The stage's storage root is the dataset's graph root (``values['graph_root']``), so stages that take
+    no root flag (generate, evaluate) read and write the same MMAG as the others."""
+    if values.get("graph_root"):
+        settings = settings.replace(storage_root=values["graph_root"])
     argv = stage_argv(stage, coerce_values(values), settings)
     on_line(f"[g2i] {redact_argv(argv, settings)}")
     proc = StageProcess(argv, stage_env(settings), on_line=on_line)
@@ -604,8 +609,8 @@ def plan_backfill(settings: Settings, *, dataset: str, model: str, shards: int, 
     storage = _root_storage(settings, dataset)
     model_uri = resolve_model(storage, model)
     base = {"source": dataset, "graph_root": storage.root, "model": model_uri, "split": None, "backfill": True,
-            "num_shards": int(shards), "steps": int(steps), "generations": run_id}
-    return [{**base, "shard": i} for i in range(int(shards))]
+            "steps": int(steps), "limit": None, "generations": run_id}
+    return [{**base, "shard": f"{i}/{int(shards)}"} for i in range(int(shards))]
 
 
 def check_backfill_coverage(settings: Settings, shards: Sequence[Mapping[str, Any]], *, sample: int) -> dict:
@@ -622,15 +627,32 @@ def check_backfill_coverage(settings: Settings, shards: Sequence[Mapping[str, An
         raise StageFailed(f"backfill {run_id} does not cover its targets exactly once: "
                           + ", ".join(f"{len(v)} {k} (e.g. {v[:3]})" for k, v in problems.items() if v))
     log.info("backfill %s: %d targets covered exactly once by %d shards", run_id, len(targets), len(shards))
-    return {"source": first["source"], "graph_root": storage.root, "generations": run_id,
-            "run_id": f"{run_id}-sample", "limit": int(sample), "targets": len(targets)}
+    sample_run = f"{run_id}-sample"
+    picked = sample_generation_run(storage, run_id, sample_run, sample)
+    return {"source": first["source"], "graph_root": storage.root, "generations": sample_run,
+            "run_id": sample_run, "targets": len(targets), "sampled": picked}
 
 
-def prepare_evaluate(settings: Settings, *, dataset: str, model: str, split: str, steps: int, run_id: str) -> dict:
+def sample_generation_run(storage, run_id: str, sample_run: str, n: int) -> int:
+    """Publish ``n`` rows of generation run ``run_id`` (a stable hash sample of its nodes) as generation
+    run ``sample_run`` — same images, no copies — so the evaluation scores a sample, not 10^5 covers."""
+    from g2i_core.generate import read_manifest
+
+    table = read_manifest(storage, run_id)
+    order = sorted(range(table.num_rows), key=lambda i: hashlib.sha1(
+        table.column("node_id")[i].as_py().encode()).hexdigest())
+    subset = table.take(sorted(order[:n]))
+    storage.publish_table(f"generations/{sample_run}/manifest", subset, "shard-0-of-1",
+                          extra={"sample_of": run_id, "rows_of": table.num_rows})
+    return subset.num_rows
+
+
+def prepare_evaluate(settings: Settings, *, dataset: str, model: str, split: str, steps: int, run_id: str,
+                     limit: int = 0) -> dict:
     storage = _root_storage(settings, dataset)
     return {"source": dataset, "graph_root": storage.root, "model": resolve_model(storage, model), "split": split,
-            "backfill": False, "shard": None, "num_shards": None, "steps": int(steps), "generations": run_id,
-            "run_id": run_id, "limit": None}
+            "backfill": False, "shard": None, "steps": int(steps), "generations": run_id, "run_id": run_id,
+            "limit": int(limit) if limit else None}
 
 
 def publish_report(settings: Settings, values: Mapping[str, Any]) -> dict:

@@ -155,4 +155,5 @@ def test_g2i_evaluate_structure(dagbag):
     assert _edges(dag) == {("prepare", "generate"), ("prepare", "evaluate"), ("prepare", "publish_report"),
                            ("generate", "evaluate"), ("evaluate", "publish_report")}
     assert dag.schedule is None  # run by hand
+    assert set(dag.params) == {"dataset", "model", "split", "steps", "limit"}
     assert _assets(dag.task_dict["evaluate"]) == {"g2i.report"}

@@ -42,7 +42,7 @@ def test_render_args_names_the_missing_value():
 
 def test_every_stage_template_renders_with_its_dag_values():
     full = {**INGEST_VALUES, "preset": "tiny", "steps": 5, "resume": False, "model": "m", "split": "test",
-            "backfill": False, "shard": 0, "num_shards": 2, "generations": "g", "limit": None}
+            "backfill": False, "shard": "0/2", "generations": "g", "limit": None}
     for name, stage in orch.STAGES.items():
         args = orch.render_args(stage.args, full, stage=name)
         assert args and all(isinstance(a, str) for a in args)
@@ -288,5 +288,8 @@ def test_train_inputs_registration_and_model_resolution(tmp_path):
     assert orch.register_model(settings, values)["model"] == root.uri("models", "train-1")
     assert orch.resolve_model(root, "") == orch.resolve_model(root, "train-1") == root.uri("models", "train-1")
     shards = orch.plan_backfill(settings, dataset="goodreads", model="", shards=3, steps=4, run_id="backfill-1")
-    assert [s["shard"] for s in shards] == [0, 1, 2]
-    assert all(s["num_shards"] == 3 and s["backfill"] is True and s["generations"] == "backfill-1" for s in shards)
+    assert [s["shard"] for s in shards] == ["0/3", "1/3", "2/3"]
+    assert all(s["backfill"] is True and s["split"] is None and s["generations"] == "backfill-1" for s in shards)
+    argv = orch.stage_argv("generate", shards[1], settings)
+    assert argv[3:] == ["generate", "--model", root.uri("models", "train-1"), "--run-id", "backfill-1", "--backfill",
+                        "--shard", "1/3", "--steps", "4"]
