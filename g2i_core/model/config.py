@@ -127,7 +127,7 @@ def minilm_path() -> str:
 
 def tiny_config(**overrides: Any) -> G2IConfig:
     """CPU preset: pixel-space 32x32 UNet, frozen pretrained MiniLM text encoder (384-d), a small
-    trainable CLIP vision encoder and a 2-layer Graph-QFormer copied from MiniLM."""
+    trainable CLIP vision encoder and a 1-layer Graph-QFormer copied from MiniLM (sized for a shared 2-core CPU)."""
     cfg = dict(
         preset="tiny",
         resolution=32,
@@ -139,12 +139,12 @@ def tiny_config(**overrides: Any) -> G2IConfig:
         train_image_encoder=True,
         unet_config=dict(
             sample_size=32, in_channels=3, out_channels=3, layers_per_block=1,
-            block_out_channels=(32, 64, 128), norm_num_groups=8,
+            block_out_channels=(16, 32, 64), norm_num_groups=8,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
             cross_attention_dim=384, attention_head_dim=8,
         ),
-        qformer_num_layers=2,
+        qformer_num_layers=1,
         beta_schedule="squaredcos_cap_v2",
     )
     cfg.update(overrides)

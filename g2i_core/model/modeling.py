@@ -202,6 +202,8 @@ class G2IModel(nn.Module):
             self.qformer = GraphQFormer(text_encoder, cfg.qformer_num_layers, cfg.qformer_cross_every, cfg.qformer_heads)
             self.qformer.requires_grad_(True)
             self.qformer.embeddings.requires_grad_(False)  # token/position tables stay the text encoder's
+        self.text_cache_size = 0  # frozen-encoder outputs kept per distinct token row (0 = no cache)
+        self._text_cache: dict[bytes, torch.Tensor] = {}
         self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -248,9 +250,22 @@ class G2IModel(nn.Module):
         return enc["input_ids"], enc["attention_mask"]
 
     def encode_text(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
-        """(B, L) -> (B, L, D); the frozen text encoder."""
-        with torch.no_grad():
-            return self.text_encoder(input_ids=ids, attention_mask=attention).last_hidden_state
+        """(B, L) -> (B, L, D); the frozen text encoder. With ``text_cache_size`` > 0 (training sets it),
+        rows seen before are served from a cache: the encoder is frozen, so this is exact."""
+        if self.text_cache_size <= 0:
+            with torch.no_grad():
+                return self.text_encoder(input_ids=ids, attention_mask=attention).last_hidden_state
+        keys = [r.tobytes() for r in torch.cat([ids, attention], 1).cpu().numpy()]
+        todo = sorted({i for i, k in enumerate(keys) if k not in self._text_cache}, key=lambda i: keys[i])
+        todo = list({keys[i]: i for i in todo}.values())  # one row per distinct text
+        if todo:
+            if len(self._text_cache) + len(todo) > self.text_cache_size:
+                self._text_cache.clear()
+            with torch.no_grad():
+                h = self.text_encoder(input_ids=ids[todo], attention_mask=attention[todo]).last_hidden_state
+            for j, i in enumerate(todo):
+                self._text_cache[keys[i]] = h[j]
+        return torch.stack([self._text_cache[k] for k in keys])
 
     def pool_text(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """(M, Lt) -> (M, D) masked mean of the frozen text encoder (MiniLM's sentence embedding)."""
