@@ -1,0 +1,256 @@
+"""``g2i evaluate --suite paper``: the paper's Table 1 and ablations on our data, in one command.
+
+Every method is trained (tiny preset, through the model's ``train``), generates the test nodes with a
+fixed generator seed (through ``g2i_core.generate``), and is scored by the offline evaluator (plus
+CLIP/DINOv2 when configured). Headline methods run with several training seeds, so each number
+carries a seed spread. Everything is stored under the suite's run id and reused on a rerun: trained
+models, published generations; a killed suite resumes where it stopped.
+
+    methods      graph condition                           neighbours table
+    text_only    none (text-only fine-tune)                -
+    random       Graph-QFormer (image + text tokens)       neighbours_random
+    ppr          Graph-QFormer                             neighbours_ppr
+    semantic     Graph-QFormer                             neighbours_semantic
+    semantic_ppr Graph-QFormer  (ours)                     neighbours_semantic_ppr
+    no_qformer   tokens appended without the QFormer       neighbours_semantic_ppr
+    images_only  QFormer over neighbour images only        neighbours_semantic_ppr
+    texts_only   QFormer over neighbour texts only         neighbours_semantic_ppr
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from g2i_core.config import Settings
+    from g2i_core.storage import Storage
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    graph_mode: str
+    strategy: str | None  # neighbours_<strategy>; None = no graph
+    description: str
+    headline: bool  # trained with every seed (Table 1); ablations use ``ablation_seeds``
+
+
+PAPER_METHODS = (
+    Method("text_only", "none", None, "text-only fine-tune (no graph)", True),
+    Method("random", "qformer", "random", "Graph-QFormer, random neighbours", True),
+    Method("ppr", "qformer", "ppr", "Graph-QFormer, PPR-only neighbours", False),
+    Method("semantic", "qformer", "semantic", "Graph-QFormer, semantic-only neighbours", False),
+    Method("semantic_ppr", "qformer", "semantic_ppr", "Graph-QFormer, semantic-PPR neighbours (ours)", True),
+    Method("no_qformer", "no_qformer", "semantic_ppr", "ablation: graph tokens without the QFormer", False),
+    Method("images_only", "images_only", "semantic_ppr", "ablation: neighbour images only", False),
+    Method("texts_only", "texts_only", "semantic_ppr", "ablation: neighbour texts only", False),
+)
+
+# A 16-px variant of the tiny preset: the suite trains ~10 models, on a CPU if need be.
+TINY16 = dict(
+    resolution=16, image_encoder_size=16, qformer_num_layers=2,
+    image_encoder_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                              image_size=16, patch_size=4, projection_dim=32),
+    unet_config=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
+                     norm_num_groups=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=384,
+                     attention_head_dim=8),
+)
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    run_id: str = "paper"
+    methods: tuple[str, ...] = tuple(m.name for m in PAPER_METHODS)
+    seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of the headline methods
+    ablation_seeds: tuple[int, ...] = (0,)
+    steps: int = 400
+    batch_size: int = 16
+    lr: float = 1e-3
+    model_overrides: dict = field(default_factory=lambda: dict(TINY16))
+    gen_seed: int = 0  # fixed generator seed for every method
+    gen_steps: int = 20
+    text_scale: float = 3.0
+    graph_scale: float = 1.5
+    max_test_nodes: int = 0  # 0 = every test node with a real image
+    grid_nodes: int = 6
+    guidance_text_scales: tuple[float, ...] = (1.0, 3.0, 6.0)
+    guidance_graph_scales: tuple[float, ...] = (0.0, 1.5, 3.0)
+    encoders: tuple[str, ...] = ()  # "clip", "dinov2" when their local paths are configured
+
+    def validate(self) -> None:
+        known = {m.name for m in PAPER_METHODS}
+        unknown = set(self.methods) - known
+        if unknown:
+            raise ValueError(f"unknown suite methods {sorted(unknown)}; choose from {sorted(known)}")
+        if not self.seeds:
+            raise ValueError("seeds must not be empty")
+
+
+def _decode(storage: "Storage", key: str) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(storage.get_bytes(storage.uri(key)))) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def load_ground_truth(storage: "Storage", nodes_table: str = "graph_nodes", images_table: str = "node_images"):
+    """(real images by node, labels by node, label source, test node ids) from the published tables."""
+    from g2i_core.model.data import resolve_nodes_table
+
+    nodes = storage.read_table(resolve_nodes_table(storage, nodes_table)).to_pylist()
+    if not nodes or "community" not in nodes[0]:
+        raise ValueError("the suite needs a 'community' column in the nodes table (the sample benchmark's "
+                         "ground truth); build it with `g2i evaluate --prepare-sample DIR`")
+    images = {r["node_id"]: r["image_key"] for r in storage.read_table(images_table).to_pylist()
+              if r["status"] == "ok"}
+    real = {n: _decode(storage, k) for n, k in sorted(images.items())}
+    labels = {r["node_id"]: r["community"] for r in nodes}
+    test = sorted(r["node_id"] for r in nodes if r.get("split") == "test" and r["node_id"] in real)
+    return real, labels, "sample ground-truth communities (graph_nodes.community)", test
+
+
+def _model_exists(storage: "Storage", run_id: str) -> bool:
+    return storage.exists(storage.uri("models", run_id, "model.safetensors"))
+
+
+def train_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: Method, seed: int) -> str:
+    from g2i_core.model.train import TrainConfig, train
+
+    run = f"{cfg.run_id}-{m.name}-s{seed}"
+    if not _model_exists(storage, run):
+        tc = TrainConfig(run_id=run, preset="tiny", graph_mode=m.graph_mode, storage_root=storage.root,
+                         neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}", split="train",
+                         steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup_steps=max(cfg.steps // 20, 1),
+                         seed=seed, p_drop_text=0.1, p_drop_graph=0.1, p_drop_both=0.1,
+                         checkpoint_every=max(cfg.steps // 2, 1), checkpoints_keep=1, log_every=max(cfg.steps // 4, 1),
+                         model_overrides=dict(cfg.model_overrides))
+        result = train(tc, settings.replace(storage_root=storage.root))
+        log.info("trained %s in %.0fs (%.2f steps/s), final loss %.4f", run, result.train_seconds,
+                 result.steps_per_s, list(result.losses.values())[-1])
+    return storage.uri("models", run)
+
+
+def generate_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: Method, seed: int,
+                    model_uri: str, test: list[str]) -> dict[str, np.ndarray]:
+    from g2i_core.generate import GenerateConfig, generate, read_manifest
+
+    gcfg = GenerateConfig(run_id=f"{cfg.run_id}-{m.name}-s{seed}", model_uri=model_uri, node_ids=tuple(test),
+                          batch_size=32, seeds=(cfg.gen_seed,), text_scale=cfg.text_scale,
+                          graph_scale=cfg.graph_scale, steps=cfg.gen_steps,
+                          neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}")
+    generate(storage, gcfg, settings=settings.replace(storage_root=storage.root))
+    rows = read_manifest(storage, gcfg.run_id).to_pylist()
+    return {r["node_id"]: _decode(storage, r["image_key"]) for r in rows}
+
+
+def guidance_grid(storage: "Storage", settings: "Settings", cfg: SuiteConfig, model_uri: str, node: str,
+                  strategy: str) -> dict:
+    """One node generated at every (text scale, graph scale) with the same seed."""
+    from g2i_core.generate import GenerateConfig, PipelineGenerator, graph_loader, node_seed
+    from g2i_core.model import G2IPipeline
+
+    pipe = G2IPipeline.from_pretrained(model_uri, settings=settings.replace(storage_root=storage.root))
+    gen = PipelineGenerator(pipe)
+    images = {}
+    for t in cfg.guidance_text_scales:
+        for g in cfg.guidance_graph_scales:
+            gcfg = GenerateConfig(run_id="grid", model_uri=model_uri, node_ids=(node,), text_scale=t, graph_scale=g,
+                                  steps=cfg.gen_steps, neighbours_table=f"neighbours_{strategy}")
+            texts, graphs, _ = graph_loader(storage, gcfg, gen.uses_graph)([node])
+            images[(t, g)] = gen(texts, graphs, [node_seed(node, cfg.gen_seed)], gcfg)[0]
+    return {"node_id": node, "text_scales": list(cfg.guidance_text_scales),
+            "graph_scales": list(cfg.guidance_graph_scales), "images": images}
+
+
+def sample_grids(storage: "Storage", generated: dict, real: dict, test: list[str], n: int,
+                 columns: list[str]) -> list[dict]:
+    """Rows for the comparison grid (first training seed of each method), with ours' neighbours."""
+    from g2i_core.model.data import load_records
+
+    records = {r.node_id: r for r in load_records(storage, neighbours_table="neighbours_semantic_ppr",
+                                                  node_ids=test[:n], require_image=False)}
+    rows = []
+    for node in test[:n]:
+        rec = records[node]
+        images = {"ground truth": real[node]}
+        for c in columns[1:]:
+            per_seed = generated.get(c)
+            if per_seed:
+                images[c] = per_seed[min(per_seed)][node]
+        rows.append({"node_id": node, "text": rec.text, "images": images,
+                     "neighbours": [real[k] for k in rec.neighbour_ids if k in real]})
+    return rows
+
+
+def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dict:
+    """Train, generate and evaluate every method; publish reports/<run_id>/; return metrics.json."""
+    from g2i_core.evaluate.report import publish_report, render_report
+    from g2i_core.evaluate.runner import compare, evaluate_methods, fit_space
+
+    cfg.validate()
+    started = time.time()
+    # 1. Ground truth and the offline evaluator, fitted on the training nodes' real images only.
+    real, labels, label_source, test = load_ground_truth(storage)
+    if cfg.max_test_nodes:
+        test = test[: cfg.max_test_nodes]
+    resolution = int(cfg.model_overrides.get("resolution", 32))
+    space = fit_space(real, labels, resolution=resolution, exclude=set(test))
+    encoders = _load_encoders(settings, cfg.encoders)
+    # 2. Train and generate each method x seed (reused when already stored).
+    methods = [m for m in PAPER_METHODS if m.name in cfg.methods]
+    generated: dict[str, dict[int, dict[str, np.ndarray]]] = {}
+    models: dict[tuple[str, int], str] = {}
+    timings: dict[str, float] = {}
+    # Seed by seed over the headline methods first, then the ablations: a suite cut short still
+    # leaves comparable methods behind (all stored runs are reused by the next invocation).
+    order = [(m, s) for s in cfg.seeds for m in methods if m.headline]
+    order += [(m, s) for m in methods if not m.headline for s in cfg.ablation_seeds]
+    for m, seed in order:
+        t0 = time.time()
+        models[(m.name, seed)] = train_method(storage, settings, cfg, m, seed)
+        generated.setdefault(m.name, {})[seed] = generate_method(storage, settings, cfg, m, seed,
+                                                                 models[(m.name, seed)], test)
+        timings[f"{m.name}-s{seed}"] = round(time.time() - t0, 1)
+    # 3. Metrics, and the paper's two claims as checks.
+    doc = evaluate_methods(generated, real, labels, space, encoders=encoders, resolution=resolution,
+                           run_id=cfg.run_id, label_source=label_source,
+                           descriptions={m.name: m.description for m in methods},
+                           description=f"sample benchmark: {len(test)} test nodes, {len(real)} real images; "
+                                       f"tiny preset at {resolution}px, {cfg.steps} training steps, generator "
+                                       f"seed {cfg.gen_seed}, {cfg.gen_steps} DDIM steps, s_T={cfg.text_scale}, "
+                                       f"s_G={cfg.graph_scale}")
+    if {"semantic_ppr", "text_only"} <= generated.keys():
+        doc["checks"].append(compare(doc, "semantic_ppr", "text_only", "graph-conditioned (semantic-PPR) beats "
+                                     "text-only by more than the seed spread", strict=True))
+    if {"semantic_ppr", "random"} <= generated.keys():
+        doc["checks"].append(compare(doc, "semantic_ppr", "random", "semantic-PPR neighbours at least as good as "
+                                     "random neighbours (within the seed spread)", strict=False))
+    doc["suite"] = {k: v for k, v in asdict(cfg).items() if k != "model_overrides"}
+    doc["suite"]["model_overrides"] = {k: v for k, v in cfg.model_overrides.items() if not isinstance(v, dict)}
+    doc["timings_s"] = timings
+    # 4. Report: grids and a guidance grid from our model.
+    columns = ["ground truth"] + [c for c in ("text_only", "random", "semantic_ppr") if c in generated]
+    grids = sample_grids(storage, generated, real, test, cfg.grid_nodes, columns)
+    guidance = []
+    ours = next(((m, s) for (m, s) in models if m == "semantic_ppr"), None)
+    if ours and cfg.guidance_text_scales and cfg.guidance_graph_scales:
+        guidance.append(guidance_grid(storage, settings, cfg, models[ours], test[0], "semantic_ppr"))
+    doc["suite_seconds"] = round(time.time() - started, 1)
+    publish_report(storage, cfg.run_id, doc, render_report(doc, grids, columns, guidance))
+    return doc
+
+
+def _load_encoders(settings: "Settings", kinds: tuple[str, ...]) -> list[Any]:
+    from g2i_core.evaluate.encoders import load_encoder
+
+    paths = {"clip": settings.clip_eval_path, "dinov2": settings.dinov2_path}
+    return [load_encoder(k, paths[k]) for k in kinds]

@@ -1,0 +1,11 @@
+"""Entry point for `g2i generate` (same arguments): python jobs/generate.py ... (torch job; no Spark needed)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from g2i_core.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main(["generate", *sys.argv[1:]]))
