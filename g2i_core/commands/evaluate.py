@@ -43,7 +43,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", default="", help="suite: comma list of methods (default: all)")
     p.add_argument("--seeds", default="0,1,2", help="suite: training seeds of the headline methods")
     p.add_argument("--ablation-seeds", default="0", help="suite: training seeds of the other methods")
-    p.add_argument("--steps", type=int, default=150, help="suite: training steps per model")
+    p.add_argument("--steps", type=int, default=100, help="suite: training steps per model")
     p.add_argument("--max-test-nodes", type=int, default=0)
 
 

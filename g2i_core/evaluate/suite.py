@@ -56,7 +56,7 @@ PAPER_METHODS = (
 
 # A 16-px variant of the tiny preset: the suite trains ~10 models, on a CPU if need be.
 TINY16 = dict(
-    resolution=16, image_encoder_size=16, qformer_num_layers=2,
+    resolution=16, image_encoder_size=16, qformer_num_layers=2, text_max_length=8,  # sample titles: <= 8 tokens
     image_encoder_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                               image_size=16, patch_size=4, projection_dim=32),
     unet_config=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
@@ -72,7 +72,7 @@ class SuiteConfig:
     methods: tuple[str, ...] = tuple(m.name for m in PAPER_METHODS)
     seeds: tuple[int, ...] = (0, 1, 2)  # training seeds of the headline methods
     ablation_seeds: tuple[int, ...] = (0,)
-    steps: int = 400
+    steps: int = 100
     batch_size: int = 16
     lr: float = 1e-3
     model_overrides: dict = field(default_factory=lambda: dict(TINY16))
