@@ -259,7 +259,7 @@ def run_shard(storage: "Storage", cfg: GenerateConfig, generator: Generator,
         if len(images) != len(batch):
             raise RuntimeError(f"generator returned {len(images)} images for a batch of {len(batch)}")
         rows = []
-        for r, img, nbrs in zip(batch, images, neighbour_ids):
+        for r, img, nbrs in zip(batch, images, neighbour_ids, strict=True):
             ref = storage.put_content_addressed(_encode_png(img), prefix=f"generations/{cfg.run_id}/images",
                                                 ext="png", content_type="image/png")
             rows.append({"node_id": r.node_id, "image_key": ref.key, "model_id": model_id, "seed": r.seed,

@@ -17,10 +17,10 @@ Examples:
 
 from __future__ import annotations
 
+import argparse
+
 NAME = "evaluate"
 SUMMARY = "score generations against ground truth (or --suite paper) and write the HTML report"
-
-import argparse
 
 
 def _pair(text: str) -> tuple[str, str]:

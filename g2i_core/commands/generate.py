@@ -14,10 +14,10 @@ Example:
 
 from __future__ import annotations
 
+import argparse
+
 NAME = "generate"
 SUMMARY = "generate images for a split, an id list or the cover backfill (sharded, resumable)"
-
-import argparse
 
 
 def _shard(text: str) -> tuple[int, int]:

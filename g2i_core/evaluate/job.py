@@ -73,11 +73,13 @@ def evaluate_generations(storage: "Storage", settings: "Settings", run_id: str, 
     else:
         nodes = storage.read_table(resolve_nodes_table(storage, nodes_table))
         if "community" in nodes.column_names:
-            labels = dict(zip(nodes.column("node_id").to_pylist(), nodes.column("community").to_pylist()))
+            labels = dict(zip(nodes.column("node_id").to_pylist(), nodes.column("community").to_pylist(),
+                              strict=True))
             source = "the nodes table's community column"
         else:
             ids = sorted(real)
-            labels = dict(zip(ids, pseudo_labels(resize_images(np.stack([real[n] for n in ids])), clusters)))
+            clusters_of = pseudo_labels(resize_images(np.stack([real[n] for n in ids])), clusters)
+            labels = dict(zip(ids, clusters_of, strict=True))
             source = f"k-means pseudo-labels ({clusters} clusters of the real images' features)"
     resolution = next(iter(next(iter(methods.values())).values()))
     resolution = next(iter(resolution.values())).shape[0]

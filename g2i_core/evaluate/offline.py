@@ -17,7 +17,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from g2i_core.evaluate.features import colour_histograms, image_features, resize_images
-from g2i_core.evaluate.metrics import Estimate, bootstrap, bootstrap_set, colour_distance, frechet_distance, paired_cosine
+from g2i_core.evaluate.metrics import (
+    Estimate,
+    bootstrap,
+    bootstrap_set,
+    colour_distance,
+    frechet_distance,
+    paired_cosine,
+)
 
 ENCODER_NAME = "g2i-style (colour+texture features, PCA + logistic regression fitted on the real images)"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pyarrow as pa
 
 from g2i_core.generate import GenerateConfig, run_shard
@@ -25,10 +24,10 @@ def test_cli_evaluate_ranks_a_faithful_generator_above_a_wrong_one(file_storage,
                                                         "split": ["test" if i < 20 else "train" for i in range(80)]}), "r")
 
     def faithful(prompts, graphs, seeds, cfg):  # the node's own style, a fresh rendering
-        return [render(styles[community[p]], 10_000 + s % 1000, 32) for p, s in zip(prompts, seeds)]
+        return [render(styles[community[p]], 10_000 + s % 1000, 32) for p, s in zip(prompts, seeds, strict=True)]
 
     def wrong(prompts, graphs, seeds, cfg):  # the next community's style
-        return [render(styles[(community[p] + 1) % 4], 10_000 + s % 1000, 32) for p, s in zip(prompts, seeds)]
+        return [render(styles[(community[p] + 1) % 4], 10_000 + s % 1000, 32) for p, s in zip(prompts, seeds, strict=True)]
 
     def as_text(nodes):
         return list(nodes), None, [[] for _ in nodes]

@@ -9,8 +9,16 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from g2i_core.generate import (GenerateConfig, _encode_png, backfill_nodes, node_seed, read_manifest, run_shard,
-                               select_nodes, shard_nodes)
+from g2i_core.generate import (
+    GenerateConfig,
+    _encode_png,
+    backfill_nodes,
+    node_seed,
+    read_manifest,
+    run_shard,
+    select_nodes,
+    shard_nodes,
+)
 
 N = 40
 
@@ -100,10 +108,10 @@ def test_killed_run_publishes_nothing_and_resume_finishes_without_duplicates(fil
     assert resumed.images == total - 2 * 3  # the two finished batches were not redone
     table = read_manifest(file_storage, "gen1")
     assert table.num_rows == total == summary["rows"]
-    pairs = list(zip(table.column("node_id").to_pylist(), table.column("seed").to_pylist()))
+    pairs = list(zip(table.column("node_id").to_pylist(), table.column("seed").to_pylist(), strict=True))
     assert len(set(pairs)) == len(pairs)
     # same node + seed + settings -> the same content-addressed key as an uninterrupted run
-    for (n, s), key in zip(pairs, table.column("image_key").to_pylist()):
+    for (n, s), key in zip(pairs, table.column("image_key").to_pylist(), strict=True):
         img = np.random.default_rng(node_seed(n, s)).integers(0, 255, (8, 8, 3), dtype=np.uint8)
         assert hashlib.sha256(_encode_png(img)).hexdigest() in key
 
