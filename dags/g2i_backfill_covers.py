@@ -6,8 +6,9 @@ Runs when a new model is published (**g2i.model**) or by hand.
 `plan_shards` resolves the model and the dataset's target set (every node without a usable real
 image) and fans out `generate` over `shards` mapped tasks (dynamic task mapping; each shard is a
 stable hash partition of the target ids, so the shards cover every target exactly once) →
-`check_coverage` asserts exactly that on the published shard manifests → `evaluate_sample`
-scores a sample of the generated covers against the style space of the real covers.
+`check_coverage` asserts exactly that on the published shard manifests. Covers have no ground
+truth, so `generate_sample` + `evaluate_sample` measure the same model and settings on a sample of
+test nodes that do have a real cover (report under `reports/backfill-<YYYYMMDD>-check/`).
 
 Idempotent: the generation run id is `backfill-<YYYYMMDD>`; a retried or rerun shard skips what it
 already published and only generates the missing requests.
@@ -39,7 +40,8 @@ CFG = OrchestrationConfig.from_env()
         "model": Param("", type="string", description="model run id (default: the latest trained model)"),
         "shards": Param(CFG.backfill_shards, type="integer", minimum=1, maximum=1024),
         "steps": Param(20, type="integer", minimum=1, description="denoising steps"),
-        "sample": Param(CFG.backfill_sample, type="integer", minimum=1, description="covers to evaluate"),
+        "sample": Param(CFG.backfill_sample, type="integer", minimum=2,
+                        description="test nodes (with a real cover) generated and scored as the quality check"),
     },
 )
 def g2i_backfill_covers():
@@ -51,7 +53,7 @@ def g2i_backfill_covers():
         return plan_backfill(task_settings(), dataset=params["dataset"], model=params["model"],
                              shards=params["shards"], steps=params["steps"], run_id=f"backfill-{run_key(context)}")
 
-    @task(doc_md="Every target generated exactly once across the shards; returns the evaluate values.")
+    @task(doc_md="Every target generated exactly once across the shards; returns the quality-check values.")
     def check_coverage(shards: list[dict], params=None) -> dict:
         from g2i_core.airflow_ops import task_settings
         from g2i_core.orchestration import check_backfill_coverage
@@ -62,8 +64,11 @@ def g2i_backfill_covers():
     generated = gpu_stage_mapped("generate", "generate", shards, execution_timeout=dt.timedelta(hours=6))
     checked = check_coverage(shards)
     generated >> checked
-    StageOperator(task_id="evaluate_sample", stage="evaluate", values=checked, outlets=[REPORT],
-                  execution_timeout=dt.timedelta(hours=2))
+    sample = StageOperator(task_id="generate_sample", stage="generate", values=checked,
+                           execution_timeout=dt.timedelta(hours=2))
+    evaluate = StageOperator(task_id="evaluate_sample", stage="evaluate", values=checked, outlets=[REPORT],
+                             execution_timeout=dt.timedelta(hours=2))
+    sample >> evaluate
 
 
 g2i_backfill_covers()

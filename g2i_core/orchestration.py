@@ -627,24 +627,12 @@ def check_backfill_coverage(settings: Settings, shards: Sequence[Mapping[str, An
         raise StageFailed(f"backfill {run_id} does not cover its targets exactly once: "
                           + ", ".join(f"{len(v)} {k} (e.g. {v[:3]})" for k, v in problems.items() if v))
     log.info("backfill %s: %d targets covered exactly once by %d shards", run_id, len(targets), len(shards))
-    sample_run = f"{run_id}-sample"
-    picked = sample_generation_run(storage, run_id, sample_run, sample)
-    return {"source": first["source"], "graph_root": storage.root, "generations": sample_run,
-            "run_id": sample_run, "targets": len(targets), "sampled": picked}
-
-
-def sample_generation_run(storage, run_id: str, sample_run: str, n: int) -> int:
-    """Publish ``n`` rows of generation run ``run_id`` (a stable hash sample of its nodes) as generation
-    run ``sample_run`` — same images, no copies — so the evaluation scores a sample, not 10^5 covers."""
-    from g2i_core.generate import read_manifest
-
-    table = read_manifest(storage, run_id)
-    order = sorted(range(table.num_rows), key=lambda i: hashlib.sha1(
-        table.column("node_id")[i].as_py().encode()).hexdigest())
-    subset = table.take(sorted(order[:n]))
-    storage.publish_table(f"generations/{sample_run}/manifest", subset, "shard-0-of-1",
-                          extra={"sample_of": run_id, "rows_of": table.num_rows})
-    return subset.num_rows
+    # Covers have no ground truth, so quality is measured on a sample of test nodes that do have a real
+    # image, generated with the same model and settings as the backfill.
+    check_run = f"{run_id}-check"
+    return {"source": first["source"], "graph_root": storage.root, "model": first["model"], "split": "test",
+            "backfill": False, "shard": None, "steps": first["steps"], "limit": int(sample),
+            "generations": check_run, "run_id": check_run, "targets": len(targets)}
 
 
 def prepare_evaluate(settings: Settings, *, dataset: str, model: str, split: str, steps: int, run_id: str,
@@ -666,5 +654,17 @@ def publish_report(settings: Settings, values: Mapping[str, Any]) -> dict:
 
 
 def headline_metrics(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """The few numbers worth printing: top-level scalars of metrics.json (nested details stay there)."""
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    """The numbers worth printing from a report's metrics.json: each method's metric means (with the
+    bootstrap interval when there is one), the number of nodes, and which encoders produced them."""
+    out: dict[str, Any] = {}
+    for method in metrics.get("methods", []):
+        for name, est in sorted(method.get("summary", {}).items()):
+            if isinstance(est, Mapping) and "mean" in est:
+                ci = f" [{est['lo']:.4g}, {est['hi']:.4g}]" if "lo" in est and "hi" in est else ""
+                out[f"{method['name']}.{name}"] = f"{est['mean']:.4g}{ci} (n={est.get('n', '?')})"
+    for key, value in (metrics.get("encoders") or {}).items():
+        out[f"encoder.{key}"] = value
+    checks = metrics.get("checks") or []
+    if checks:
+        out["checks passed"] = f"{sum(bool(c.get('passed')) for c in checks)}/{len(checks)}"
+    return out

@@ -119,8 +119,9 @@ for uri in storage.list(report):
 print(f"report:       {report}/report.html")
 print(f"local copy:   {local / 'report.html'}")
 metrics = json.loads((local / "metrics.json").read_text())
+print("headline metrics (reports/%s):" % run_id)
 for k, v in headline_metrics(metrics).items():
-    print(f"  {k:<24} {v:.4g}" if isinstance(v, float) else f"  {k:<24} {v}")
+    print(f"  {k:<22} {v}")
 PY
 
 step "done in $(( $(date +%s) - t0 ))s — pipeline data under $G2I_STORAGE_ROOT on $(g2i config | sed -n "s/^s3_endpoint = '\(.*\)'/\1/p")"

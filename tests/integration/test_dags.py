@@ -142,7 +142,8 @@ def test_g2i_train_structure(dagbag):
 def test_g2i_backfill_covers_structure(dagbag):
     dag = dagbag.dags["g2i_backfill_covers"]
     assert _edges(dag) == {("plan_shards", "generate"), ("plan_shards", "check_coverage"),
-                           ("generate", "check_coverage"), ("check_coverage", "evaluate_sample")}
+                           ("generate", "check_coverage"), ("check_coverage", "generate_sample"),
+                           ("check_coverage", "evaluate_sample"), ("generate_sample", "evaluate_sample")}
     generate = dag.task_dict["generate"]
     assert type(generate).__name__ == "MappedOperator"  # dynamic task mapping over the shards
     assert _assets(dag.task_dict["evaluate_sample"]) == {"g2i.report"}

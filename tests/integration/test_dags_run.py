@@ -225,7 +225,11 @@ def test_train_then_backfill_shards_cover_every_target_exactly_once(airflow, fir
           + ", ".join(f"{k} {v['s']:.0f}s" for k, v in backfill.tasks.items()))
     assert backfill.rc == 0 and backfill.state == "success", backfill.log[-5000:]
     assert {k for k in backfill.tasks if k.startswith("generate[")} == {f"generate[{i}]" for i in range(shards)}
-    assert backfill.tasks["check_coverage"]["state"] == "success"
+    assert all(backfill.tasks[t]["state"] == "success" for t in ("check_coverage", "generate_sample",
+                                                                   "evaluate_sample"))
+    assert g.exists(g.uri("reports", "backfill-20240101-check", "report.html"))
+    assert ("g2i.report", {"graph_root": g.root, "run_id": "backfill-20240101-check", "source": SOURCE}) \
+        in backfill.assets
 
     # Independently of the DAG's own check: the union of the shard manifests is the target set, once each.
     generated = read_manifest(g, "backfill-20240101").to_pylist()

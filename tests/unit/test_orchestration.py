@@ -140,9 +140,13 @@ def test_coverage_report_finds_duplicates_gaps_and_strays():
         {"duplicated": ["a"], "missing": ["b", "c"], "unexpected": ["d"]}
 
 
-def test_headline_metrics_keeps_top_level_numbers():
-    assert orch.headline_metrics({"fid": 12.5, "n": 3, "ok": True, "detail": {"x": 1}, "name": "s"}) == \
-        {"fid": 12.5, "n": 3}
+def test_headline_metrics_reads_method_summaries_and_encoders():
+    doc = {"methods": [{"name": "g2i", "summary": {"style_fid": {"mean": 151.74, "lo": 108.8, "hi": 193.2, "n": 8},
+                                                   "community_acc": {"mean": 0.25, "n": 8}}}],
+           "encoders": {"style": "g2i-style"}, "checks": [{"passed": True}, {"passed": False}], "resolution": 32}
+    assert orch.headline_metrics(doc) == {"g2i.community_acc": "0.25 (n=8)",
+                                          "g2i.style_fid": "151.7 [108.8, 193.2] (n=8)",
+                                          "encoder.style": "g2i-style", "checks passed": "1/2"}
 
 
 # ---- profiles ----------------------------------------------------------------------------------------
