@@ -4,7 +4,7 @@
 For every source whose raw input changed, one mapped chain (a task group per source):
 
 `ingest` (Spark) → `fetch_images` → `build_graph` (Spark, emits **g2i.graph**) → `ppr` ∥ `embed` →
-`rerank` → `export` (emits **g2i.neighbours**, which triggers `g2i_train`) → `record_state`.
+`rerank` (publishes `neighbours`, emits **g2i.neighbours**, which triggers `g2i_train`) → `record_state`.
 
 * **Incremental**: `plan` fingerprints each raw dump. Unchanged sources are skipped; a delta dump
   dropped under `raw/delta/<source>/<YYYYMMDD>/` is upserted into the last version (`--mode delta`).
@@ -61,10 +61,9 @@ def mmag_refresh():
                               outlets=[GRAPH])
         ppr = StageOperator(task_id="ppr", stage="ppr", values=item, stage_timeout=6 * HOUR)
         embed = StageOperator(task_id="embed", stage="embed", values=item, stage_timeout=6 * HOUR)
-        rerank = StageOperator(task_id="rerank", stage="rerank", values=item, stage_timeout=2 * HOUR)
-        export = StageOperator(task_id="export", stage="export", values=item, stage_timeout=HOUR,
+        rerank = StageOperator(task_id="rerank", stage="rerank", values=item, stage_timeout=2 * HOUR,
                                outlets=[NEIGHBOURS])
-        ingest >> fetch >> build >> [ppr, embed] >> rerank >> export
+        ingest >> fetch >> build >> [ppr, embed] >> rerank
 
     @task(doc_md="Records what each refreshed source consumed: the next run's incremental baseline.")
     def record_state(items: list[dict]) -> list[str]:

@@ -58,10 +58,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("embed", "python", "--root {graph_root} --run-id {run_id}",
           "Text/image embeddings of every node (`embeddings/<encoder>`)."),
     Stage("rerank", "python", "--root {graph_root} --run-id {run_id}",
-          "Semantic re-rank of the PPR candidates -> `neighbours` (top-k per node)."),
-    Stage("export", "python", "--root {graph_root} --run-id {run_id}",
-          "Publishes the neighbour tables the model reads."),
-    Stage("train", "gpu", "--root {graph_root} --run-id {run_id} --preset {preset} --steps {steps} --resume {resume}",
+          "Semantic re-rank of the PPR candidates -> publishes `neighbours` (top-k per node), what the model reads."),
+    Stage("train", "gpu", "--root {graph_root} --run-id {run_id} --preset {preset} --steps {steps} --resume={resume}",
           "Trains the graph-conditioned diffusion model -> `models/<run_id>/`."),
     Stage("generate", "gpu",
           "--model {model} --run-id {generations} --split {split} --backfill {backfill} --shard {shard} "

@@ -87,7 +87,7 @@ run_dag() {  # dag_id conf-json
 }
 json_list() { python -c "import json,sys; print(json.dumps(sys.argv[1].split(',')))" "$1"; }
 
-step "6. mmag_refresh: ingest -> fetch images -> build graph -> PPR + embed -> rerank -> export ($DEMO_SOURCES)"
+step "6. mmag_refresh: ingest -> fetch images -> build graph -> PPR + embed -> rerank ($DEMO_SOURCES)"
 run_dag mmag_refresh "{\"sources\": $(json_list "$DEMO_SOURCES")}"
 
 step "7. g2i_train: tiny preset on $DEMO_DATASET ($DEMO_TRAIN_STEPS steps, CPU)"

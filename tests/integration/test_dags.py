@@ -106,15 +106,15 @@ def test_mmag_refresh_structure(dagbag):
     dag = dagbag.dags["mmag_refresh"]
     g = "refresh."
     assert set(dag.task_dict) == {"plan", "record_state"} | {g + t for t in (
-        "ingest", "fetch_images", "build_graph", "ppr", "embed", "rerank", "export")}
-    stages = ("ingest", "fetch_images", "build_graph", "ppr", "embed", "rerank", "export")
+        "ingest", "fetch_images", "build_graph", "ppr", "embed", "rerank")}
+    stages = ("ingest", "fetch_images", "build_graph", "ppr", "embed", "rerank")
     # plan feeds every task of the mapped group (its values are the group's mapped argument)
     assert {("plan", g + t) for t in stages} | {(g + "ingest", g + "fetch_images"), (g + "fetch_images", g + "build_graph"),
             (g + "build_graph", g + "ppr"), (g + "build_graph", g + "embed"), (g + "ppr", g + "rerank"),
-            (g + "embed", g + "rerank"), (g + "rerank", g + "export"), (g + "export", "record_state"),
+            (g + "embed", g + "rerank"), (g + "rerank", "record_state"),
             ("plan", "record_state")} == _edges(dag)
     assert _assets(dag.task_dict[g + "build_graph"]) == {"g2i.graph"}
-    assert _assets(dag.task_dict[g + "export"]) == {"g2i.neighbours"}
+    assert _assets(dag.task_dict[g + "rerank"]) == {"g2i.neighbours"}
     assert dag.schedule == "@daily" and dag.catchup is False and dag.max_active_runs == 1
     assert set(dag.params) == {"sources", "raw", "force"}
     assert dag.params["sources"] == ["goodreads", "amazon2014", "amazon2018"]
@@ -122,7 +122,7 @@ def test_mmag_refresh_structure(dagbag):
     for task in dag.tasks:
         assert task.retries >= 1 and task.retry_exponential_backoff, task.task_id
         assert task.doc_md, f"{task.task_id} has no doc_md for the UI"
-    for tid in ("ingest", "fetch_images", "build_graph", "ppr", "embed", "rerank", "export"):
+    for tid in stages:
         assert dag.task_dict[g + tid].execution_timeout is not None, tid
     # The whole per-source chain is one mapped task group over plan's output.
     assert dag.task_group_dict["refresh"].__class__.__name__ == "MappedTaskGroup"

@@ -77,7 +77,7 @@ def test_python_and_container_stage_command_lines(settings):
     local = orch.stage_argv("train", values, settings)
     assert local[:4] == [sys.executable, "-m", "g2i_core.cli", "train"]
     assert local[4:] == ["--root", "s3://bucket/mmag/goodreads", "--run-id", "train-20240101", "--preset", "tiny",
-                         "--steps", "7", "--resume"]
+                         "--steps", "7", "--resume=True"]
     assert orch.stage_argv("train", values, settings, container=True)[:2] == ["g2i", "train"]
     with pytest.raises(KeyError, match="unknown stage 'trian'"):
         orch.stage_argv("trian", values, settings)
