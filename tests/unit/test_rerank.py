@@ -109,3 +109,27 @@ def test_embed_and_rerank_on_a_store_with_cache(file_storage):
     rerank_storage(file_storage, RerankConfig(k=2), "x1")
     out = file_storage.read_table("neighbours").to_pylist()
     assert out[0]["neighbour_id"] == "n2" and out[0]["rank"] == 1
+
+
+def test_export_writes_reference_metadata_layout(file_storage, tmp_path):
+    import json
+
+    from g2i_core.cli import main
+
+    file_storage.publish_table("graph_nodes", pa.table({"node_id": ["a", "b", "c"], "text": ["ta", "tb", "tc"],
+                                                        "split": ["train", "train", "test"]}), "r1")
+    keys = {n: file_storage.put_content_addressed(_png(c), ext="png").key
+            for n, c in [("a", (1, 2, 3)), ("b", (9, 9, 9))]}
+    file_storage.publish_table("node_images", pa.table({"node_id": list(keys), "image_key": list(keys.values()),
+                                                        "status": ["ok", "ok"]}), "r1")
+    file_storage.publish_table("neighbours", pa.table({"node_id": ["a", "a", "b"], "rank": [2, 1, 1],
+                                                       "neighbour_id": ["b", "c", "a"]}), "r1")
+    rc = main(["export", "--root", file_storage.root, "--run-id", "x", "--split", "train", "--copy-images"])
+    assert rc == 0
+    out = tmp_path / "store" / "exports" / "x"
+    lines = [json.loads(x) for x in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [sorted(line) for line in lines] == [["center", "neighbors", "text"]] * 2
+    a, b = lines
+    assert a["text"] == "ta" and a["neighbors"] == [b["center"]]  # c has no image: left out
+    assert b["neighbors"] == [a["center"]]
+    assert all((out / p).is_file() for p in (a["center"], b["center"]))
