@@ -84,23 +84,41 @@ class IngestReport:
 
 
 # ---- transformations ----------------------------------------------------------------------------
+_SCALAR_COLUMNS = ("node_id", "title", "text", "image_url", "has_real_image", "attrs", "completeness",
+                   "content_hash", "reason", "detail", "raw")
+
+
 def _arrow_parser(source: str):
     def parse_batches(batches: Iterator) -> Iterator:
-        import pyarrow as pa
-
         from g2i_core.ingest.parsers import parse_line
 
-        schema = _arrow_parsed_schema()
         for batch in batches:
             cols = batch.to_pydict()
-            rows = []
-            for uri, line_no, raw in zip(cols["source_uri"], cols["line_no"], cols["raw"], strict=True):
-                row = parse_line(source, raw, line_no)
-                row["source_uri"] = uri
-                rows.append(row)
-            yield pa.RecordBatch.from_pylist(rows, schema=schema)
+            rows = [parse_line(source, raw, line_no) for line_no, raw in zip(cols["line_no"], cols["raw"], strict=True)]
+            yield _rows_to_batch(rows, cols["source_uri"], cols["line_no"])
 
     return parse_batches
+
+
+def _rows_to_batch(rows: list[dict], source_uris: list[str], line_nos: list[int]):
+    """Column-wise Arrow build (several times faster than RecordBatch.from_pylist on nested rows)."""
+    import pyarrow as pa
+
+    schema = _arrow_parsed_schema()
+    arrays = {"source_uri": source_uris, "line_no": line_nos}
+    for name in _SCALAR_COLUMNS:
+        arrays[name] = [r.get(name) for r in rows]
+    edge_type = schema.field("edges").type
+    offsets, dsts, relations = [0], [], []
+    for r in rows:
+        for e in r["edges"]:
+            dsts.append(e["dst"])
+            relations.append(e["relation"])
+        offsets.append(len(dsts))
+    edges = pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), pa.StructArray.from_arrays(
+        [pa.array(dsts, pa.string()), pa.array(relations, pa.string())], fields=list(edge_type.value_type)))
+    return pa.RecordBatch.from_arrays([edges if f.name == "edges" else pa.array(arrays[f.name], f.type)
+                                       for f in schema], schema=schema)
 
 
 def _arrow_parsed_schema():

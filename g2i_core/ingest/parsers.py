@@ -134,13 +134,14 @@ def parse_record(source: str, rec: dict) -> dict:
     attrs = {k: v for k, v in attrs.items() if v not in (None, [], {}, "")}
     if description:
         attrs["description"] = description
-    edges, seen = [], set()
+    edges, links = [], []
+    prefix = NAMESPACE[source] + ":"
     for relation in RELATIONS[source]:
-        for target in related.get(relation, []):
-            dst = f"{NAMESPACE[source]}:{target}"
-            if dst != node_id and (dst, relation) not in seen:  # self-loops carry no neighbour signal
-                seen.add((dst, relation))
-                edges.append({"dst": dst, "relation": relation})
+        # dict.fromkeys: repeated links collapse, order kept; self-loops carry no neighbour signal
+        for target in dict.fromkeys(related.get(relation, ())):
+            if target != local_id:
+                edges.append({"dst": prefix + target, "relation": relation})
+                links.append(f"{relation}>{target}")
     attrs_json = json.dumps(attrs, sort_keys=True, ensure_ascii=False, default=str)
     return {
         "node_id": node_id,
@@ -153,7 +154,7 @@ def parse_record(source: str, rec: dict) -> dict:
         "edges": edges,
         # Duplicate resolution keeps the most complete copy: filled fields + links.
         "completeness": len(attrs) + bool(title) + bool(image_url) + len(edges),
-        "content_hash": hashlib.sha1(f"{title}\x1f{image_url}\x1f{attrs_json}\x1f{sorted(seen)}"
+        "content_hash": hashlib.sha1("\x1f".join([title, image_url or "", attrs_json, *sorted(links)])
                                      .encode()).hexdigest(),
     }
 
