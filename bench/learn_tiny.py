@@ -69,7 +69,7 @@ def main() -> int:
 
     t0 = time.time()
     result = train(TrainConfig(run_id=f"learn-{args.steps}", preset="tiny", nodes_table="nodes", steps=args.steps,
-                               batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=50, checkpoint_every=500,
+                               batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=50, checkpoint_every=100,
                                log_every=50, seed=0), settings)
     train_s = time.time() - t0
 
