@@ -83,7 +83,7 @@ def main() -> int:
         return (time.perf_counter() - t) / n
 
     # 1. Training throughput, with and without the graph path
-    for mode in ("qformer", "none"):
+    def train_throughput(mode: str):
         t_build = time.perf_counter()
         torch.manual_seed(0)
         model = build_model(sd15_config("", "", random_weights=True, graph_mode=mode, **small)).to(dev)
@@ -107,16 +107,18 @@ def main() -> int:
             opt.zero_grad(set_to_none=True)
 
         s = sync_time(step, args.steps)
-        out[f"train_{mode}"] = {"s_per_step": round(s, 4), "images_per_s": round(B / s, 2), "build_s": round(build_s, 1),
-                                "trainable_params_m": round(sum(p.numel() for p in model.trainable_parameters()) / 1e6, 1),
-                                "max_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if dev.type == "cuda" else 0}
-        if mode == "qformer":
-            keep = model
-        else:
-            del model, opt, loss_mod
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-            torch.cuda.reset_peak_memory_stats()
+        stats = {"s_per_step": round(s, 4), "images_per_s": round(B / s, 2), "build_s": round(build_s, 1),
+                 "trainable_params_m": round(sum(p.numel() for p in model.trainable_parameters()) / 1e6, 1),
+                 "max_mem_gb": round(torch.cuda.max_memory_allocated() / 2**30, 1) if dev.type == "cuda" else 0}
+        return model, stats
+
+    keep, out["train_qformer"] = train_throughput("qformer")
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    _, out["train_none"] = train_throughput("none")
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
     out["graph_path_training_cost"] = round(1 - out["train_qformer"]["images_per_s"] / out["train_none"]["images_per_s"], 3)
 
     # 2. Sampling: the pipeline's loop (3 branches in one batch) vs 2-branch CFG

@@ -14,10 +14,10 @@ Ablations: --graph-mode qformer|no_qformer|images_only|texts_only|none (see docs
 
 from __future__ import annotations
 
+import argparse
+
 NAME = "train"
 SUMMARY = "train the graph-conditioned diffusion model (tiny on CPU, sd15 on GPU) -> models/<run_id>/"
-
-import argparse
 
 
 def _bool(v: str) -> bool:

@@ -444,7 +444,13 @@ def pil_to_tensor(img: "Image.Image", size: int) -> torch.Tensor:
 def build_model(cfg: G2IConfig) -> G2IModel:
     """Instantiate every component the config names; paths must be local (HF_HUB_OFFLINE semantics)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, CLIPVisionConfig, CLIPVisionModelWithProjection
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoTokenizer,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+    )
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # 1. Text encoder + tokenizer (frozen).

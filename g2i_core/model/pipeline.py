@@ -95,7 +95,7 @@ class G2IPipeline:
             if graph_scale is not None and len(scales) != k:
                 raise ValueError(f"graph_scale has {len(scales)} values but each prompt has {k} graph(s)")
             if not self.model.config.uses_graph:
-                raise ValueError(f"this model was trained with graph_mode='none'; it takes no neighbours")
+                raise ValueError("this model was trained with graph_mode='none'; it takes no neighbours")
         if not isinstance(text_scale, (int, float)):
             raise ValueError(f"text_scale must be a number, got {text_scale!r}")
         if num_inference_steps < 1:

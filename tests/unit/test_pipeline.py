@@ -67,7 +67,7 @@ def direct_one_step(pipe, text_scale, graph_scales, graphs):
         eps_u = m(x, tt, *m.context(u_ids, u_att, None))
         eps_t = m(x, tt, *m.context(ids, att, None))
         guided = eps_u + text_scale * (eps_t - eps_u)
-        for s, g in zip(graph_scales, graphs):
+        for s, g in zip(graph_scales, graphs, strict=True):
             guided = guided + s * (m(x, tt, *m.context(ids, att, m.prepare_graph(g))) - eps_t)
         x = pipe.scheduler.step(guided, t, x).prev_sample
         return m.decode(x)
@@ -99,7 +99,7 @@ def test_multi_graph_with_one_graph_equals_single_graph(pipe):
 
 
 def test_two_graph_mixing_matches_direct_computation(pipe):
-    mixed = pipe(PROMPTS, [[a, b] for a, b in zip(sets(0), sets(150))], text_scale=2.0, graph_scale=[1.0, 0.5],
+    mixed = pipe(PROMPTS, [[a, b] for a, b in zip(sets(0), sets(150), strict=True)], text_scale=2.0, graph_scale=[1.0, 0.5],
                  num_inference_steps=1, output_type="pt", seed=0)
     want = direct_one_step(pipe, 2.0, [1.0, 0.5], [sets(0), sets(150)])
     torch.testing.assert_close(mixed, want, rtol=0, atol=2e-5)
@@ -131,7 +131,7 @@ def test_check_inputs_teach(pipe):
     with pytest.raises(ValueError, match="neighbours has 1 entries but prompts has 2"):
         pipe(PROMPTS, sets()[:1])
     with pytest.raises(ValueError, match="graph_scale has 1 values but each prompt has 2 graph"):
-        pipe(PROMPTS, [[a, b] for a, b in zip(sets(), sets())], graph_scale=1.0)
+        pipe(PROMPTS, [[a, b] for a, b in zip(sets(), sets(), strict=True)], graph_scale=1.0)
     with pytest.raises(ValueError, match="height has to be divisible by 8 but is 20"):
         pipe(PROMPTS, sets(), height=20)
     with pytest.raises(ValueError, match="max_neighbours=3"):
