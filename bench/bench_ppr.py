@@ -84,8 +84,8 @@ def get_ppr_top(graph, sources, eps, k):
     rows, cols, vals = rows[order], cols[order], vals[order]
     starts = np.searchsorted(rows, np.arange(len(sources)))
     ends = np.searchsorted(rows, np.arange(len(sources)), side="right")
-    for i, (a, b) in enumerate(zip(starts, ends)):
-        sel = [(c, v) for c, v in zip(cols[a:b], vals[a:b]) if c != sources[i]][:k]
+    for i, (a, b) in enumerate(zip(starts, ends, strict=False)):
+        sel = [(c, v) for c, v in zip(cols[a:b], vals[a:b], strict=False) if c != sources[i]][:k]
         for j, (c, v) in enumerate(sel):
             nbrs[i, j], scores[i, j] = c, v
     return Candidates(sources, nbrs, scores), int(len(vals))

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 if TYPE_CHECKING:
-    import pyarrow as pa
 
     from g2i_core.storage import Storage
 
@@ -183,7 +182,7 @@ def _embed_kind(rows: list[dict], cache: dict, *, kind: str, encoder: str, items
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
         vectors = encode([payload for _, payload in batch])
-        for (h, _), vec in zip(batch, vectors):
+        for (h, _), vec in zip(batch, vectors, strict=False):
             cache[(kind, encoder, h)] = np.asarray(vec, np.float32).tolist()
         if len(todo) > 10 * batch_size and (start // batch_size) % 20 == 0:
             log.info("embed %s/%s: %d/%d new items, %.1fs", kind, encoder, start + len(batch), len(todo),
@@ -216,7 +215,7 @@ def _node_texts(storage: "Storage") -> list[tuple[str, str]]:
                 raise ValueError(f"{name} under {storage.root} has no text column; it has {table.column_names}")
             titles = table.column("title").to_pylist() if "title" in table.column_names else [None] * table.num_rows
             return [(nid, text or title or "") for nid, text, title in
-                    zip(table.column("node_id").to_pylist(), table.column("text").to_pylist(), titles)]
+                    zip(table.column("node_id").to_pylist(), table.column("text").to_pylist(), titles, strict=False)]
     raise FileNotFoundError(f"no published graph_nodes or nodes table under {storage.root}: run ingest/build-graph")
 
 
@@ -237,7 +236,7 @@ def _previous_vectors(storage: "Storage") -> dict[tuple[str, str, str], list[flo
         return {}
     table = storage.read_table(TABLE, columns=["kind", "encoder", "content_hash", "vector"])
     return {(k, e, h): v for k, e, h, v in zip(*(table.column(c).to_pylist() for c in
-                                                   ("kind", "encoder", "content_hash", "vector")))}
+                                                   ("kind", "encoder", "content_hash", "vector")), strict=False)}
 
 
 def load_vectors(storage: "Storage", kind: str, encoder: str | None = None) -> tuple[list[str], np.ndarray, str]:

@@ -81,7 +81,7 @@ def select_neighbours(candidates: "pa.Table", text: VectorIndex, others: dict[st
     config.check()
     _check_spaces(text, others, config)
     by_node: dict[str, list[tuple[str, float]]] = {}
-    for nid, nbr, score in zip(*(candidates.column(c).to_pylist() for c in ("node_id", "neighbour_id", "ppr_score"))):
+    for nid, nbr, score in zip(*(candidates.column(c).to_pylist() for c in ("node_id", "neighbour_id", "ppr_score")), strict=False):
         by_node.setdefault(nid, []).append((nbr, score))
     out: dict[str, list] = {c: [] for c in ("node_id", "rank", "neighbour_id", "ppr_score", "semantic_score", "score")}
     if config.strategy in ("semantic_ppr", "ppr"):
@@ -92,7 +92,7 @@ def select_neighbours(candidates: "pa.Table", text: VectorIndex, others: dict[st
         chosen = _random(text.ids or sorted(by_node), text, others, by_node, config)
     for nid, picks in chosen.items():
         for rank, (nbr, ppr, sem, score) in enumerate(picks, start=1):
-            for col, val in zip(out, (nid, rank, nbr, ppr, sem, score)):
+            for col, val in zip(out, (nid, rank, nbr, ppr, sem, score), strict=False):
                 out[col].append(val)
     return pa.table({"node_id": pa.array(out["node_id"], pa.string()), "rank": pa.array(out["rank"], pa.int32()),
                      "neighbour_id": pa.array(out["neighbour_id"], pa.string()),

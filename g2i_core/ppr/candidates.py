@@ -40,7 +40,7 @@ class Candidates:
     def as_dict(self, graph: CsrGraph) -> dict[str, list[str]]:
         """source id -> neighbour ids in rank order (handy in tests and for small graphs)."""
         return {graph.ids[s]: [graph.ids[v] for v in row if v >= 0]
-                for s, row in zip(self.sources.tolist(), self.neighbours)}
+                for s, row in zip(self.sources.tolist(), self.neighbours, strict=False)}
 
 
 def top_k_of_rows(matrix: np.ndarray, sources: np.ndarray, k: int) -> Candidates:

@@ -30,7 +30,7 @@ def ppr_rows(graph: CsrGraph, sources: np.ndarray, alpha: float = 0.15, tol: flo
     start = np.zeros((n, len(sources)))
     start[sources, np.arange(len(sources))] = alpha
     z = start.copy()
-    for iteration in range(1, max_iterations + 1):
+    for iteration in range(1, max_iterations + 1):  # noqa: B007 - logged after the loop
         z_new = start + (1 - alpha) * (p0_t @ z)
         delta = float(np.abs(z_new - z).max())
         z = z_new

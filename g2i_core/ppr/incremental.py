@@ -36,7 +36,7 @@ def changed_nodes(old: CsrGraph, new: CsrGraph) -> list[str]:
     """Ids whose out-edges (targets or transition probabilities) differ, plus added and removed ids."""
     def out_edges(g: CsrGraph) -> dict[str, set[tuple[str, float]]]:
         return {g.ids[u]: {(g.ids[v], round(float(w), 12)) for v, w in
-                           zip(g.indices[g.indptr[u]:g.indptr[u + 1]], g.probs[g.indptr[u]:g.indptr[u + 1]])}
+                           zip(g.indices[g.indptr[u]:g.indptr[u + 1]], g.probs[g.indptr[u]:g.indptr[u + 1]], strict=False)}
                 for u in range(g.num_nodes)}
 
     a, b = out_edges(old), out_edges(new)

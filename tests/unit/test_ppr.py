@@ -41,7 +41,7 @@ GRAPHS = {
 def _networkx_rows(src, dst, weight, ids) -> np.ndarray:
     g = nx.DiGraph()
     g.add_nodes_from(ids)
-    for i, (s, d) in enumerate(zip(src, dst)):
+    for i, (s, d) in enumerate(zip(src, dst, strict=False)):
         g.add_edge(s, d, weight=1.0 if weight is None else float(weight[i]))
     rows = []
     for s in ids:
