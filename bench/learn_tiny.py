@@ -42,6 +42,8 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--sampling-steps", type=int, default=25)
     ap.add_argument("--work", default="/tmp/g2i-learn-tiny")
+    ap.add_argument("--model", default="", help="skip training; evaluate this model or checkpoint folder URI "
+                                                "(e.g. file:///tmp/g2i-learn-tiny/store/models/learn-600/checkpoint-400)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
 
@@ -68,9 +70,15 @@ def main() -> int:
     settings = Settings.load(storage_root=root)
 
     t0 = time.time()
-    result = train(TrainConfig(run_id=f"learn-{args.steps}", preset="tiny", nodes_table="nodes", steps=args.steps,
-                               batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=50, checkpoint_every=100,
-                               log_every=50, seed=0), settings)
+    if args.model:  # evaluate an existing model/checkpoint (loss history from its trainer_state/metrics)
+        state = f"{args.model}/trainer_state.json" if "checkpoint-" in args.model else f"{args.model}/metrics.json"
+        losses = {int(k): v for k, v in storage.get_json(state)["losses"].items()}
+        model_uri, steps_per_s, done = args.model, float("nan"), max(losses)
+    else:
+        result = train(TrainConfig(run_id=f"learn-{args.steps}", preset="tiny", nodes_table="nodes", steps=args.steps,
+                                   batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=50, checkpoint_every=100,
+                                   log_every=50, seed=0), settings)
+        losses, model_uri, steps_per_s, done = result.losses, result.model_uri, result.steps_per_s, args.steps
     train_s = time.time() - t0
 
     # Style classifier: nearest community centroid of colour histograms of real training images.
@@ -90,7 +98,7 @@ def main() -> int:
     per_comm: dict[int, list[str]] = {}
     for r in val:
         per_comm.setdefault(communities[r.node_id], []).append(r.node_id)
-    pipe = G2IPipeline.from_pretrained(result.model_uri)
+    pipe = G2IPipeline.from_pretrained(model_uri)
     rows, hits_g, hits_t, n = [], 0, 0, 0
     for c in comms:
         ids = (per_comm.get(c, []) * 4)[:4]
@@ -113,10 +121,10 @@ def main() -> int:
             grid.paste(im.convert("RGB").resize((cell, cell), Image.NEAREST), (x, i * cell))
     RESULTS.mkdir(exist_ok=True)
     grid.save(RESULTS / "tiny_grid.png")
-    losses = result.losses
-    curve = {s: float(np.mean([losses[k] for k in range(max(1, s - 49), s + 1)])) for s in losses if s % 100 == 0}
-    out = {"steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "train_seconds": round(train_s, 1),
-           "steps_per_s": round(result.steps_per_s, 3), "loss_mean50_by_step": curve,
+    curve = {s: float(np.mean([losses[k] for k in range(max(1, s - 49), s + 1)])) for s in losses if s % 50 == 0}
+    out = {"steps": done, "batch_size": args.batch_size, "lr": args.lr, "model": model_uri,
+           "train_seconds": None if args.model else round(train_s, 1),
+           "steps_per_s": round(steps_per_s, 3), "loss_mean50_by_step": curve,
            "style_accuracy_graph_guided": hits_g / n, "style_accuracy_text_only": hits_t / n,
            "chance": 1 / len(comms), "val_images": n, "threads": torch.get_num_threads(),
            "command": "python " + " ".join(sys.argv)}
