@@ -58,6 +58,10 @@ class GenerateConfig:
     text_scale: float = 7.5
     graph_scale: float = 1.5
     steps: int = 50
+    # Clip each step's x0 estimate to [-1, 1] (DDIM clip_sample): for pixel-space models (the tiny
+    # preset), whose early steps otherwise amplify an imperfect noise estimate into saturated pixels.
+    # Leave off for latent models (sd15): latents are not bounded by 1.
+    clip_sample: bool = False
     # style mixing: extra graph conditions, each the neighbour set of another node, with its own scale
     mix: tuple[tuple[str, float], ...] = ()
     nodes_table: str = "graph_nodes"
@@ -147,7 +151,8 @@ def model_id_of(model_uri: str) -> str:
 
 def request_id(node_id: str, seed: int, cfg: GenerateConfig) -> str:
     key = {"node": node_id, "seed": seed, "model": cfg.model_uri, "text_scale": cfg.text_scale,
-           "graph_scale": cfg.graph_scale, "steps": cfg.steps, "mix": [list(m) for m in cfg.mix],
+           "graph_scale": cfg.graph_scale, "steps": cfg.steps, "clip": cfg.clip_sample,
+           "mix": [list(m) for m in cfg.mix],
            "neighbours": cfg.neighbours_table, "k": cfg.max_neighbours, "extra": cfg.extra}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -236,13 +241,17 @@ def run_shard(storage: "Storage", cfg: GenerateConfig, generator: Generator,
     cfg.validate()
     name = _manifest_name(cfg.run_id)
     # 1. A published shard is final: a second attempt does nothing.
-    if storage.is_published(name, cfg.shard_name):
-        rows = storage.manifest(name, cfg.shard_name)["rows"]
-        log.info("%s %s already published (%d rows); skipping", cfg.run_id, cfg.shard_name, rows)
-        return {"shard": cfg.shard_name, "published": True, "skipped": True, "rows": rows, "generated": 0}
-    # 2. This shard's requests, minus those a previous attempt finished.
     requests = requests_for(shard_nodes(select_nodes(storage, cfg), cfg.shard, cfg.num_shards), cfg)
     wanted = {r.request_id for r in requests}
+    if storage.is_published(name, cfg.shard_name):
+        published = set(storage.read_table(name, run_id=cfg.shard_name, columns=["request_id"])
+                        .column("request_id").to_pylist())
+        if published != wanted:
+            raise ValueError(f"{cfg.run_id} {cfg.shard_name} is already published with other settings or nodes "
+                             f"({len(published)} requests, {len(published & wanted)} matching); use a new run id")
+        log.info("%s %s already published (%d rows); skipping", cfg.run_id, cfg.shard_name, len(published))
+        return {"shard": cfg.shard_name, "published": True, "skipped": True, "rows": len(published), "generated": 0}
+    # 2. This shard's requests, minus those a previous attempt finished.
     done = {k: v for k, v in done_rows(storage, cfg).items() if k in wanted}
     pending = [r for r in requests if r.request_id not in done]
     log.info("%s %s: %d requests, %d done, %d to generate", cfg.run_id, cfg.shard_name, len(requests), len(done),
@@ -318,6 +327,16 @@ class PipelineGenerator:
         return list((out.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
 
 
+def clipped_ddim(model_config):
+    """The pipeline's DDIM scheduler with x0 clipping (see ``GenerateConfig.clip_sample``)."""
+    from diffusers import DDIMScheduler
+
+    c = model_config
+    return DDIMScheduler(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
+                         beta_start=c.beta_start, beta_end=c.beta_end, prediction_type="epsilon", clip_sample=True,
+                         set_alpha_to_one=False, timestep_spacing="trailing")
+
+
 def graph_loader(storage: "Storage", cfg: GenerateConfig, uses_graph: bool):
     """``load_graphs`` for ``run_shard`` reading the nodes, images and neighbour tables once."""
     from g2i_core.model.data import ImageCache, condition_of, load_records
@@ -351,5 +370,7 @@ def generate(storage: "Storage", cfg: GenerateConfig, settings=None, device: str
     from g2i_core.model import G2IPipeline
 
     pipe = G2IPipeline.from_pretrained(cfg.model_uri, settings=settings, device=device)
+    if cfg.clip_sample:
+        pipe.scheduler = clipped_ddim(pipe.model.config)
     gen = PipelineGenerator(pipe)
     return run_shard(storage, cfg, gen, graph_loader(storage, cfg, gen.uses_graph))

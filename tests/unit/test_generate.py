@@ -142,3 +142,10 @@ def test_config_errors_name_the_problem():
         cfg(backfill=True).validate()
     with pytest.raises(ValueError, match="shard must be in"):
         cfg(shard=3, num_shards=3).validate()
+
+
+def test_published_shard_with_other_settings_is_refused_not_silently_reused(file_storage):
+    publish_tables(file_storage)
+    run_shard(file_storage, cfg(run_id="p"), CountingGenerator(), texts_only)
+    with pytest.raises(ValueError, match="already published with other settings"):
+        run_shard(file_storage, cfg(run_id="p", clip_sample=True), CountingGenerator(), texts_only)
