@@ -198,7 +198,7 @@ class StageProcess:
     def run(self, timeout_s: float | None = None) -> int:
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-                                     errors="replace", start_new_session=True)
+                                     errors="replace", preexec_fn=_own_group_dies_with_parent)
         start = time.monotonic()
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
@@ -219,6 +219,17 @@ class StageProcess:
             self.proc.wait()
         except ProcessLookupError:
             pass
+
+
+def _own_group_dies_with_parent() -> None:
+    """In the child before exec: own process group (so ``kill()`` reaches every descendant) and, on
+    Linux, SIGKILL when the task process dies — even by SIGKILL — so no orphaned job keeps writing."""
+    os.setsid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
 
 
 # ---- 4. run ids, roots, planning ---------------------------------------------------------------------
@@ -483,6 +494,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     dt_.add_argument("--conf", default="{}", help="JSON run conf (DAG params)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # SIGTERM (pod eviction, `kill`) unwinds through run_stage's finally, which ends the job's group.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if args.cmd == "stage":
         try:
             run_stage(args.stage, json.loads(args.values), Settings.load(), on_line=lambda s: print(s, flush=True))

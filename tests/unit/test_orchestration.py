@@ -297,3 +297,34 @@ def test_train_inputs_registration_and_model_resolution(tmp_path):
     argv = orch.stage_argv("generate", shards[1], settings)
     assert argv[3:] == ["generate", "--model", root.uri("models", "train-1"), "--run-id", "backfill-1", "--backfill",
                         "--shard", "1/3", "--steps", "4"]
+
+
+def test_a_job_dies_with_its_task_process_even_on_sigkill():
+    """The task process is SIGKILLed (no on_kill runs): its job must not live on as an orphan."""
+    job_code = "import os, time; print(os.getpid(), flush=True); time.sleep(60)"
+    task = ("import os, sys; from g2i_core.orchestration import StageProcess; "
+            f"StageProcess([sys.executable, '-c', {job_code!r}], dict(os.environ), "
+            "on_line=lambda s: print('job', s, flush=True)).run()")
+    parent = subprocess.Popen([sys.executable, "-c", task], stdout=subprocess.PIPE, text=True)
+    job = int(parent.stdout.readline().split()[1])
+    assert not _gone(job, 0.2)  # running
+    parent.kill()
+    parent.wait()
+    alive = not _gone(job, 10)
+    if alive:
+        os.kill(job, 9)
+    assert not alive, "the job outlived its SIGKILLed task process"
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        try:
+            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:  # dead, waiting for init to reap it
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
