@@ -71,8 +71,9 @@ def test_dagbag_parses_fast_with_no_errors_and_no_heavy_imports(tmp_path):
     assert probe["import_errors"] == {}
     assert probe["heavy"] == [], f"DAG files imported {probe['heavy']} at parse time"
     assert set(probe["dags"]) == {"mmag_refresh", "g2i_train", "g2i_backfill_covers", "g2i_evaluate"}
-    # Airflow's default dagbag_import_timeout is 30 s; our files are pure wiring and take well under 1 s.
-    assert all(t < 2.0 for t in probe["per_file_s"].values()), probe["per_file_s"]
+    # Airflow's default dagbag_import_timeout is 30 s; our files are pure wiring (~0.1-0.2 s each on an idle
+    # machine; the first one also pays for importing g2i_core.airflow_ops). 5 s leaves room for a busy CI box.
+    assert all(t < 5.0 for t in probe["per_file_s"].values()), probe["per_file_s"]
     print(f"\nDagBag parse: {probe['dagbag_s']:.2f}s for 4 files "
           f"({', '.join(f'{k} {v * 1000:.0f}ms' for k, v in probe['per_file_s'].items())}); "
           f"airflow import {probe['airflow_import_s']:.2f}s")
