@@ -40,7 +40,11 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--nodes", type=int, default=400)
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--sampling-steps", type=int, default=25)
+    ap.add_argument("--sampling-steps", type=int, default=50)
+    ap.add_argument("--scheduler", default="ddpm", choices=["ddim", "dpm", "ddpm"])
+    ap.add_argument("--text-scale", type=float, default=1.0)
+    ap.add_argument("--graph-scale", type=float, default=1.0)
+    ap.add_argument("--run-id", default="", help="default learn-<steps>; an existing run resumes from its checkpoint")
     ap.add_argument("--work", default="/tmp/g2i-learn-tiny")
     ap.add_argument("--model", default="", help="skip training; evaluate this model or checkpoint folder URI "
                                                 "(e.g. file:///tmp/g2i-learn-tiny/store/models/learn-600/checkpoint-400)")
@@ -75,7 +79,7 @@ def main() -> int:
         losses = {int(k): v for k, v in storage.get_json(state)["losses"].items()}
         model_uri, steps_per_s, done = args.model, float("nan"), max(losses)
     else:
-        result = train(TrainConfig(run_id=f"learn-{args.steps}", preset="tiny", nodes_table="nodes", steps=args.steps,
+        result = train(TrainConfig(run_id=args.run_id or f"learn-{args.steps}", preset="tiny", nodes_table="nodes", steps=args.steps,
                                    batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=50, checkpoint_every=100,
                                    log_every=50, seed=0), settings)
         losses, model_uri, steps_per_s, done = result.losses, result.model_uri, result.steps_per_s, args.steps
@@ -98,16 +102,17 @@ def main() -> int:
     per_comm: dict[int, list[str]] = {}
     for r in val:
         per_comm.setdefault(communities[r.node_id], []).append(r.node_id)
-    pipe = G2IPipeline.from_pretrained(model_uri)
+    pipe = G2IPipeline.from_pretrained(model_uri, scheduler=args.scheduler)
     rows, hits_g, hits_t, n = [], 0, 0, 0
     for c in comms:
         ids = (per_comm.get(c, []) * 4)[:4]
         if not ids:
             continue
         conds = load_conditions(storage, ids, nodes_table="nodes")
-        g_imgs = pipe([x.text for x in conds], [x.neighbours for x in conds], text_scale=3.0, graph_scale=2.0,
+        g_imgs = pipe([x.text for x in conds], [x.neighbours for x in conds], text_scale=args.text_scale,
+                      graph_scale=args.graph_scale, num_inference_steps=args.sampling_steps, seed=0)
+        t_imgs = pipe([x.text for x in conds], None, text_scale=args.text_scale,
                       num_inference_steps=args.sampling_steps, seed=0)
-        t_imgs = pipe([x.text for x in conds], None, text_scale=3.0, num_inference_steps=args.sampling_steps, seed=0)
         hits_g += sum(classify(im) == c for im in g_imgs)
         hits_t += sum(classify(im) == c for im in t_imgs)
         n += len(ids)

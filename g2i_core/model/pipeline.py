@@ -39,13 +39,16 @@ def make_scheduler(name: str, model_config):
 
     kw = dict(num_train_timesteps=model_config.num_train_timesteps, beta_schedule=model_config.beta_schedule,
               beta_start=model_config.beta_start, beta_end=model_config.beta_end, prediction_type="epsilon")
+    # In pixel space (tiny) the x0 estimate at high t divides by sqrt(ᾱ_t) ≈ 0 and explodes unless it is
+    # clipped to the image range [-1, 1]; latents (sd15) are unbounded and must not be clipped.
+    pixels = model_config.latent_scale == 1
     if name == "ddim":
-        return DDIMScheduler(**kw, clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing")
+        return DDIMScheduler(**kw, clip_sample=pixels, set_alpha_to_one=False, timestep_spacing="trailing")
     if name == "dpm":
         return DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2,
-                                           timestep_spacing="trailing")
+                                           timestep_spacing="trailing", thresholding=pixels, sample_max_value=1.0)
     if name == "ddpm":
-        return DDPMScheduler(**kw, clip_sample=False, timestep_spacing="trailing")
+        return DDPMScheduler(**kw, clip_sample=pixels, timestep_spacing="trailing")
     raise ValueError(f"scheduler must be one of {SCHEDULERS} or a diffusers scheduler instance, got {name!r}")
 
 

@@ -136,3 +136,14 @@ def test_check_inputs_teach(pipe):
         pipe(PROMPTS, sets(), height=20)
     with pytest.raises(ValueError, match="max_neighbours=3"):
         pipe(PROMPTS[:1], [sets()[1].__class__([None] * 4, ["a"] * 4)], num_inference_steps=1)
+
+
+def test_pixel_space_schedulers_clip_x0_and_latent_ones_do_not():
+    from g2i_core.model.config import sd15_config
+    from g2i_core.model.pipeline import make_scheduler
+
+    tiny, sd = tiny_config(), sd15_config("", "", random_weights=True)
+    assert make_scheduler("ddim", tiny).config.clip_sample and make_scheduler("dpm", tiny).config.thresholding
+    assert not make_scheduler("ddim", sd).config.clip_sample and not make_scheduler("dpm", sd).config.thresholding
+    with pytest.raises(ValueError, match="scheduler must be one of"):
+        make_scheduler("euler", tiny)
