@@ -37,6 +37,7 @@ from g2i_core.orchestration import SOURCES
         "dataset": Param("goodreads", enum=list(SOURCES), description="which source's MMAG to train on"),
         "preset": Param("tiny", enum=["tiny", "sd15"], description="tiny: CPU, random init; sd15: real weights"),
         "steps": Param(300, type="integer", minimum=1, description="optimizer steps"),
+        "batch_size": Param(0, type="integer", minimum=0, description="images per step (0 = the trainer's default)"),
         "resume": Param(True, type="boolean", description="continue from the run's latest checkpoint"),
         "run_id": Param("", type="string", description="override the run id (default train-<YYYYMMDD>)"),
     },
@@ -48,7 +49,7 @@ def g2i_train():
         from g2i_core.orchestration import prepare_train
 
         return prepare_train(task_settings(), dataset=params["dataset"], preset=params["preset"],
-                             steps=params["steps"], resume=params["resume"],
+                             steps=params["steps"], resume=params["resume"], batch_size=params["batch_size"],
                              run_id=params["run_id"] or f"train-{run_key(context)}")
 
     @task(outlets=[MODEL], doc_md="Points models/_LATEST at the finished run (the default for generation).")

@@ -59,7 +59,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "Text/image embeddings of every node (`embeddings/<encoder>`)."),
     Stage("rerank", "python", "--root {graph_root} --run-id {run_id}",
           "Semantic re-rank of the PPR candidates -> publishes `neighbours` (top-k per node), what the model reads."),
-    Stage("train", "gpu", "--root {graph_root} --run-id {run_id} --preset {preset} --steps {steps} --resume={resume}",
+    Stage("train", "gpu", "--root {graph_root} --run-id {run_id} --preset {preset} --steps {steps} --batch-size {batch_size} "
+          "--resume={resume}",
           "Trains the graph-conditioned diffusion model -> `models/<run_id>/`."),
     Stage("generate", "gpu",
           "--model {model} --run-id {generations} --split {split} --backfill {backfill} --shard {shard} "
@@ -580,14 +581,15 @@ def _root_storage(settings: Settings, dataset: str):
     return Storage.from_settings(settings, root=graph_root(settings.storage_root, dataset))
 
 
-def prepare_train(settings: Settings, *, dataset: str, preset: str, steps: int, resume: bool, run_id: str) -> dict:
+def prepare_train(settings: Settings, *, dataset: str, preset: str, steps: int, resume: bool, run_id: str,
+                  batch_size: int | None = None) -> dict:
     """Values of the train stage, after checking its inputs are published."""
     storage = _root_storage(settings, dataset)
     for table in ("nodes", "neighbours"):
         if not storage.is_published(table):
             raise ValueError(f"{table} is not published under {storage.root}: run mmag_refresh for {dataset} first")
     return {"source": dataset, "graph_root": storage.root, "run_id": run_id, "preset": preset, "steps": int(steps),
-            "resume": bool(resume)}
+            "batch_size": int(batch_size) if batch_size else None, "resume": bool(resume)}
 
 
 def register_model(settings: Settings, values: Mapping[str, Any]) -> dict:

@@ -60,8 +60,12 @@ export G2I_RETRY_DELAY_S=${G2I_RETRY_DELAY_S:-5} G2I_BACKFILL_SHARDS=${G2I_BACKF
 DEMO_DATE=${G2I_DEMO_DATE:-2024-01-01}
 DEMO_SOURCES=${G2I_DEMO_SOURCES:-goodreads}  # all three: G2I_DEMO_SOURCES=goodreads,amazon2014,amazon2018
 DEMO_DATASET=${G2I_DEMO_DATASET:-goodreads}
-DEMO_TRAIN_STEPS=${G2I_DEMO_TRAIN_STEPS:-300}
-DEMO_GEN_STEPS=${G2I_DEMO_GEN_STEPS:-20}
+# CPU budget of the embedded default: the tiny preset runs ~0.2-1 step/s at batch 16 on 2 cores, so the
+# demo trains briefly (the pipeline is the point; raise these for better images) and scores 16 nodes.
+DEMO_TRAIN_STEPS=${G2I_DEMO_TRAIN_STEPS:-60}
+DEMO_BATCH=${G2I_DEMO_BATCH:-16}
+DEMO_GEN_STEPS=${G2I_DEMO_GEN_STEPS:-5}
+DEMO_EVAL_NODES=${G2I_DEMO_EVAL_NODES:-16}
 STAMPS=$DEMO_DIR/stamps
 mkdir -p "$AIRFLOW_HOME" "$STAMPS"
 SAMPLE_KEY=$(sha256sum "$DEMO_DIR/sample/sample_manifest.json" | cut -c1-12)
@@ -91,13 +95,13 @@ step "6. mmag_refresh: ingest -> fetch images -> build graph -> PPR + embed -> r
 run_dag mmag_refresh "{\"sources\": $(json_list "$DEMO_SOURCES")}"
 
 step "7. g2i_train: tiny preset on $DEMO_DATASET ($DEMO_TRAIN_STEPS steps, CPU)"
-run_dag g2i_train "{\"dataset\": \"$DEMO_DATASET\", \"preset\": \"tiny\", \"steps\": $DEMO_TRAIN_STEPS, \"resume\": true}"
+run_dag g2i_train "{\"dataset\": \"$DEMO_DATASET\", \"preset\": \"tiny\", \"steps\": $DEMO_TRAIN_STEPS, \"batch_size\": $DEMO_BATCH, \"resume\": true}"
 
 step "8. g2i_backfill_covers: covers for $DEMO_DATASET nodes without one ($G2I_BACKFILL_SHARDS mapped shards)"
-run_dag g2i_backfill_covers "{\"dataset\": \"$DEMO_DATASET\", \"shards\": $G2I_BACKFILL_SHARDS, \"steps\": $DEMO_GEN_STEPS}"
+run_dag g2i_backfill_covers "{\"dataset\": \"$DEMO_DATASET\", \"shards\": $G2I_BACKFILL_SHARDS, \"steps\": $DEMO_GEN_STEPS, \"sample\": $DEMO_EVAL_NODES}"
 
 step "9. g2i_evaluate: test split, evaluation report"
-run_dag g2i_evaluate "{\"dataset\": \"$DEMO_DATASET\", \"steps\": $DEMO_GEN_STEPS}"
+run_dag g2i_evaluate "{\"dataset\": \"$DEMO_DATASET\", \"steps\": $DEMO_GEN_STEPS, \"limit\": $DEMO_EVAL_NODES}"
 
 step "10. the report"
 python - "$DEMO_DATASET" "$DEMO_DIR" <<'PY'

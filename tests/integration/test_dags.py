@@ -136,8 +136,8 @@ def test_g2i_train_structure(dagbag):
     assert _assets(dag.task_dict["register"]) == {"g2i.model"}
     assert type(dag.task_dict["train"]).__name__ == "StageOperator"  # local profile (the default)
     assert dag.task_dict["train"].execution_timeout.total_seconds() == 24 * 3600
-    assert {k: dag.params[k] for k in ("dataset", "preset", "steps", "resume", "run_id")} == \
-        {"dataset": "goodreads", "preset": "tiny", "steps": 300, "resume": True, "run_id": ""}
+    assert {k: dag.params[k] for k in ("dataset", "preset", "steps", "batch_size", "resume", "run_id")} == \
+        {"dataset": "goodreads", "preset": "tiny", "steps": 300, "batch_size": 0, "resume": True, "run_id": ""}
 
 
 def test_g2i_backfill_covers_structure(dagbag):

@@ -41,7 +41,7 @@ def test_render_args_names_the_missing_value():
 
 
 def test_every_stage_template_renders_with_its_dag_values():
-    full = {**INGEST_VALUES, "preset": "tiny", "steps": 5, "resume": False, "model": "m", "split": "test",
+    full = {**INGEST_VALUES, "preset": "tiny", "steps": 5, "batch_size": 8, "resume": False, "model": "m", "split": "test",
             "backfill": False, "shard": "0/2", "generations": "g", "limit": None}
     for name, stage in orch.STAGES.items():
         args = orch.render_args(stage.args, full, stage=name)
@@ -73,7 +73,7 @@ def test_cluster_master_comes_from_settings_only(settings):
 
 def test_python_and_container_stage_command_lines(settings):
     values = {"graph_root": "s3://bucket/mmag/goodreads", "run_id": "train-20240101", "preset": "tiny", "steps": 7,
-              "resume": True}
+              "batch_size": None, "resume": True}
     local = orch.stage_argv("train", values, settings)
     assert local[:4] == [sys.executable, "-m", "g2i_core.cli", "train"]
     assert local[4:] == ["--root", "s3://bucket/mmag/goodreads", "--run-id", "train-20240101", "--preset", "tiny",
@@ -281,7 +281,7 @@ def test_train_inputs_registration_and_model_resolution(tmp_path):
         root.publish_table(table, pa.table({"node_id": ["a"]}), "r1")
     values = orch.prepare_train(settings, dataset="goodreads", preset="tiny", steps=3, resume=True, run_id="train-1")
     assert values == {"source": "goodreads", "graph_root": root.root, "run_id": "train-1", "preset": "tiny",
-                      "steps": 3, "resume": True}
+                      "steps": 3, "batch_size": None, "resume": True}
 
     with pytest.raises(FileNotFoundError, match="run g2i_train first"):
         orch.resolve_model(root, "")
