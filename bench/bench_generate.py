@@ -101,7 +101,7 @@ def main(argv=None) -> int:
     ev = bench_evaluation(200 if args.quick else 1000)
     result = {"generation": gen, "evaluation": ev, "torch_threads": torch.get_num_threads(),
               "cpu_count": os.cpu_count(), "load_average_1m": round(os.getloadavg()[0], 2), "device": "cpu",
-              "command": "python bench/bench_generate.py" + (" --quick" if args.quick else "")}
+              "command": " ".join(["python bench/bench_generate.py", *(argv if argv is not None else sys.argv[1:])])}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "generate.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Generation and evaluation throughput (CPU)", "",
