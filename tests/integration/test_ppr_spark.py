@@ -11,7 +11,7 @@ from g2i_core.ppr.exact import ppr_rows
 from g2i_core.ppr.graph import build_graph, edges_table, powerlaw_graph
 from g2i_core.ppr.spark_ppr import candidates_from_rows, spark_candidates
 
-pytestmark = pytest.mark.spark
+pytestmark = [pytest.mark.spark, pytest.mark.slow]  # each test runs a Spark job: 45-100 s here
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,6 @@ def test_spark_push_matches_exact_and_local_push(spark, s3_storage, graph):
     assert by_id["zz-isolated"] == [] and by_id["tail1"] == [] and by_id["tail0"] == ["tail1"]
 
 
-@pytest.mark.slow
 def test_graphframes_method_is_close_to_exact(spark, s3_storage, graph):
     sources = np.random.default_rng(2).choice(graph.num_nodes, 20, replace=False)
     cand = _run(spark, s3_storage, graph, PprConfig(method="graphframes", top_k=10, iterations=20, batch_size=20),
