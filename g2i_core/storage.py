@@ -243,6 +243,16 @@ class Storage:
             raise FileNotFoundError(f"no parquet files in {uris!r}")
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
+    def parquet_footer_source(self, uri: str):
+        """A seekable file for ``uri`` that reads only the byte ranges asked for (S3 ranged GETs),
+        so Parquet footers are read without downloading whole files."""
+        if not self._is_s3(uri):
+            return str(self._local(uri))
+        bucket, key = self._split_s3(uri)
+        size = with_retries(lambda: self.s3.head_object(Bucket=bucket, Key=key), attempts=self._attempts,
+                            what=f"HEAD {uri}")["ContentLength"]
+        return _S3RangeFile(self.s3, bucket, key, size, self._attempts)
+
     # ---- atomic publish --------------------------------------------------------------------
     def table_uri(self, name: str) -> str:
         return self.uri(name)
@@ -277,7 +287,7 @@ class Storage:
         for uri in self.list(data_uri):
             if not uri.endswith(".parquet"):
                 continue
-            meta = pq.read_metadata(io.BytesIO(self.get_bytes(uri)))
+            meta = pq.read_metadata(self.parquet_footer_source(uri))
             files.append({"uri": uri, "rows": meta.num_rows})
         total = sum(f["rows"] for f in files)
         if rows is not None and rows != total:
@@ -329,6 +339,39 @@ class Storage:
         if table.num_rows != m["rows"]:
             raise StorageError(f"{name} run {m['run_id']}: manifest says {m['rows']} rows, files hold {table.num_rows}")
         return table
+
+
+class _S3RangeFile(io.RawIOBase):
+    """Read-only, seekable view of one S3 object; each read is one ranged GET."""
+
+    def __init__(self, client, bucket: str, key: str, size: int, attempts: int):
+        self._client, self._bucket, self._key, self._size, self._attempts = client, bucket, key, size, attempts
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, base + offset)
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), self._size - self._pos)
+        if n <= 0:
+            return 0
+        rng = f"bytes={self._pos}-{self._pos + n - 1}"
+        data = with_retries(lambda: self._client.get_object(Bucket=self._bucket, Key=self._key, Range=rng)["Body"].read(),
+                            attempts=self._attempts, what=f"GET {self._key} {rng}")
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
 
 
 def _check_run_id(run_id: str) -> None:
