@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
+
 NAME = "config"
 SUMMARY = "print the effective settings (secrets masked)"
-
-import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -7,10 +7,10 @@ only when --show-secret is given.
 
 from __future__ import annotations
 
+import argparse
+
 NAME = "s3"
 SUMMARY = "start/stop/status of the embedded S3 server (SeaweedFS on 127.0.0.1)"
-
-import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

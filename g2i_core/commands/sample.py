@@ -8,10 +8,10 @@ Deterministic by --seed. For huge --nodes, only --render-limit images per datase
 
 from __future__ import annotations
 
+import argparse
+
 NAME = "sample"
 SUMMARY = "generate sample raw dumps (Goodreads, Amazon 2014/2018) and procedural images"
-
-import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

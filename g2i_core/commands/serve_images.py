@@ -6,10 +6,10 @@ fetcher meets timeouts and errors for real.
 
 from __future__ import annotations
 
+import argparse
+
 NAME = "serve-images"
 SUMMARY = "serve the sample images over HTTP on loopback for fetch-images"
-
-import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -157,7 +157,7 @@ def _generate_dataset(out: Path, fmt: str, spec: SampleSpec, styles, sub_seed: i
     rel = rng.choice(len(rel_names), size=len(src), p=list(RELATIONS[fmt].values()))
 
     related: list[dict[str, list[str]]] = [dict() for _ in range(n)]
-    for s, d, r in zip(src.tolist(), dst.tolist(), rel.tolist()):
+    for s, d, r in zip(src.tolist(), dst.tolist(), rel.tolist(), strict=True):
         related[s].setdefault(rel_names[r], []).append(ids[d])
 
     def pick(rate: float, minimum: int = 1) -> set[int]:

@@ -14,7 +14,9 @@ def test_start_stop_restart_keeps_data(tmp_path):
         access = server.credentials()
         server.stop()
         assert not server.is_running()
-        with pytest.raises(Exception):
+        from botocore.exceptions import EndpointConnectionError
+
+        with pytest.raises(EndpointConnectionError):
             server.client().head_bucket(Bucket="persist")
         server.start(timeout=90)  # same folder: same credentials, same data
         assert server.credentials() == access
