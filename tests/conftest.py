@@ -73,5 +73,16 @@ def sample_dir(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture
+def torch_one_thread():
+    """One torch thread per test: on a shared 2-core machine OpenMP spinning makes 2 threads ~10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_configure(config):
     os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)

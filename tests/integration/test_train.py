@@ -4,17 +4,10 @@ CLI trains and the result loads into the pipeline. Tiny preset at 16 px, a handf
 from __future__ import annotations
 
 import pytest
+import torch  # noqa: F401 - setup always installs it; a missing torch must fail, not skip
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

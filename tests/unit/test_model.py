@@ -3,22 +3,14 @@
 from __future__ import annotations
 
 import pytest
+import torch  # noqa: F401 - setup always installs it; a missing torch must fail, not skip
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 from g2i_core.model.config import G2IConfig, sd15_config, tiny_config  # noqa: E402
 
 B = 2
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core box OpenMP spinning makes 2 threads ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def small(**kw) -> G2IConfig:

@@ -3,19 +3,11 @@
 from __future__ import annotations
 
 import pytest
+import torch  # noqa: F401 - setup always installs it; a missing torch must fail, not skip
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("diffusers")
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 from g2i_core.model.config import tiny_config  # noqa: E402
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
