@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from test_eval_report import make_report_inputs  # noqa: E402
 
@@ -29,8 +27,9 @@ window.addEventListener('load', () => {
 </script>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (scripts/setup.sh installs it as root)")
 def test_report_renders_in_headless_chromium_with_all_images_loaded(tmp_path):
+    # A missing browser must fail, not skip: `make test` installs it (scripts/setup.sh, as root).
+    assert CHROMIUM, "Chromium not found: run `make setup` as root or `apt-get install chromium`"
     doc, grids, guidance = make_report_inputs()
     html = render_report(doc, grids, ["ground truth", "ours"], guidance)
     page = tmp_path / "report.html"
