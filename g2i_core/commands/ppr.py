@@ -6,6 +6,9 @@ source itself is never its own candidate; edge weights are used when the table h
 
 Methods (see docs/neighbours.md for the measured speed/precision of each):
   push         single-machine numba forward push (default); knob --eps (smaller = more precise)
+  propagate    single-machine, for all (or most) nodes at once: every node's top-K' row is built from
+               its out-neighbours' rows (--row-k, --sweeps), then a short push per source
+               (--refine-eps) resolves its leftover residual with those rows
   exact        power iteration to --tol, the reference; small graphs only
   spark-push   the same push on Spark: sources spread over partitions, each worker loads the graph
                itself from staged Parquet (never through the driver); knob --eps
@@ -32,10 +35,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Parquet edges file/prefix (src, dst[, weight]) or a storage root with graph_edges")
     p.add_argument("--out", default=None, help="storage root to publish ppr_candidates under (default: storage_root)")
     p.add_argument("--nodes", default=None, help="restrict sources to the node_id column of this Parquet/table URI")
-    p.add_argument("--method", default="push", choices=["push", "exact", "spark-push", "graphframes"])
+    p.add_argument("--method", default="push", choices=["push", "propagate", "exact", "spark-push", "graphframes"])
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--alpha", type=float, default=0.15, help="restart probability (default %(default)s)")
     p.add_argument("--eps", type=float, default=1e-6, help="push: residual threshold (default %(default)s)")
+    p.add_argument("--row-k", type=int, default=64, help="propagate: entries kept per node row (default %(default)s)")
+    p.add_argument("--sweeps", type=int, default=12, help="propagate: sweeps over all rows (default %(default)s)")
+    p.add_argument("--refine-eps", type=float, default=3e-4,
+                   help="propagate: per-source push threshold (default %(default)s)")
     p.add_argument("--partitions", type=int, default=0, help="spark-push: source partitions (0: 4 x cores)")
     p.add_argument("--iterations", type=int, default=20, help="graphframes: fixed iterations (default %(default)s)")
     p.add_argument("--tol", type=float, default=1e-10, help="exact: tolerance (default %(default)s)")
@@ -56,7 +63,8 @@ def run(args: argparse.Namespace) -> int:
     from g2i_core.ppr.pipeline import run_ppr
 
     settings = Settings.load()
-    config = PprConfig(method=args.method, alpha=args.alpha, top_k=args.top_k, eps=args.eps, partitions=args.partitions,
+    config = PprConfig(method=args.method, alpha=args.alpha, top_k=args.top_k, eps=args.eps, row_k=args.row_k,
+                       sweeps=args.sweeps, refine_eps=args.refine_eps, partitions=args.partitions,
                        iterations=args.iterations, tol=args.tol, batch_size=args.batch_size,
                        use_weights=not args.ignore_weights, seed=args.seed)
     manifest = run_ppr(settings, config, edges_uri=args.edges, out_uri=args.out or settings.storage_root,

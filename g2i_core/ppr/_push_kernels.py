@@ -6,8 +6,11 @@ import numpy as np
 
 
 @numba.njit(cache=True, nogil=True)
-def push_one(s, indptr, indices, probs, alpha, eps, p, r, in_queue, seen, queue, touched):
-    """Forward push from source s into the scratch arrays; returns how many nodes it touched."""
+def push_one(s, indptr, indices, probs, alpha, eps, p, r, in_queue, seen, queue, touched, dangling_to_source=True):
+    """Forward push from source s into the scratch arrays; returns how many nodes it touched.
+
+    ``dangling_to_source=False`` drops the mass reaching dangling nodes instead (the unnormalised
+    walk that top-K propagation combines rows of)."""
     n = indptr.shape[0] - 1
     r[s] = 1.0
     seen[s] = True
@@ -29,6 +32,8 @@ def push_one(s, indptr, indices, probs, alpha, eps, p, r, in_queue, seen, queue,
         p[u] += alpha * ru
         mass = (1.0 - alpha) * ru
         if deg == 0:  # dangling: the walk restarts at the source
+            if not dangling_to_source:
+                continue
             lo, hi, targets = 0, 1, True
         else:
             lo, hi, targets = indptr[u], indptr[u + 1], False

@@ -13,7 +13,7 @@ from g2i_core.ppr.candidates import Candidates
 from g2i_core.ppr.graph import CsrGraph
 
 log = logging.getLogger(__name__)
-METHODS = ("exact", "push", "spark-push", "graphframes")
+METHODS = ("exact", "push", "propagate", "spark-push", "graphframes")
 SPARK_METHODS = ("spark-push", "graphframes")
 
 
@@ -23,6 +23,9 @@ class PprConfig:
     alpha: float = 0.15  # restart probability to the source
     top_k: int = 50
     eps: float = 1e-6  # push: residual threshold per out-degree
+    row_k: int = 64  # propagate: entries kept per node row (K')
+    sweeps: int = 12  # propagate: Gauss-Seidel sweeps over all rows
+    refine_eps: float = 3e-4  # propagate: threshold of the per-source push whose residuals use the rows
     partitions: int = 0  # spark-push: source partitions (0: 4 x spark default parallelism)
     iterations: int = 20  # graphframes: GraphX's fixed iteration count
     batch_size: int = 256  # exact/graphframes: sources per batch
@@ -37,6 +40,9 @@ class PprConfig:
             raise ValueError(f"alpha (restart probability) must be in (0, 1), got {self.alpha}")
         if self.top_k < 1:
             raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if self.row_k < 1 or self.sweeps < 0 or not 0 < self.refine_eps < 1:
+            raise ValueError(f"propagate needs row_k >= 1, sweeps >= 0 and 0 < refine_eps < 1, got "
+                             f"{self.row_k}, {self.sweeps}, {self.refine_eps}")
         if self.batch_size < 1 or self.partitions < 0 or self.iterations < 1:
             raise ValueError("batch_size and iterations must be >= 1, partitions >= 0")
 
@@ -57,6 +63,11 @@ def compute_candidates(graph: CsrGraph, config: PprConfig, sources: np.ndarray |
         from g2i_core.ppr.push import push_candidates
 
         out = push_candidates(graph, sources, alpha=config.alpha, top_k=config.top_k, eps=config.eps)
+    elif config.method == "propagate":
+        from g2i_core.ppr.propagate import propagate_candidates
+
+        out = propagate_candidates(graph, sources, alpha=config.alpha, top_k=config.top_k, row_k=config.row_k,
+                                   sweeps=config.sweeps, refine_eps=config.refine_eps)
     else:
         raise ValueError(f"method {config.method!r} runs on Spark: use g2i_core.ppr.spark_ppr.spark_candidates")
     log.info("ppr %s: %d sources in %.1fs", config.method, len(out.sources), time.monotonic() - started)

@@ -12,6 +12,7 @@ from g2i_core.ppr.api import PprConfig, compute_candidates
 from g2i_core.ppr.candidates import precision_at_k
 from g2i_core.ppr.exact import exact_candidates, ppr_rows
 from g2i_core.ppr.graph import build_graph, powerlaw_graph
+from g2i_core.ppr.propagate import propagate_candidates
 from g2i_core.ppr.push import push_candidates
 
 ALPHA = 0.15
@@ -73,9 +74,49 @@ def test_push_reaches_precision_and_agrees_with_exact(name):
     assert np.abs(cand.scores[rows, cols] - truth).max() < 1e-4
 
 
+@pytest.mark.parametrize("name", sorted(GRAPHS))
+def test_propagate_reaches_precision_and_agrees_with_exact(name):
+    src, dst, w = GRAPHS[name]()
+    graph = build_graph(src, dst, w)
+    exact = ppr_rows(graph, np.arange(graph.num_nodes), ALPHA)
+    cand = propagate_candidates(graph, top_k=10)  # default settings, as the issue asks
+    assert precision_at_k(cand, exact, 10) >= 0.95
+    rows, cols = np.nonzero(cand.neighbours >= 0)
+    truth = exact[cand.sources[rows], cand.neighbours[rows, cols]]
+    assert np.abs(cand.scores[rows, cols] - truth).max() < 1e-3
+
+
+def test_propagate_rows_converge_to_exact_without_truncation():
+    # with rows as long as the graph, the sweeps alone are Gauss-Seidel on the PPR system
+    from g2i_core.ppr.propagate import propagate_rows
+
+    src, dst, w = GRAPHS["random_weighted"]()
+    graph = build_graph(src, dst, w)
+    n = graph.num_nodes
+    row_idx, row_val = propagate_rows(graph, alpha=ALPHA, row_k=n, sweeps=150)
+    phi = np.zeros((n, n))
+    for s in range(n):
+        ok = row_idx[s] >= 0
+        phi[s, row_idx[s, ok]] = row_val[s, ok]
+    exact = ppr_rows(graph, np.arange(n), ALPHA, tol=1e-12)
+    normalised = phi / phi.sum(axis=1, keepdims=True)  # dangling mass restarts at the source: Pi ~ Phi
+    assert np.abs(normalised - exact).max() < 1e-5
+
+
+def test_propagate_on_powerlaw_graph_matches_exact_top10():
+    graph = powerlaw_graph(2000, avg_degree=10, seed=5)
+    sources = np.random.default_rng(0).choice(graph.num_nodes, 60, replace=False)
+    exact = ppr_rows(graph, sources, ALPHA)
+    cand = compute_candidates(graph, PprConfig(method="propagate", top_k=10), sources)
+    assert precision_at_k(cand, exact, 10) >= 0.95
+    with pytest.raises(ValueError, match="refine_eps"):
+        PprConfig(method="propagate", refine_eps=0).check()
+
+
 def test_candidates_exclude_source_rank_from_one_and_sorted():
     graph = powerlaw_graph(300, avg_degree=6, seed=3)
-    for cand in (exact_candidates(graph, top_k=8), push_candidates(graph, top_k=8)):
+    for cand in (exact_candidates(graph, top_k=8), push_candidates(graph, top_k=8),
+                 propagate_candidates(graph, top_k=8)):
         table = cand.to_arrow(graph).to_pylist()
         assert all(r["node_id"] != r["neighbour_id"] for r in table)
         by_node: dict[str, list] = {}
@@ -103,6 +144,7 @@ def test_isolated_and_dangling_sources_get_only_reachable_candidates():
     assert cand["lonely"] == [] and cand["c"] == []
     assert cand["a"] == ["b", "c"]
     assert exact_candidates(graph, top_k=5).as_dict(graph) == cand
+    assert propagate_candidates(graph, top_k=5).as_dict(graph) == cand
 
 
 def test_empty_graph_and_empty_sources():
@@ -111,6 +153,7 @@ def test_empty_graph_and_empty_sources():
     assert exact_candidates(graph, top_k=3).to_arrow(graph).num_rows == 0
     g2 = build_graph(["a"], ["b"])
     assert push_candidates(g2, np.zeros(0, np.int64), top_k=3).to_arrow(g2).num_rows == 0
+    assert propagate_candidates(graph, top_k=3).to_arrow(graph).num_rows == 0
 
 
 def test_tie_aware_precision_on_star():
@@ -122,6 +165,7 @@ def test_tie_aware_precision_on_star():
     cand = push_candidates(graph, hub, top_k=3)
     assert precision_at_k(cand, exact, 3) == 1.0
     assert cand.as_dict(graph)["hub"] == ["leaf00", "leaf01", "leaf02"]  # ties broken by node id
+    assert propagate_candidates(graph, hub, top_k=3).as_dict(graph)["hub"] == ["leaf00", "leaf01", "leaf02"]
 
 
 def test_bad_inputs_fail_with_teaching_messages():

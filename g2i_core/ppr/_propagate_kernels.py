@@ -1,0 +1,219 @@
+"""numba kernels of top-K propagation (see ``g2i_core/ppr/propagate.py``); imported only when that
+method runs, with ``cache=True`` so compiled code is reused across processes."""
+
+import numba
+import numpy as np
+
+from g2i_core.ppr._push_kernels import push_one
+
+
+@numba.njit(cache=True, nogil=True)
+def _top_rows(s, acc, touched, n_touched, keep, out_idx, out_val, cand, vals):
+    """Write the ``keep`` largest acc entries over ``touched`` into one row (descending, ties by
+    node index); resets acc for the touched entries. ``cand``/``vals`` are scratch."""
+    for t in range(n_touched):
+        cand[t] = touched[t]
+        vals[t] = acc[touched[t]]
+        acc[touched[t]] = 0.0
+    count = n_touched
+    if count > keep:
+        kth = np.partition(vals[:count], count - keep)[count - keep]
+        kept = 0
+        for t in range(count):
+            if vals[t] >= kth:
+                cand[kept] = cand[t]
+                vals[kept] = vals[t]
+                kept += 1
+        count = kept
+    # descending by value, ties by node index (lexsort-like: sort by index, then stable by -value)
+    order = np.argsort(cand[:count])
+    c2 = cand[:count][order]
+    v2 = -vals[:count][order]
+    order = np.argsort(v2, kind="mergesort")
+    m = min(keep, count)
+    for j in range(m):
+        out_idx[j] = c2[order[j]]
+        out_val[j] = -v2[order[j]]
+    for j in range(m, out_idx.shape[0]):
+        out_idx[j] = -1
+        out_val[j] = 0.0
+
+
+@numba.njit(parallel=True, cache=True)
+def propagate_sweep(indptr, indices, probs, alpha, row_idx, row_val, block, acc, seen, n_chunks):
+    """One block Gauss-Seidel sweep of Phi_s = alpha e_s + (1 - alpha) sum_v P[s, v] Phi_v over all s.
+
+    Nodes go in blocks of ``block``; the rows of a block are computed in parallel from the current
+    rows (earlier blocks already updated, which converges faster than Jacobi), then written back
+    together, so no thread reads a row while another writes it. Each row keeps its top K' entries.
+    ``acc``/``seen`` (n_chunks x n) are per-thread scratch, all zero/False on entry and on return.
+    Returns the total mass the kept rows gained in this sweep (falls towards 0 as it converges)."""
+    n = indptr.shape[0] - 1
+    keep = row_idx.shape[1]
+    gained = 0.0
+    new_idx = np.empty((block, keep), row_idx.dtype)
+    new_val = np.empty((block, keep), row_val.dtype)
+    for b0 in range(0, n, block):
+        b1 = min(n, b0 + block)
+        chunk = (b1 - b0 + n_chunks - 1) // n_chunks
+        for c in numba.prange(n_chunks):
+            a = acc[c]
+            sn = seen[c]
+            lo = b0 + c * chunk
+            hi = min(b1, lo + chunk)
+            if lo >= hi:
+                continue
+            cap = 1
+            for s in range(lo, hi):
+                cap = max(cap, 1 + (indptr[s + 1] - indptr[s]) * keep)
+            touched = np.empty(cap, np.int64)
+            cand = np.empty(cap, np.int64)
+            vals = np.empty(cap)
+            for s in range(lo, hi):
+                a[s] = alpha
+                sn[s] = True
+                touched[0] = s
+                nt = 1
+                for e in range(indptr[s], indptr[s + 1]):
+                    v = indices[e]
+                    w = (1.0 - alpha) * probs[e]
+                    for j in range(keep):
+                        u = row_idx[v, j]
+                        if u < 0:
+                            break
+                        a[u] += w * row_val[v, j]
+                        if not sn[u]:
+                            sn[u] = True
+                            touched[nt] = u
+                            nt += 1
+                for t in range(nt):
+                    sn[touched[t]] = False
+                _top_rows(s, a, touched, nt, keep, new_idx[s - b0], new_val[s - b0], cand, vals)
+        for s in range(b0, b1):
+            old = 0.0
+            new = 0.0
+            for j in range(keep):
+                old += row_val[s, j]
+                new += new_val[s - b0, j]
+                row_idx[s, j] = new_idx[s - b0, j]
+                row_val[s, j] = new_val[s - b0, j]
+            gained += new - old
+    return gained
+
+
+@numba.njit(cache=True)
+def restart_mass(indptr, indices, probs, alpha, iterations):
+    """|Phi_s|_1 for every s: m = alpha + (1 - alpha) P m (exact up to (1 - alpha)^iterations)."""
+    n = indptr.shape[0] - 1
+    m = np.full(n, alpha)
+    nxt = np.empty(n)
+    for _ in range(iterations):
+        for s in range(n):
+            t = 0.0
+            for e in range(indptr[s], indptr[s + 1]):
+                t += probs[e] * m[indices[e]]
+            nxt[s] = alpha + (1.0 - alpha) * t
+        m, nxt = nxt, m
+    return m
+
+
+@numba.njit(parallel=True, cache=True)
+def final_top_k(sources, row_idx, row_val, mass, k, n_chunks):
+    """Top-k of each source's row without the source itself, scores divided by the row's mass."""
+    m = sources.shape[0]
+    out_idx = np.full((m, k), -1, np.int64)
+    out_val = np.zeros((m, k))
+    chunk = (m + n_chunks - 1) // n_chunks
+    keep = row_idx.shape[1]
+    for c in numba.prange(n_chunks):
+        for i in range(c * chunk, min(m, (c + 1) * chunk)):
+            s = sources[i]
+            j = 0
+            for t in range(keep):
+                u = row_idx[s, t]
+                if u < 0 or j >= k:
+                    break
+                if u == s:
+                    continue
+                out_idx[i, j] = u
+                out_val[i, j] = row_val[s, t] / mass[s]
+                j += 1
+    return out_idx, out_val
+
+
+@numba.njit(parallel=True, cache=True)
+def refine_top_k(sources, indptr, indices, probs, alpha, eps, row_idx, row_val, mass, k, n_chunks):
+    """Final rows by a short forward push from each source, its leftover residual r(v) resolved
+    with the propagated rows: Phi_s = p + sum_v r(v) Phi_v (the push invariant), top-k without s."""
+    n = indptr.shape[0] - 1
+    m = sources.shape[0]
+    keep = row_idx.shape[1]
+    out_idx = np.full((m, k), -1, np.int64)
+    out_val = np.zeros((m, k))
+    chunk = (m + n_chunks - 1) // n_chunks
+    for c in numba.prange(n_chunks):
+        p = np.zeros(n)
+        r = np.zeros(n)
+        in_queue = np.zeros(n, np.bool_)
+        seen = np.zeros(n, np.bool_)
+        queue = np.empty(n, np.int64)
+        touched = np.empty(n, np.int64)
+        acc = np.zeros(n)
+        mark = np.zeros(n, np.bool_)
+        hit = np.empty(n, np.int64)
+        for i in range(c * chunk, min(m, (c + 1) * chunk)):
+            s = sources[i]
+            nt = push_one(s, indptr, indices, probs, alpha, eps, p, r, in_queue, seen, queue, touched, False)
+            nh = 0
+            for t in range(nt):
+                v = touched[t]
+                if p[v] > 0.0:
+                    acc[v] += p[v]
+                    if not mark[v]:
+                        mark[v] = True
+                        hit[nh] = v
+                        nh += 1
+                rv = r[v]
+                if rv > 0.0:
+                    for j in range(keep):
+                        u = row_idx[v, j]
+                        if u < 0:
+                            break
+                        acc[u] += rv * row_val[v, j]
+                        if not mark[u]:
+                            mark[u] = True
+                            hit[nh] = u
+                            nh += 1
+                p[v] = 0.0
+                r[v] = 0.0
+                seen[v] = False
+                in_queue[v] = False
+            # top-k of acc over hit, without s
+            cnt = 0
+            vals = np.empty(nh)
+            cand = np.empty(nh, np.int64)
+            for t in range(nh):
+                u = hit[t]
+                if u != s:
+                    cand[cnt] = u
+                    vals[cnt] = acc[u]
+                    cnt += 1
+                acc[u] = 0.0
+                mark[u] = False
+            if cnt > k:
+                kth = np.partition(vals[:cnt], cnt - k)[cnt - k]
+                kept = 0
+                for t in range(cnt):
+                    if vals[t] >= kth:
+                        cand[kept] = cand[t]
+                        vals[kept] = vals[t]
+                        kept += 1
+                cnt = kept
+            order = np.argsort(cand[:cnt])
+            c2 = cand[:cnt][order]
+            v2 = -vals[:cnt][order]
+            order = np.argsort(v2, kind="mergesort")
+            for j in range(min(k, cnt)):
+                out_idx[i, j] = c2[order[j]]
+                out_val[i, j] = -v2[order[j]] / mass[s]
+    return out_idx, out_val
