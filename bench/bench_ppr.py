@@ -12,8 +12,9 @@ recorded as ``reference_check``). Contenders on the same sources:
   the same eps (returns every non-zero entry; top-10 taken afterwards; eps < 1e-5 only at 10k);
 * ``spark-push`` (ours on Spark local[2]) and ``graphframes`` (GraphX parallel PPR through the g2i
   bridge, 20 iterations; fewer sources because it is slow) — Spark start-up excluded;
-* all-node top-50 with ``push`` at the 10k size, measured; larger sizes extrapolated from per-source
-  cost (marked ``extrapolated``).
+* all-node top-50 with ``propagate`` (ours: top-K' row propagation + a short push per source),
+  measured at every size; p@10 on the same 200 sources taken from the all-node output. ``push``
+  all-node is measured at 10k and extrapolated from its per-source cost elsewhere (``extrapolated``).
 
 Peak memory: RSS above the pre-call baseline, sampled every 5 ms (numba allocates outside Python).
 CPU seconds are process CPU time: on a shared machine they are steadier than wall time.
@@ -130,7 +131,7 @@ def bench_size(n, args, spark, storage):
                      **(extra or {})})
         print(f"[{n}] {rows[-1]}", flush=True)
 
-    for eps in args.eps:
+    for eps in ([] if args.only_all_node else args.eps):
         with PeakRss() as m:
             cand = push_candidates(graph, sources, top_k=50, eps=eps)
         record("push", f"eps={eps:g}", cand, m, len(sources))
@@ -139,10 +140,24 @@ def bench_size(n, args, spark, storage):
         with PeakRss() as m:
             cand, nnz = get_ppr_top(graph, sources, eps, 50)
         record("get_ppr", f"eps={eps:g}", cand, m, len(sources), {"entries_returned": nnz})
-    if spark is not None:
+    if spark is not None and not args.only_all_node:
         bench_spark(graph, sources, ref, spark, storage, record, n, args)
     out["methods"] = rows
-    # all-node top-50: measured at the smallest size, extrapolated elsewhere
+    # all-node top-50 with propagate: always measured
+    from g2i_core.ppr.api import PprConfig
+    from g2i_core.ppr.propagate import propagate_candidates
+
+    pc = PprConfig(method="propagate", row_k=args.row_k, sweeps=args.sweeps, refine_eps=args.refine_eps)
+    with PeakRss() as m:
+        allc = propagate_candidates(graph, None, top_k=50, row_k=pc.row_k, sweeps=pc.sweeps, refine_eps=pc.refine_eps)
+    sub = type(allc)(sources, allc.neighbours[sources], allc.scores[sources])
+    knob = f"row_k={pc.row_k} sweeps={pc.sweeps} refine_eps={pc.refine_eps:g}"
+    record("propagate (all nodes)", knob, sub, m, n)
+    out["all_node_propagate"] = {"knob": knob, "seconds": round(m.wall, 1), "cpu_s": round(m.cpu, 1),
+                                 "peak_mib": round(m.mib, 1), "p@10": rows[-1]["p@10"], "measured": True}
+    print(f"[{n}] all-node propagate {out['all_node_propagate']}", flush=True)
+    del allc, sub
+    # all-node top-50 with push: measured at the smallest size, extrapolated elsewhere
     eps_all = args.all_node_eps
     if n <= args.all_node_max:
         with PeakRss() as m:
@@ -150,8 +165,8 @@ def bench_size(n, args, spark, storage):
         out["all_node"] = {"eps": eps_all, "seconds": round(m.wall, 1), "cpu_s": round(m.cpu, 1),
                            "peak_mib": round(m.mib, 1), "measured": True}
     else:
-        per = next(r for r in rows if r["method"] == "push" and r["knob"] == f"eps={eps_all:g}")
-        out["all_node"] = {"eps": eps_all, "seconds": round(per["ms_per_source"] * n / 1000, 1),
+        per = next((r for r in rows if r["method"] == "push" and r["knob"] == f"eps={eps_all:g}"), None)
+        out["all_node"] = {"eps": eps_all, "seconds": round(per["ms_per_source"] * n / 1000, 1) if per else None,
                            "measured": False, "extrapolated": "ms_per_source x nodes"}
     print(f"[{n}] all-node {out['all_node']}", flush=True)
     return out
@@ -187,11 +202,15 @@ def to_markdown(result) -> str:
         for r in s["methods"]:
             lines.append(f"| {s['nodes']:,} | {s['edges']:,} | {r['method']} | {r['knob']} | {r['sources']} | "
                          f"{r['ms_per_source']} | {r['cpu_ms_per_source']} | {r['peak_mib']} | {r['p@10']} |")
-    lines += ["", "| nodes | all-node top-50 (push) | eps | seconds | measured |", "|---:|---|---|---:|---|"]
+    lines += ["", "| nodes | all-node top-50 | knob | seconds (wall) | CPU s | peak MiB | p@10 | measured |",
+              "|---:|---|---|---:|---:|---:|---:|---|"]
     for s in result["sizes"]:
+        a = s["all_node_propagate"]
+        lines.append(f"| {s['nodes']:,} | propagate | {a['knob']} | {a['seconds']} | {a['cpu_s']} | {a['peak_mib']} | "
+                     f"{a['p@10']} | yes |")
         a = s["all_node"]
-        lines.append(f"| {s['nodes']:,} | push | {a['eps']:g} | {a['seconds']} | "
-                     f"{'yes' if a['measured'] else 'extrapolated'} |")
+        lines.append(f"| {s['nodes']:,} | push | eps={a['eps']:g} | {a['seconds']} | {a.get('cpu_s', '')} | "
+                     f"{a.get('peak_mib', '')} | | {'yes' if a['measured'] else 'extrapolated'} |")
     lines += ["", "References: " + "; ".join(f"{s['nodes']:,}: {s['reference']} ({s['reference_s']} s)"
                                              + (f", check {s['reference_check']}" if 'reference_check' in s else "")
                                              for s in result["sizes"])]
@@ -203,8 +222,18 @@ def main() -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--sizes", default=None, help="comma list of node counts (default 10000,100000,1000000)")
     p.add_argument("--no-spark", action="store_true")
+    p.add_argument("--only-all-node", action="store_true", help="skip the per-source methods (reference + propagate)")
+    p.add_argument("--row-k", type=int, default=None, help="propagate: K' (default: PprConfig's)")
+    p.add_argument("--sweeps", type=int, default=None, help="propagate: sweeps (default: PprConfig's)")
+    p.add_argument("--refine-eps", type=float, default=None, help="propagate: refine eps (default: PprConfig's)")
     args = p.parse_args()
     args.sizes = [int(x) for x in (args.sizes or ("10000" if args.quick else "10000,100000,1000000")).split(",")]
+    from g2i_core.ppr.api import PprConfig
+
+    defaults = PprConfig()
+    args.row_k = args.row_k or defaults.row_k
+    args.sweeps = defaults.sweeps if args.sweeps is None else args.sweeps
+    args.refine_eps = args.refine_eps or defaults.refine_eps
     args.sources = 200
     args.eps = [1e-4, 1e-5] if args.quick else [1e-4, 1e-5, 1e-6]
     args.spark_eps = 1e-5
@@ -233,11 +262,11 @@ def main() -> int:
         settings = Settings.load(storage_root=f"file://{tmp}", s3_endpoint="")
         spark = get_spark(settings.replace(spark_driver_memory="4g"), "g2i-bench-ppr")
         storage = Storage(f"file://{tmp}", settings=settings)
-    result = {"quick": args.quick, "command": "python bench/bench_ppr.py" + (" --quick" if args.quick else ""),
+    result = {"quick": args.quick, "command": "python " + " ".join(sys.argv),
               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
               "sizes": [bench_size(n, args, spark, storage) for n in args.sizes]}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    name = "ppr_quick" if args.quick else "ppr"
+    name = "ppr_quick" if args.quick else ("ppr_all_node" if args.only_all_node else "ppr")
     (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
     (RESULTS / f"{name}.md").write_text(to_markdown(result))
     print(to_markdown(result))

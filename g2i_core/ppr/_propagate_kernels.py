@@ -8,35 +8,38 @@ from g2i_core.ppr._push_kernels import push_one
 
 
 @numba.njit(cache=True, nogil=True)
-def _top_rows(s, acc, touched, n_touched, keep, out_idx, out_val, cand, vals):
-    """Write the ``keep`` largest acc entries over ``touched`` into one row (descending, ties by
-    node index); resets acc for the touched entries. ``cand``/``vals`` are scratch."""
+def _top_rows(acc, touched, n_touched, keep, out_idx, out_val, vals):
+    """Write the ``keep`` largest acc entries over ``touched`` into one row, unordered (sweeps only
+    need the set; ties at the cut go to the earliest touched); resets acc for the touched entries.
+    ``vals`` is scratch."""
     for t in range(n_touched):
-        cand[t] = touched[t]
         vals[t] = acc[touched[t]]
+    j = 0
+    if n_touched <= keep:
+        for t in range(n_touched):
+            out_idx[j] = touched[t]
+            out_val[j] = vals[t]
+            j += 1
+    else:
+        kth = np.partition(vals[:n_touched], n_touched - keep)[n_touched - keep]
+        for t in range(n_touched):  # partition reordered vals: read the values back from acc
+            v = acc[touched[t]]
+            if v > kth:
+                out_idx[j] = touched[t]
+                out_val[j] = v
+                j += 1
+        for t in range(n_touched):
+            if j >= keep:
+                break
+            if acc[touched[t]] == kth:
+                out_idx[j] = touched[t]
+                out_val[j] = kth
+                j += 1
+    for t in range(n_touched):
         acc[touched[t]] = 0.0
-    count = n_touched
-    if count > keep:
-        kth = np.partition(vals[:count], count - keep)[count - keep]
-        kept = 0
-        for t in range(count):
-            if vals[t] >= kth:
-                cand[kept] = cand[t]
-                vals[kept] = vals[t]
-                kept += 1
-        count = kept
-    # descending by value, ties by node index (lexsort-like: sort by index, then stable by -value)
-    order = np.argsort(cand[:count])
-    c2 = cand[:count][order]
-    v2 = -vals[:count][order]
-    order = np.argsort(v2, kind="mergesort")
-    m = min(keep, count)
-    for j in range(m):
-        out_idx[j] = c2[order[j]]
-        out_val[j] = -v2[order[j]]
-    for j in range(m, out_idx.shape[0]):
-        out_idx[j] = -1
-        out_val[j] = 0.0
+    for t in range(j, out_idx.shape[0]):
+        out_idx[t] = -1
+        out_val[t] = 0.0
 
 
 @numba.njit(parallel=True, cache=True)
@@ -67,7 +70,6 @@ def propagate_sweep(indptr, indices, probs, alpha, row_idx, row_val, block, acc,
             for s in range(lo, hi):
                 cap = max(cap, 1 + (indptr[s + 1] - indptr[s]) * keep)
             touched = np.empty(cap, np.int64)
-            cand = np.empty(cap, np.int64)
             vals = np.empty(cap)
             for s in range(lo, hi):
                 a[s] = alpha
@@ -88,7 +90,7 @@ def propagate_sweep(indptr, indices, probs, alpha, row_idx, row_val, block, acc,
                             nt += 1
                 for t in range(nt):
                     sn[touched[t]] = False
-                _top_rows(s, a, touched, nt, keep, new_idx[s - b0], new_val[s - b0], cand, vals)
+                _top_rows(a, touched, nt, keep, new_idx[s - b0], new_val[s - b0], vals)
         for s in range(b0, b1):
             old = 0.0
             new = 0.0
@@ -118,33 +120,11 @@ def restart_mass(indptr, indices, probs, alpha, iterations):
 
 
 @numba.njit(parallel=True, cache=True)
-def final_top_k(sources, row_idx, row_val, mass, k, n_chunks):
-    """Top-k of each source's row without the source itself, scores divided by the row's mass."""
-    m = sources.shape[0]
-    out_idx = np.full((m, k), -1, np.int64)
-    out_val = np.zeros((m, k))
-    chunk = (m + n_chunks - 1) // n_chunks
-    keep = row_idx.shape[1]
-    for c in numba.prange(n_chunks):
-        for i in range(c * chunk, min(m, (c + 1) * chunk)):
-            s = sources[i]
-            j = 0
-            for t in range(keep):
-                u = row_idx[s, t]
-                if u < 0 or j >= k:
-                    break
-                if u == s:
-                    continue
-                out_idx[i, j] = u
-                out_val[i, j] = row_val[s, t] / mass[s]
-                j += 1
-    return out_idx, out_val
-
-
-@numba.njit(parallel=True, cache=True)
-def refine_top_k(sources, indptr, indices, probs, alpha, eps, row_idx, row_val, mass, k, n_chunks):
+def refine_top_k(sources, indptr, indices, probs, alpha, eps, merge_k, row_idx, row_val, mass, k, n_chunks):
     """Final rows by a short forward push from each source, its leftover residual r(v) resolved
-    with the propagated rows: Phi_s = p + sum_v r(v) Phi_v (the push invariant), top-k without s."""
+    with the propagated rows: Phi_s = p + sum_v r(v) Phi_v (the push invariant), top-k without s.
+    Rows are sorted descending and only their first ``merge_k`` entries are merged (the estimate
+    stays a lower bound)."""
     n = indptr.shape[0] - 1
     m = sources.shape[0]
     keep = row_idx.shape[1]
@@ -175,7 +155,7 @@ def refine_top_k(sources, indptr, indices, probs, alpha, eps, row_idx, row_val, 
                         nh += 1
                 rv = r[v]
                 if rv > 0.0:
-                    for j in range(keep):
+                    for j in range(merge_k):
                         u = row_idx[v, j]
                         if u < 0:
                             break
@@ -217,3 +197,12 @@ def refine_top_k(sources, indptr, indices, probs, alpha, eps, row_idx, row_val, 
                 out_idx[i, j] = c2[order[j]]
                 out_val[i, j] = -v2[order[j]] / mass[s]
     return out_idx, out_val
+
+
+@numba.njit(parallel=True, cache=True)
+def sort_rows(row_idx, row_val):
+    """Sort every row by value, descending (padding -1 entries have value 0 and stay last)."""
+    for s in numba.prange(row_idx.shape[0]):
+        order = np.argsort(-row_val[s])
+        row_idx[s] = row_idx[s][order]
+        row_val[s] = row_val[s][order]

@@ -67,7 +67,7 @@ def propagate_rows(graph: CsrGraph, *, alpha: float = 0.15, row_k: int = DEFAULT
 
 def propagate_candidates(graph: CsrGraph, sources: np.ndarray | None = None, *, alpha: float = 0.15,
                          top_k: int = 50, row_k: int = DEFAULT_ROW_K, sweeps: int = DEFAULT_SWEEPS,
-                         refine_eps: float = DEFAULT_REFINE_EPS, threads: int | None = None,
+                         refine_eps: float = DEFAULT_REFINE_EPS, merge_k: int = 0, threads: int | None = None,
                          block: int = 20_000) -> Candidates:
     """Top-K candidates of every source (all nodes when None) by propagation + refinement."""
     if not 0 < alpha < 1:
@@ -78,13 +78,16 @@ def propagate_candidates(graph: CsrGraph, sources: np.ndarray | None = None, *, 
         raise ValueError(f"refine_eps (push threshold) must be in (0, 1), got {refine_eps}; try 3e-4")
     import numba
 
-    from g2i_core.ppr._propagate_kernels import refine_top_k, restart_mass
+    from g2i_core.ppr._propagate_kernels import refine_top_k, restart_mass, sort_rows
 
     sources = np.arange(graph.num_nodes, dtype=np.int64) if sources is None else np.asarray(sources, np.int64)
     if graph.num_nodes == 0 or len(sources) == 0:
         return Candidates(sources, np.full((len(sources), top_k), -1, np.int64), np.zeros((len(sources), top_k)))
     threads = threads or numba.config.NUMBA_NUM_THREADS or os.cpu_count() or 1
+    t0 = time.monotonic()
     row_idx, row_val = propagate_rows(graph, alpha=alpha, row_k=row_k, sweeps=sweeps, threads=threads)
+    sort_rows(row_idx, row_val)
+    log.info("propagate: %d rows x %d kept, %d sweeps in %.1fs", graph.num_nodes, row_k, sweeps, time.monotonic() - t0)
     # |Phi_s|_1 to (1 - alpha)^iterations relative accuracy (1e-12 at alpha 0.15)
     iterations = int(np.ceil(np.log(1e-12) / np.log(1 - alpha)))
     mass = restart_mass(graph.indptr, graph.indices, graph.probs, float(alpha), iterations)
@@ -93,7 +96,7 @@ def propagate_candidates(graph: CsrGraph, sources: np.ndarray | None = None, *, 
     for start in range(0, len(sources), block):
         batch = sources[start:start + block]
         out_idx, out_val = refine_top_k(batch, graph.indptr, graph.indices, graph.probs, float(alpha),
-                                        float(refine_eps), row_idx, row_val, mass, int(top_k),
+                                        float(refine_eps), int(min(merge_k or row_k, row_k)), row_idx, row_val, mass, int(top_k),
                                         int(min(len(batch), 4 * threads)))
         idx_parts.append(out_idx)
         val_parts.append(out_val)
