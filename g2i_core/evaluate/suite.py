@@ -19,7 +19,9 @@ models, published generations; a killed suite resumes where it stopped.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass, field
@@ -56,7 +58,9 @@ PAPER_METHODS = (
 
 # A 16-px variant of the tiny preset: the suite trains ~10 models, on a CPU if need be.
 TINY16 = dict(
-    resolution=16, image_encoder_size=16, qformer_num_layers=2, text_max_length=8,  # sample titles: <= 8 tokens
+    # one QFormer layer (cross-attention after it feeds the output directly): with two layers the graph
+    # path carried no neighbour content after 600 steps (docs/evaluation.md, "Why the QFormer stalled")
+    resolution=16, image_encoder_size=16, qformer_num_layers=1, text_max_length=8,  # sample titles: <= 8 tokens
     image_encoder_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                               image_size=16, patch_size=4, projection_dim=32),
     unet_config=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
@@ -126,7 +130,9 @@ def _model_exists(storage: "Storage", run_id: str) -> bool:
 def train_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: Method, seed: int) -> str:
     from g2i_core.model.train import TrainConfig, train
 
-    run = f"{cfg.run_id}-{m.name}-s{seed}"
+    # the model run id names its training settings, so a changed suite never reuses an older model
+    key = json.dumps([m.graph_mode, m.strategy, cfg.steps, cfg.batch_size, cfg.lr, cfg.model_overrides], sort_keys=True)
+    run = f"{cfg.run_id}-{m.name}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     if not _model_exists(storage, run):
         tc = TrainConfig(run_id=run, preset="tiny", graph_mode=m.graph_mode, storage_root=storage.root,
                          neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}", split="train",
@@ -142,9 +148,6 @@ def train_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: 
 
 def generate_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: Method, seed: int,
                     model_uri: str, test: list[str]) -> dict[str, np.ndarray]:
-    import hashlib
-    import json
-
     from g2i_core.generate import GenerateConfig, generate, read_manifest
 
     # the generation run id names its settings, so changed settings never meet an older published run

@@ -79,10 +79,11 @@ class GraphInputs:
 class GraphCrossAttention(nn.Module):
     """Pre-norm residual cross-attention from text tokens to graph tokens.
 
-    The output projection starts at zero, so a fresh Graph-QFormer computes exactly its text encoder.
+    With ``zero_init`` the output projection starts at zero, so a fresh Graph-QFormer computes exactly
+    its text encoder (off by default: it stalled the graph path in training, see docs/model.md).
     Rows whose graph tokens are all masked get a zero update (no NaNs from an empty softmax)."""
 
-    def __init__(self, dim: int, heads: int):
+    def __init__(self, dim: int, heads: int, zero_init: bool = False):
         super().__init__()
         if dim % heads:
             raise ValueError(f"QFormer dim {dim} is not divisible by heads {heads}")
@@ -92,8 +93,9 @@ class GraphCrossAttention(nn.Module):
         self.to_k = nn.Linear(dim, dim)
         self.to_v = nn.Linear(dim, dim)
         self.to_out = nn.Linear(dim, dim)
-        nn.init.zeros_(self.to_out.weight)
-        nn.init.zeros_(self.to_out.bias)
+        if zero_init:
+            nn.init.zeros_(self.to_out.weight)
+            nn.init.zeros_(self.to_out.bias)
 
     def forward(self, x: torch.Tensor, graph: torch.Tensor, graph_mask: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
@@ -115,7 +117,8 @@ class GraphQFormer(nn.Module):
     """A copy of the text encoder (BERT or CLIP text layers) with graph cross-attention inserted after
     every ``cross_every``-th layer. Queries are the target's text tokens; output has their shape."""
 
-    def __init__(self, text_encoder: nn.Module, num_layers: int = 0, cross_every: int = 2, heads: int = 0):
+    def __init__(self, text_encoder: nn.Module, num_layers: int = 0, cross_every: int = 2, heads: int = 0,
+                 zero_init: bool = False):
         super().__init__()
         te = copy.deepcopy(text_encoder)
         layers = te.encoder.layer if hasattr(te.encoder, "layer") else te.encoder.layers  # BERT / CLIP
@@ -127,7 +130,8 @@ class GraphQFormer(nn.Module):
         self.layers = nn.ModuleList(layers[:n])
         self.final_norm = getattr(te, "final_layer_norm", None)
         dim, heads = te.config.hidden_size, heads or te.config.num_attention_heads
-        self.cross = nn.ModuleDict({str(i): GraphCrossAttention(dim, heads) for i in range(n) if i % cross_every == 0})
+        self.cross = nn.ModuleDict({str(i): GraphCrossAttention(dim, heads, zero_init)
+                                    for i in range(n) if i % cross_every == 0})
         self.gradient_checkpointing = False
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, graph_tokens: torch.Tensor,
@@ -200,7 +204,8 @@ class G2IModel(nn.Module):
             self.graph_tokens = GraphTokens(cfg, image_dim, dim, dim)
         self.qformer = None
         if cfg.uses_qformer:
-            self.qformer = GraphQFormer(text_encoder, cfg.qformer_num_layers, cfg.qformer_cross_every, cfg.qformer_heads)
+            self.qformer = GraphQFormer(text_encoder, cfg.qformer_num_layers, cfg.qformer_cross_every, cfg.qformer_heads,
+                                        cfg.qformer_zero_init)
             self.qformer.requires_grad_(True)
             self.qformer.embeddings.requires_grad_(False)  # token/position tables stay the text encoder's
         self.text_cache_size = 0  # frozen-encoder outputs kept per distinct token row (0 = no cache)
