@@ -58,8 +58,9 @@ PAPER_METHODS = (
 
 # A 16-px variant of the tiny preset: the suite trains ~10 models, on a CPU if need be.
 TINY16 = dict(
-    # one QFormer layer (cross-attention after it feeds the output directly): with two layers the graph
-    # path carried no neighbour content after 600 steps (docs/evaluation.md, "Why the QFormer stalled")
+    # one QFormer layer, so its cross-attention feeds the output directly: with two layers and
+    # cross-attention in layer 0 only, the model ignored neighbour content even after 2,000 steps
+    # (bench/probe_graph_use.py; docs/model.md, "Does the graph path learn?")
     resolution=16, image_encoder_size=16, qformer_num_layers=1, text_max_length=8,  # sample titles: <= 8 tokens
     image_encoder_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
                               image_size=16, patch_size=4, projection_dim=32),

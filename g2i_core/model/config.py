@@ -56,8 +56,9 @@ class G2IConfig:
     qformer_num_layers: int = 0  # 0 = copy every text encoder layer; k = the first k layers
     qformer_cross_every: int = 2  # cross-attention to graph tokens in layers 0, 2, 4, ...
     qformer_heads: int = 0  # 0 = the text encoder's number of heads
-    # Zero-initialised cross-attention output (a fresh QFormer then equals the text encoder). Measured
-    # to stall learning of the graph path on the tiny preset (docs/model.md), so off by default.
+    # Zero-initialised cross-attention output (a fresh QFormer then equals the text encoder). Off by
+    # default: the reference initialises these layers randomly, and so did every tiny run measured to
+    # read its neighbours (bench/results/graph_use.jsonl, docs/model.md).
     qformer_zero_init: bool = False
 
     # Noise schedule used in training (and the default for sampling).

@@ -80,7 +80,7 @@ class GraphCrossAttention(nn.Module):
     """Pre-norm residual cross-attention from text tokens to graph tokens.
 
     With ``zero_init`` the output projection starts at zero, so a fresh Graph-QFormer computes exactly
-    its text encoder (off by default: it stalled the graph path in training, see docs/model.md).
+    its text encoder (off by default, like the reference; see docs/model.md).
     Rows whose graph tokens are all masked get a zero update (no NaNs from an empty softmax)."""
 
     def __init__(self, dim: int, heads: int, zero_init: bool = False):
