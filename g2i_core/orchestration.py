@@ -53,7 +53,7 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("build-graph", "spark", "--in {graph_root} --run-id {run_id}",
           "Spark: cleaned `graph_nodes`, `graph_edges`, split and stats."),
     Stage("ppr", "python", "--edges {graph_root} --out {graph_root} --run-id {run_id}",
-          "Personalized PageRank top-K candidates per node (`ppr_candidates`; single-machine push by default, "
+          "Personalized PageRank top-K candidates per node (`ppr_candidates`; single-machine propagation by default, "
           "`--method spark-push|graphframes` for the distributed engines)."),
     Stage("embed", "python", "--root {graph_root} --run-id {run_id}",
           "Text/image embeddings of every node (`embeddings/<encoder>`)."),

@@ -5,7 +5,8 @@ Restart probability --alpha to the source node; nodes without out-edges restart 
 source itself is never its own candidate; edge weights are used when the table has a weight column.
 
 Methods (see docs/neighbours.md for the measured speed/precision of each):
-  push         single-machine numba forward push (default); knob --eps (smaller = more precise)
+  auto         (default) propagate when the sources are all nodes or >= 10% of them, else push
+  push         single-machine numba forward push, one source at a time; knob --eps (smaller = more precise)
   propagate    single-machine, for all (or most) nodes at once: every node's top-K' row is built from
                its out-neighbours' rows (--row-k, --sweeps), then a short push per source
                (--refine-eps) resolves its leftover residual with those rows
@@ -35,7 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Parquet edges file/prefix (src, dst[, weight]) or a storage root with graph_edges")
     p.add_argument("--out", default=None, help="storage root to publish ppr_candidates under (default: storage_root)")
     p.add_argument("--nodes", default=None, help="restrict sources to the node_id column of this Parquet/table URI")
-    p.add_argument("--method", default="push", choices=["push", "propagate", "exact", "spark-push", "graphframes"])
+    p.add_argument("--method", default="auto", choices=["auto", "push", "propagate", "exact", "spark-push", "graphframes"])
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--alpha", type=float, default=0.15, help="restart probability (default %(default)s)")
     p.add_argument("--eps", type=float, default=1e-6, help="push: residual threshold (default %(default)s)")

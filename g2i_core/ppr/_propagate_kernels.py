@@ -127,7 +127,6 @@ def refine_top_k(sources, indptr, indices, probs, alpha, eps, merge_k, row_idx, 
     stays a lower bound)."""
     n = indptr.shape[0] - 1
     m = sources.shape[0]
-    keep = row_idx.shape[1]
     out_idx = np.full((m, k), -1, np.int64)
     out_val = np.zeros((m, k))
     chunk = (m + n_chunks - 1) // n_chunks

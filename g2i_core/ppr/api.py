@@ -13,13 +13,13 @@ from g2i_core.ppr.candidates import Candidates
 from g2i_core.ppr.graph import CsrGraph
 
 log = logging.getLogger(__name__)
-METHODS = ("exact", "push", "propagate", "spark-push", "graphframes")
+METHODS = ("auto", "exact", "push", "propagate", "spark-push", "graphframes")
 SPARK_METHODS = ("spark-push", "graphframes")
 
 
 @dataclass(frozen=True)
 class PprConfig:
-    method: str = "push"
+    method: str = "auto"  # auto: propagate for all (or >= 10% of) nodes, push for a small subset
     alpha: float = 0.15  # restart probability to the source
     top_k: int = 50
     eps: float = 1e-6  # push: residual threshold per out-degree
@@ -50,10 +50,20 @@ class PprConfig:
         return dataclasses.asdict(self)
 
 
+def resolve_auto(num_nodes: int, sources: np.ndarray | None) -> str:
+    """``auto``: propagation shares work across sources, so it wins when most nodes are sources
+    (docs/neighbours.md); a per-source push wins for a small subset (e.g. an incremental refresh)."""
+    if sources is None or len(sources) >= 0.1 * num_nodes:
+        return "propagate"
+    return "push"
+
+
 def compute_candidates(graph: CsrGraph, config: PprConfig, sources: np.ndarray | None = None) -> Candidates:
     """Top-K candidates of ``sources`` (node indices; all nodes when None) with ``config.method``."""
     config.check()
     started = time.monotonic()
+    if config.method == "auto":
+        config = dataclasses.replace(config, method=resolve_auto(graph.num_nodes, sources))
     if config.method == "exact":
         from g2i_core.ppr.exact import exact_candidates
 

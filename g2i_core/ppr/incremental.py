@@ -86,8 +86,8 @@ def incremental_candidates(old: CsrGraph, new: CsrGraph, previous: "pa.Table", c
     import pyarrow.compute as pc
 
     if config.method in SPARK_METHODS:
-        raise ValueError("incremental refresh runs the single-machine methods (push, exact); the recomputed "
-                         "set is small by design")
+        raise ValueError("incremental refresh runs the single-machine methods (auto, push, propagate, exact); "
+                         "the recomputed set is small by design")
     # 1. what changed, and which sources can feel it
     changed = sorted(set(changed if changed is not None else changed_nodes(old, new))
                      | (set(new.ids.tolist()) - set(old.ids.tolist())))

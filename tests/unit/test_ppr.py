@@ -197,3 +197,16 @@ def test_cli_writes_ppr_candidates(file_storage, tmp_path):
     assert table.column("neighbour_id").to_pylist() == expected.column("neighbour_id").to_pylist()
     assert file_storage.manifest("ppr_candidates")["extra"]["config"]["method"] == "exact"
     assert main(["ppr", "--edges", f"file://{tmp_path}/nope.parquet", "--out", file_storage.root]) == 1
+
+
+def test_auto_method_picks_propagate_for_all_nodes_and_push_for_a_few():
+    from g2i_core.ppr.api import resolve_auto
+
+    assert resolve_auto(1000, None) == "propagate"
+    assert resolve_auto(1000, np.arange(100)) == "propagate"
+    assert resolve_auto(1000, np.arange(99)) == "push"
+    graph = powerlaw_graph(500, avg_degree=8, seed=2)
+    few = np.arange(10)
+    auto = compute_candidates(graph, PprConfig(top_k=5), few)
+    push = compute_candidates(graph, PprConfig(method="push", top_k=5), few)
+    np.testing.assert_array_equal(auto.neighbours, push.neighbours)
