@@ -23,9 +23,9 @@ class PprConfig:
     alpha: float = 0.15  # restart probability to the source
     top_k: int = 50
     eps: float = 1e-6  # push: residual threshold per out-degree
-    row_k: int = 64  # propagate: entries kept per node row (K')
+    row_k: int = 128  # propagate: entries kept per node row (K')
     sweeps: int = 12  # propagate: Gauss-Seidel sweeps over all rows
-    refine_eps: float = 3e-4  # propagate: threshold of the per-source push whose residuals use the rows
+    refine_eps: float = 1e-3  # propagate: threshold of the per-source push whose residuals use the rows
     partitions: int = 0  # spark-push: source partitions (0: 4 x spark default parallelism)
     iterations: int = 20  # graphframes: GraphX's fixed iteration count
     batch_size: int = 256  # exact/graphframes: sources per batch

@@ -18,7 +18,7 @@ semantics) the true PPR vector is proportional to ``Phi_s``, and ``|Phi_s|_1`` s
 system ``m = alpha + (1 - alpha) P m`` exactly. Rankings are therefore those of the push method.
 
 Knobs (accuracy vs speed, see docs/neighbours.md for measurements): ``row_k`` (K'), ``sweeps``,
-``refine_eps``. Memory: 2 x n x K' x (4 + 4) bytes for the rows (float32 values, int32 indices) plus
+``refine_eps``. Memory: n x K' x (4 + 4) bytes for the rows (float32 values, int32 indices) plus
 per-thread O(n) scratch.
 """
 
@@ -34,9 +34,9 @@ from g2i_core.ppr.candidates import Candidates
 from g2i_core.ppr.graph import CsrGraph
 
 log = logging.getLogger(__name__)
-DEFAULT_ROW_K = 64
+DEFAULT_ROW_K = 128
 DEFAULT_SWEEPS = 12
-DEFAULT_REFINE_EPS = 3e-4
+DEFAULT_REFINE_EPS = 1e-3
 
 
 def propagate_rows(graph: CsrGraph, *, alpha: float = 0.15, row_k: int = DEFAULT_ROW_K, sweeps: int = DEFAULT_SWEEPS,
@@ -67,7 +67,7 @@ def propagate_rows(graph: CsrGraph, *, alpha: float = 0.15, row_k: int = DEFAULT
 
 def propagate_candidates(graph: CsrGraph, sources: np.ndarray | None = None, *, alpha: float = 0.15,
                          top_k: int = 50, row_k: int = DEFAULT_ROW_K, sweeps: int = DEFAULT_SWEEPS,
-                         refine_eps: float = DEFAULT_REFINE_EPS, merge_k: int = 0, threads: int | None = None,
+                         refine_eps: float = DEFAULT_REFINE_EPS, threads: int | None = None,
                          block: int = 20_000) -> Candidates:
     """Top-K candidates of every source (all nodes when None) by propagation + refinement."""
     if not 0 < alpha < 1:
@@ -75,7 +75,7 @@ def propagate_candidates(graph: CsrGraph, sources: np.ndarray | None = None, *, 
     if row_k < 1 or sweeps < 0:
         raise ValueError(f"row_k must be >= 1 and sweeps >= 0, got {row_k} and {sweeps}")
     if not 0 < refine_eps < 1:
-        raise ValueError(f"refine_eps (push threshold) must be in (0, 1), got {refine_eps}; try 3e-4")
+        raise ValueError(f"refine_eps (push threshold) must be in (0, 1), got {refine_eps}; try 1e-3")
     import numba
 
     from g2i_core.ppr._propagate_kernels import refine_top_k, restart_mass, sort_rows
@@ -96,7 +96,7 @@ def propagate_candidates(graph: CsrGraph, sources: np.ndarray | None = None, *, 
     for start in range(0, len(sources), block):
         batch = sources[start:start + block]
         out_idx, out_val = refine_top_k(batch, graph.indptr, graph.indices, graph.probs, float(alpha),
-                                        float(refine_eps), int(min(merge_k or row_k, row_k)), row_idx, row_val, mass, int(top_k),
+                                        float(refine_eps), int(row_k), row_idx, row_val, mass, int(top_k),
                                         int(min(len(batch), 4 * threads)))
         idx_parts.append(out_idx)
         val_parts.append(out_val)
