@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ablation-seeds", default="0", help="suite: training seeds of the other methods")
     p.add_argument("--steps", type=int, default=100, help="suite: training steps per model")
     p.add_argument("--max-test-nodes", type=int, default=0)
+    p.add_argument("--text-scale", type=float, default=None, help="suite: text guidance s_T (default 3.0)")
+    p.add_argument("--graph-scale", type=float, default=None, help="suite: graph guidance s_G (default 8.0)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -71,7 +73,8 @@ def run(args: argparse.Namespace) -> int:
                 generate_sample(sample, nodes=args.sample_nodes, seed=0, formats=("goodreads",))
             print(json.dumps(publish_benchmark_tables(storage, sample)))
         ints = lambda s: tuple(int(x) for x in s.split(",") if x)  # noqa: E731
-        cfg = SuiteConfig(run_id=args.run_id, seeds=ints(args.seeds), ablation_seeds=ints(args.ablation_seeds),
+        scales = {k: v for k, v in (("text_scale", args.text_scale), ("graph_scale", args.graph_scale)) if v is not None}
+        cfg = SuiteConfig(run_id=args.run_id, seeds=ints(args.seeds), ablation_seeds=ints(args.ablation_seeds), **scales,
                           steps=args.steps, max_test_nodes=args.max_test_nodes, encoders=encoders,
                           methods=tuple(m for m in args.methods.split(",") if m) or
                           tuple(m.name for m in PAPER_METHODS))
