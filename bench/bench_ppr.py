@@ -194,7 +194,8 @@ def bench_spark(graph, sources, ref, spark, storage, record, n, args):
 
 
 def to_markdown(result) -> str:
-    lines = [f"# PPR benchmark ({'quick' if result['quick'] else 'full'})", "",
+    kind = "quick" if result["quick"] else ("all-node only" if result.get("only_all_node") else "full")
+    lines = [f"# PPR benchmark ({kind})", "",
              f"Machine: {result['machine']}. Command: `{result['command']}`.", "",
              "| nodes | edges | method | knob | sources | ms/source (wall) | CPU ms/source | peak MiB | p@10 |",
              "|---:|---:|---|---|---:|---:|---:|---:|---:|"]
@@ -209,6 +210,8 @@ def to_markdown(result) -> str:
         lines.append(f"| {s['nodes']:,} | propagate | {a['knob']} | {a['seconds']} | {a['cpu_s']} | {a['peak_mib']} | "
                      f"{a['p@10']} | yes |")
         a = s["all_node"]
+        if a["seconds"] is None:  # --only-all-node: no per-source push row to extrapolate from
+            continue
         lines.append(f"| {s['nodes']:,} | push | eps={a['eps']:g} | {a['seconds']} | {a.get('cpu_s', '')} | "
                      f"{a.get('peak_mib', '')} | | {'yes' if a['measured'] else 'extrapolated'} |")
     lines += ["", "References: " + "; ".join(f"{s['nodes']:,}: {s['reference']} ({s['reference_s']} s)"
@@ -262,7 +265,7 @@ def main() -> int:
         settings = Settings.load(storage_root=f"file://{tmp}", s3_endpoint="")
         spark = get_spark(settings.replace(spark_driver_memory="4g"), "g2i-bench-ppr")
         storage = Storage(f"file://{tmp}", settings=settings)
-    result = {"quick": args.quick, "command": "python " + " ".join(sys.argv),
+    result = {"quick": args.quick, "only_all_node": args.only_all_node, "command": "python " + " ".join(sys.argv),
               "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
               "sizes": [bench_size(n, args, spark, storage) for n in args.sizes]}
     RESULTS.mkdir(parents=True, exist_ok=True)
