@@ -41,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, default=0.15, help="restart probability (default %(default)s)")
     p.add_argument("--eps", type=float, default=1e-6, help="push: residual threshold (default %(default)s)")
     p.add_argument("--row-k", type=int, default=128, help="propagate: entries kept per node row (default %(default)s)")
-    p.add_argument("--sweeps", type=int, default=12, help="propagate: sweeps over all rows (default %(default)s)")
+    p.add_argument("--sweeps", type=int, default=8, help="propagate: sweeps over all rows (default %(default)s)")
     p.add_argument("--refine-eps", type=float, default=1e-3,
                    help="propagate: per-source push threshold (default %(default)s)")
     p.add_argument("--partitions", type=int, default=0, help="spark-push: source partitions (0: 4 x cores)")

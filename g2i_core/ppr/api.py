@@ -24,7 +24,7 @@ class PprConfig:
     top_k: int = 50
     eps: float = 1e-6  # push: residual threshold per out-degree
     row_k: int = 128  # propagate: entries kept per node row (K')
-    sweeps: int = 12  # propagate: Gauss-Seidel sweeps over all rows
+    sweeps: int = 8  # propagate: Gauss-Seidel sweeps over all rows
     refine_eps: float = 1e-3  # propagate: threshold of the per-source push whose residuals use the rows
     partitions: int = 0  # spark-push: source partitions (0: 4 x spark default parallelism)
     iterations: int = 20  # graphframes: GraphX's fixed iteration count

@@ -35,7 +35,7 @@ from g2i_core.ppr.graph import CsrGraph
 
 log = logging.getLogger(__name__)
 DEFAULT_ROW_K = 128
-DEFAULT_SWEEPS = 12
+DEFAULT_SWEEPS = 8
 DEFAULT_REFINE_EPS = 1e-3
 
 
