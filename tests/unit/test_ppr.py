@@ -83,7 +83,9 @@ def test_propagate_reaches_precision_and_agrees_with_exact(name):
     assert precision_at_k(cand, exact, 10) >= 0.95
     rows, cols = np.nonzero(cand.neighbours >= 0)
     truth = exact[cand.sources[rows], cand.neighbours[rows, cols]]
-    assert np.abs(cand.scores[rows, cols] - truth).max() < 1e-3
+    # scores are lower bounds (truncated rows drop mass), close to exact after 8 sweeps + refinement
+    assert np.all(cand.scores[rows, cols] <= truth + 1e-6)
+    assert np.abs(cand.scores[rows, cols] - truth).max() < 5e-3
 
 
 def test_propagate_rows_converge_to_exact_without_truncation():
