@@ -4,7 +4,7 @@ method runs, with ``cache=True`` so compiled code is reused across processes."""
 import numba
 import numpy as np
 
-from g2i_core.ppr._push_kernels import push_one
+from g2i_core.ppr._push_kernels import push_one, write_top_k
 
 
 @numba.njit(cache=True, nogil=True)
@@ -179,22 +179,9 @@ def refine_top_k(sources, indptr, indices, probs, alpha, eps, merge_k, row_idx, 
                     cnt += 1
                 acc[u] = 0.0
                 mark[u] = False
-            if cnt > k:
-                kth = np.partition(vals[:cnt], cnt - k)[cnt - k]
-                kept = 0
-                for t in range(cnt):
-                    if vals[t] >= kth:
-                        cand[kept] = cand[t]
-                        vals[kept] = vals[t]
-                        kept += 1
-                cnt = kept
-            order = np.argsort(cand[:cnt])
-            c2 = cand[:cnt][order]
-            v2 = -vals[:cnt][order]
-            order = np.argsort(v2, kind="mergesort")
-            for j in range(min(k, cnt)):
-                out_idx[i, j] = c2[order[j]]
-                out_val[i, j] = -v2[order[j]] / mass[s]
+            write_top_k(cand, vals, cnt, k, out_idx[i], out_val[i])
+            for j in range(k):
+                out_val[i, j] /= mass[s]
     return out_idx, out_val
 
 

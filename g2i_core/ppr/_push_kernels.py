@@ -52,6 +52,28 @@ def push_one(s, indptr, indices, probs, alpha, eps, p, r, in_queue, seen, queue,
     return n_touched
 
 @numba.njit(cache=True, nogil=True)
+def write_top_k(cand, vals, count, k, out_idx, out_val):
+    """The k largest of ``vals[:count]`` with their ``cand`` into one output row, descending, ties
+    by node index (stable sort over index-sorted candidates). Reorders cand/vals in place."""
+    if count > k:  # keep only what can reach the top k before the exact sort
+        kth = np.partition(vals[:count], count - k)[count - k]
+        kept = 0
+        for t in range(count):
+            if vals[t] >= kth:
+                cand[kept] = cand[t]
+                vals[kept] = vals[t]
+                kept += 1
+        count = kept
+    order = np.argsort(cand[:count])
+    c2 = cand[:count][order]
+    neg = -vals[:count][order]
+    order = np.argsort(neg, kind="mergesort")  # stable: equal scores keep node index order
+    for j in range(min(k, count)):
+        out_idx[j] = c2[order[j]]
+        out_val[j] = -neg[order[j]]
+
+
+@numba.njit(cache=True, nogil=True)
 def select_top_k(s, p, r, alpha, touched, n_touched, k, out_idx, out_val):
     """Top-k of the estimate over touched nodes except s; ties by node index. Writes one row.
 
@@ -67,22 +89,7 @@ def select_top_k(s, p, r, alpha, touched, n_touched, k, out_idx, out_val):
             cand[count] = v
             vals[count] = est
             count += 1
-    if count > k:  # keep only what can reach the top k before the exact sort
-        kth = np.partition(vals[:count], count - k)[count - k]
-        kept = 0
-        for t in range(count):
-            if vals[t] >= kth:
-                cand[kept] = cand[t]
-                vals[kept] = vals[t]
-                kept += 1
-        count = kept
-    order = np.argsort(cand[:count])
-    cand = cand[:count][order]
-    neg = -vals[:count][order]
-    order = np.argsort(neg, kind="mergesort")  # stable: equal scores keep node index order
-    for j in range(min(k, count)):
-        out_idx[j] = cand[order[j]]
-        out_val[j] = -neg[order[j]]
+    write_top_k(cand, vals, count, k, out_idx, out_val)
 
 @numba.njit(parallel=True, cache=True)
 def push_many(sources, indptr, indices, probs, alpha, eps, k, n_chunks):
