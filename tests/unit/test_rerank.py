@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from g2i_core.rerank import RerankConfig, VectorIndex, select_neighbours
+from g2i_core.rerank import RerankConfig, VectorIndex, select_neighbours, tune_ppr_weight, validation_nodes
 
 
 def _unit(*v):
@@ -68,6 +68,39 @@ def test_fewer_candidates_than_k_missing_vectors_and_empty_input():
     assert select_neighbours(empty, text, {"text": text}, RerankConfig()).num_rows == 0
 
 
+def _images(looks_like_t: str) -> VectorIndex:
+    """Image vectors where only ``looks_like_t`` has the target's cover; the others are orthogonal."""
+    vecs = {"t": _unit(1, 0, 0), "a": _unit(0, 1, 0), "b": _unit(0, 0, 1), "c": _unit(0, 1, 1), "d": _unit(0, 1, 0)}
+    vecs[looks_like_t] = vecs["t"]
+    ids = sorted(vecs)
+    return VectorIndex(ids, np.stack([vecs[i] for i in ids]))
+
+
+def test_tune_ppr_weight_picks_the_weight_whose_neighbours_look_like_the_node():
+    text = _text()
+    # "c" has the top PPR score but the least similar title: only a high PPR weight ranks it first
+    best, curve = tune_ppr_weight(CANDS, text, {"text": text}, _images("c"), ["t"], RerankConfig(k=1))
+    assert sorted(curve) == [i / 10 for i in range(11)]
+    assert curve[0.0] == pytest.approx(0.0, abs=1e-6) and curve[1.0] == pytest.approx(1.0)
+    assert best > 0.5 and curve[best] == pytest.approx(1.0)
+    picked = select_neighbours(CANDS, text, {"text": text}, RerankConfig(k=1, ppr_weight=best)).to_pylist()
+    assert picked[0]["neighbour_id"] == "c"
+    # "a" (closest title, lowest PPR) looks like the node: the pure semantic end wins, ties to the smaller weight
+    best, curve = tune_ppr_weight(CANDS, text, {"text": text}, _images("a"), ["t"], RerankConfig(k=1))
+    assert best == 0.0 and curve[0.0] == pytest.approx(1.0) and curve[1.0] < 0.5
+    with pytest.raises(ValueError, match="no validation node has an image vector"):
+        tune_ppr_weight(CANDS, text, {"text": text}, _images("a"), ["nobody"], RerankConfig(k=1))
+
+
+def test_validation_nodes_are_a_stable_subsample():
+    ids = [f"n{i}" for i in range(100)]
+    val = validation_nodes(ids, 10)
+    assert len(set(val)) == 10 and set(val) <= set(ids)
+    assert validation_nodes(list(reversed(ids)), 10) == val  # input order does not matter
+    assert validation_nodes(ids, 10, seed=1) != val
+    assert validation_nodes(ids, 1000) == validation_nodes(ids, 100)
+
+
 def test_text_image_across_spaces_fails_with_teaching_message():
     text = _text()
     img = VectorIndex(["a"], np.ones((1, 5), np.float32))
@@ -106,9 +139,19 @@ def test_embed_and_rerank_on_a_store_with_cache(file_storage):
     file_storage.publish_table("ppr_candidates", pa.table({
         "node_id": ["n1", "n1", "n1"], "rank": [1, 2, 3], "neighbour_id": ["n3", "n4", "n2"],
         "ppr_score": [0.3, 0.2, 0.1]}), "p1")
-    rerank_storage(file_storage, RerankConfig(k=2), "x1")
+    rerank_storage(file_storage, RerankConfig(k=2, ppr_weight=0.2), "x1")
     out = file_storage.read_table("neighbours").to_pylist()
     assert out[0]["neighbour_id"] == "n2" and out[0]["rank"] == 1
+    # --ppr-weight auto: n1 is the one validation node with a cover; n2 (the red cover like n1's) is
+    # kept at low weights and dropped at w = 1 (PPR order n3, n4), so a small weight wins
+    from g2i_core.cli import main
+
+    assert main(["rerank", "--root", file_storage.root, "--run-id", "x2", "--k", "2", "--ppr-weight", "auto"]) == 0
+    tuning = file_storage.manifest("neighbours", "x2")["extra"]["ppr_weight_tuning"]
+    assert tuning["nodes"] == 1 and tuning["image_encoder"] == "colorhist-v1"
+    assert tuning["curve"]["1.0"] == 0 or np.isnan(tuning["curve"]["1.0"])
+    assert tuning["chosen"] < 1.0 and tuning["curve"][f"{tuning['chosen']:.1f}"] > 0.9
+    assert file_storage.read_table("neighbours").to_pylist()[0]["neighbour_id"] == "n2"
 
 
 def test_export_writes_reference_metadata_layout(file_storage, tmp_path):
