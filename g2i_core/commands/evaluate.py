@@ -46,7 +46,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=100, help="suite: training steps per model")
     p.add_argument("--max-test-nodes", type=int, default=0)
     p.add_argument("--text-scale", type=float, default=None, help="suite: text guidance s_T (default 3.0)")
-    p.add_argument("--graph-scale", type=float, default=None, help="suite: graph guidance s_G (default 8.0)")
+    p.add_argument("--graph-scale", type=float, default=None,
+                   help="suite: graph guidance s_G (default: the best of 1.5, 4, 8 on the val split)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(publish_benchmark_tables(storage, sample)))
         ints = lambda s: tuple(int(x) for x in s.split(",") if x)  # noqa: E731
         scales = {k: v for k, v in (("text_scale", args.text_scale), ("graph_scale", args.graph_scale)) if v is not None}
+        if args.graph_scale is not None:
+            scales["graph_scale_candidates"] = ()  # a given s_G is used as is
         cfg = SuiteConfig(run_id=args.run_id, seeds=ints(args.seeds), ablation_seeds=ints(args.ablation_seeds), **scales,
                           steps=args.steps, max_test_nodes=args.max_test_nodes, encoders=encoders,
                           methods=tuple(m for m in args.methods.split(",") if m) or

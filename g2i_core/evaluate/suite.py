@@ -24,7 +24,7 @@ import io
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -85,9 +85,11 @@ class SuiteConfig:
     gen_steps: int = 10
     clip_sample: bool = True  # pixel-space tiny models: see GenerateConfig.clip_sample
     text_scale: float = 3.0
-    # s_G = 8: on seed 0's test generations of semantic-PPR, s_G 1.5 / 4 / 8 gave community accuracy
-    # 0.39 / 0.59 / 0.63 (docs/evaluation.md); the tiny model's graph signal needs strong guidance
+    # s_G: the tiny model's graph signal needs strong guidance (the reference's 1.5 is too weak here:
+    # docs/evaluation.md). With candidates, s_G is chosen on the val split (``select_graph_scale``)
+    # and graph_scale is only the fallback for samples without a val split.
     graph_scale: float = 8.0
+    graph_scale_candidates: tuple[float, ...] = (1.5, 4.0, 8.0)
     max_test_nodes: int = 0  # 0 = every test node with a real image
     grid_nodes: int = 6
     guidance_text_scales: tuple[float, ...] = (1.0, 3.0, 6.0)
@@ -110,8 +112,9 @@ def _decode(storage: "Storage", key: str) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def load_ground_truth(storage: "Storage", nodes_table: str = "graph_nodes", images_table: str = "node_images"):
-    """(real images by node, labels by node, label source, test node ids) from the published tables."""
+def load_ground_truth(storage: "Storage", nodes_table: str = "graph_nodes", images_table: str = "node_images",
+                      split: str = "test"):
+    """(real images by node, labels by node, label source, ``split`` node ids) from the published tables."""
     from g2i_core.model.data import resolve_nodes_table
 
     nodes = storage.read_table(resolve_nodes_table(storage, nodes_table)).to_pylist()
@@ -122,8 +125,25 @@ def load_ground_truth(storage: "Storage", nodes_table: str = "graph_nodes", imag
               if r["status"] == "ok"}
     real = {n: _decode(storage, k) for n, k in sorted(images.items())}
     labels = {r["node_id"]: r["community"] for r in nodes}
-    test = sorted(r["node_id"] for r in nodes if r.get("split") == "test" and r["node_id"] in real)
-    return real, labels, "sample ground-truth communities (graph_nodes.community)", test
+    chosen = sorted(r["node_id"] for r in nodes if r.get("split") == split and r["node_id"] in real)
+    return real, labels, "sample ground-truth communities (graph_nodes.community)", chosen
+
+
+def select_graph_scale(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: Method, seed: int,
+                       model_uri: str, val: list[str], real: dict, labels: dict, space, resolution: int) -> dict:
+    """s_G with the best mean style score on the val nodes (ties: the smaller scale), and every candidate's
+    offline metrics there. The test split is never looked at."""
+    from g2i_core.evaluate.runner import evaluate_one
+
+    scores = {}
+    for g in cfg.graph_scale_candidates:
+        gen = generate_method(storage, settings, replace(cfg, graph_scale=g), m, seed, model_uri, val)
+        scores[g] = evaluate_one(gen, real, labels, space, resolution=resolution)
+    best = max(scores, key=lambda g: (scores[g]["style_score"]["mean"], -g))
+    log.info("s_G %.1f chosen on %d val nodes (style score by s_G: %s)", best, len(val),
+             ", ".join(f"{g}={v['style_score']['mean']:.3f}" for g, v in scores.items()))
+    return {"method": m.name, "seed": seed, "nodes": len(val), "criterion": "style_score", "chosen": best,
+            "metrics": {str(g): v for g, v in scores.items()}}
 
 
 def _model_exists(storage: "Storage", run_id: str) -> bool:
@@ -215,13 +235,26 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
     started = time.time()
     # 1. Ground truth and the offline evaluator, fitted on the training nodes' real images only.
     real, labels, label_source, test = load_ground_truth(storage)
+    val = load_ground_truth(storage, split="val")[3]
     if cfg.max_test_nodes:
         test = test[: cfg.max_test_nodes]
     resolution = int(cfg.model_overrides.get("resolution", 32))
-    space = fit_space(real, labels, resolution=resolution, exclude=set(test))
+    space = fit_space(real, labels, resolution=resolution, exclude=set(test) | set(val))
     encoders = _load_encoders(settings, cfg.encoders)
-    # 2. Train and generate each method x seed (reused when already stored).
     methods = [m for m in PAPER_METHODS if m.name in cfg.methods]
+    # 2. Graph guidance chosen on the val split with the first seed of ours (or of the first graph method).
+    selection = None
+    tuner = next((m for m in methods if m.name == "semantic_ppr"), None) or next(
+        (m for m in methods if m.strategy), None)
+    if cfg.graph_scale_candidates and tuner and len(val) >= 2:
+        selection = select_graph_scale(storage, settings, cfg, tuner, cfg.seeds[0],
+                                       train_method(storage, settings, cfg, tuner, cfg.seeds[0]), val, real, labels,
+                                       space, resolution)
+        cfg = replace(cfg, graph_scale=selection["chosen"])
+    elif cfg.graph_scale_candidates and tuner:
+        log.warning("no val split with >= 2 covers: s_G stays %.1f (rebuild the tables with --prepare-sample)",
+                    cfg.graph_scale)
+    # 3. Train and generate each method x seed (reused when already stored).
     generated: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     models: dict[tuple[str, int], str] = {}
     timings: dict[str, float] = {}
@@ -235,14 +268,15 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
         generated.setdefault(m.name, {})[seed] = generate_method(storage, settings, cfg, m, seed,
                                                                  models[(m.name, seed)], test)
         timings[f"{m.name}-s{seed}"] = round(time.time() - t0, 1)
-    # 3. Metrics, and the paper's two claims as checks.
+    # 4. Metrics, and the paper's two claims as checks.
     doc = evaluate_methods(generated, real, labels, space, encoders=encoders, resolution=resolution,
                            run_id=cfg.run_id, label_source=label_source,
                            descriptions={m.name: m.description for m in methods},
                            description=f"sample benchmark: {len(test)} test nodes, {len(real)} real images; "
                                        f"tiny preset at {resolution}px, {cfg.steps} training steps, generator "
                                        f"seed {cfg.gen_seed}, {cfg.gen_steps} DDIM steps, s_T={cfg.text_scale}, "
-                                       f"s_G={cfg.graph_scale}")
+                                       f"s_G={cfg.graph_scale}"
+                                       + (f" (chosen on {len(val)} val nodes)" if selection else ""))
     if {"semantic_ppr", "text_only"} <= generated.keys():
         doc["checks"].append(compare(doc, "semantic_ppr", "text_only", "graph-conditioned (semantic-PPR) beats "
                                      "text-only by more than the seed spread", strict=True))
@@ -251,8 +285,9 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
                                      "random neighbours (within the seed spread)", strict=False))
     doc["suite"] = {k: v for k, v in asdict(cfg).items() if k != "model_overrides"}
     doc["suite"]["model_overrides"] = {k: v for k, v in cfg.model_overrides.items() if not isinstance(v, dict)}
+    doc["graph_scale_selection"] = selection
     doc["timings_s"] = timings
-    # 4. Report: grids and a guidance grid from our model.
+    # 5. Report: grids and a guidance grid from our model.
     columns = ["ground truth"] + [c for c in ("text_only", "random", "semantic_ppr") if c in generated]
     grids = sample_grids(storage, generated, real, test, cfg.grid_nodes, columns)
     guidance = []
