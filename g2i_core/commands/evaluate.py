@@ -39,7 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--suite", choices=["paper"], help="train, generate and score the paper's methods")
     p.add_argument("--prepare-sample", default="", metavar="DIR",
                    help="suite: first publish the benchmark tables from this sample (generated if missing)")
-    p.add_argument("--sample-nodes", type=int, default=500, help="suite: nodes of a newly generated sample")
+    p.add_argument("--sample-nodes", type=int, default=2000,
+                   help="suite: nodes of a newly generated sample (default %(default)s: ~356 test nodes)")
     p.add_argument("--methods", default="", help="suite: comma list of methods (default: all)")
     p.add_argument("--seeds", default="0,1,2", help="suite: training seeds of the headline methods")
     p.add_argument("--ablation-seeds", default="0", help="suite: training seeds of the other methods")
