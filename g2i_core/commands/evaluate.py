@@ -48,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-test-nodes", type=int, default=0)
     p.add_argument("--text-scale", type=float, default=None, help="suite: text guidance s_T (default 3.0)")
     p.add_argument("--graph-scale", type=float, default=None,
-                   help="suite: graph guidance s_G (default: the best of 1.5, 4, 8 on the val split)")
+                   help="suite: graph guidance s_G (default: the lowest-FID one of 1.5..8 on the val split)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -169,9 +169,10 @@ def render_report(metrics: dict, grids: list[dict] | None = None, grid_columns: 
                      f"{html.escape(check['detail'])}</p>")
     sel = metrics.get("graph_scale_selection")
     if sel:
-        cells = ", ".join(f"s_G {g}: {v['style_score']['mean']:.3f}" for g, v in sel["metrics"].items())
+        cells = "; ".join(f"s_G {g}: FID {v['style_fid']['mean']:.2f}, style score {v['style_score']['mean']:.3f}"
+                          for g, v in sel["metrics"].items())
         parts.append(f"<p class=note>Graph guidance s_G = {sel['chosen']} was chosen on {sel['nodes']} val nodes "
-                     f"by the mean style score of {html.escape(sel['method'])} (seed {sel['seed']}): "
+                     f"as the lowest FID (style space) of {html.escape(sel['method'])} (seed {sel['seed']}): "
                      f"{html.escape(cells)}.</p>")
     parts.append(f"<h2>Trade-off: {html.escape(metrics['metric_info'][x_key]['label'])} vs "
                  f"{html.escape(metrics['metric_info'][y_key]['label'])}</h2>")

@@ -26,6 +26,7 @@ METRIC_INFO: dict[str, dict[str, Any]] = {
     "community_acc": {"label": "community accuracy", "encoder": "g2i-style classifier", "higher_is_better": True},
     "style_fid": {"label": "FID (style space)", "encoder": "g2i-style", "higher_is_better": False},
     "colour_dist": {"label": "colour distance (TV)", "encoder": "RGB histogram", "higher_is_better": False},
+    "community_fid": {"label": "FID per community (mean)", "encoder": "g2i-style", "higher_is_better": False},
 }
 OFFLINE_KEYS = tuple(METRIC_INFO)
 

@@ -35,6 +35,8 @@ def test_suite_trains_selects_scores_and_resumes(s3_storage, s3_settings, bench_
     sel = doc["graph_scale_selection"]
     assert sel["method"] == "semantic_ppr" and sel["seed"] == 0 and sel["chosen"] in (1.0, 4.0)
     assert set(sel["metrics"]) == {"1.0", "4.0"} and sel["nodes"] >= 2
+    fids = {g: v["style_fid"]["mean"] for g, v in sel["metrics"].items()}
+    assert fids[str(sel["chosen"])] == min(fids.values())  # the val split's lowest-FID scale
     assert doc["suite"]["graph_scale"] == sel["chosen"]
     assert [c["claim"].split(" ")[0] for c in doc["checks"]] == ["graph-conditioned", "semantic-PPR"]
     for m in doc["methods"]:

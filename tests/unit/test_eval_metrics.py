@@ -70,6 +70,21 @@ def test_identical_sets_score_perfectly_and_shuffled_pairs_score_worse(space, sa
     assert shuffled["community_acc"].hi < 0.3  # predictions follow the image, not the node
 
 
+def test_community_fid_sees_community_swaps_that_fid_cannot(space, sample_images):
+    from g2i_core.evaluate.metrics import class_frechet_distance
+
+    real, lab = sample_images  # 20 per community (the metric needs >= 10)
+    perm = np.roll(np.arange(len(real)), 3)  # the same set of images, each paired with another community
+    same, swapped = offline_metrics(space, real.copy(), real, lab), offline_metrics(space, real[perm], real, lab)
+    assert same["community_fid"].mean == pytest.approx(0.0, abs=1e-6)
+    assert swapped["style_fid"].mean == pytest.approx(0.0, abs=1e-6)  # a set statistic: blind to the swap
+    assert swapped["community_fid"].lo > 5.0
+    assert swapped["community_fid"].lo <= swapped["community_fid"].mean <= swapped["community_fid"].hi
+    # communities below the minimum size are skipped; none left -> NaN, and the metric is omitted
+    assert np.isnan(class_frechet_distance(space.embed(real[:8]), space.embed(real[:8]), lab[:8]))
+    assert "community_fid" not in offline_metrics(space, real[:8], real[:8], lab[:8])
+
+
 def test_fid_grows_when_the_generated_set_misses_communities(space, sample_images):
     images, labels = sample_images
     real = images[120:]
