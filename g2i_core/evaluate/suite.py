@@ -245,10 +245,10 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
     space = fit_space(real, labels, resolution=resolution, exclude=set(test) | set(val))
     encoders = _load_encoders(settings, cfg.encoders)
     methods = [m for m in PAPER_METHODS if m.name in cfg.methods]
-    # 2. Graph guidance chosen on the val split with the first seed of ours (or of the first graph method).
+    # 2. Graph guidance chosen on the val split with the first seed of ours, for every graph method
+    #    (always ours, so suites split over several processes by --methods agree on s_G).
     selection = None
-    tuner = next((m for m in methods if m.name == "semantic_ppr"), None) or next(
-        (m for m in methods if m.strategy), None)
+    tuner = next(m for m in PAPER_METHODS if m.name == "semantic_ppr") if any(m.strategy for m in methods) else None
     if cfg.graph_scale_candidates and tuner and len(val) >= 2:
         selection = select_graph_scale(storage, settings, cfg, tuner, cfg.seeds[0],
                                        train_method(storage, settings, cfg, tuner, cfg.seeds[0]), val, real, labels,
