@@ -1,13 +1,15 @@
 """Picture of the suite's seed-0 samples: one row per community, 3 real test covers | the same nodes
-generated with semantic-PPR neighbours | generated text-only. Reads the newest s_G-8 generation runs.
+generated with semantic-PPR neighbours | generated text-only. Reads the generation runs that the
+suite's ``reports/<run-id>/metrics.json`` names.
 
-    .venv/bin/python bench/suite_grid.py --root file://$PWD/.local/bench-paper   # -> bench/results/suite_grid.png
+    .venv/bin/python bench/suite_grid.py --root file://$PWD/.local/bench-paper-2k   # -> bench/results/suite_grid.png
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -19,7 +21,6 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", required=True)
     ap.add_argument("--run-id", default="paper")
-    ap.add_argument("--skip-hash", default="34a04f7a", help="generation settings hash to ignore (the s_G 1.5 runs)")
     args = ap.parse_args()
     from PIL import Image
 
@@ -33,11 +34,9 @@ def main() -> int:
     def load(key):
         return Image.open(io.BytesIO(st.get_bytes(st.uri(key)))).convert("RGB")
 
-    runs = {}
-    for name in ("semantic_ppr", "text_only"):
-        ids = sorted({p.split("/generations/")[1].split("/")[0] for p in st.list(st.uri("generations"))
-                      if f"{args.run_id}-{name}-s0-" in p and args.skip_hash not in p})
-        runs[name] = {r["node_id"]: r["image_key"] for r in read_manifest(st, ids[-1]).to_pylist()}
+    suite_runs = json.loads(st.get_bytes(st.uri("reports", args.run_id, "metrics.json")))["generation_runs"]
+    runs = {name: {r["node_id"]: r["image_key"] for r in read_manifest(st, suite_runs[f"{name}-s0"]).to_pylist()}
+            for name in ("semantic_ppr", "text_only")}
     by_comm: dict[int, list[str]] = {}
     for n in sorted(runs["semantic_ppr"]):
         by_comm.setdefault(nodes[n]["community"], []).append(n)

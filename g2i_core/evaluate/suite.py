@@ -172,14 +172,17 @@ def train_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: 
     return storage.uri("models", run)
 
 
+def generation_run_id(cfg: SuiteConfig, m: Method, seed: int, nodes: list[str]) -> str:
+    # the generation run id names its settings, so changed settings never meet an older published run
+    settings_key = json.dumps([cfg.gen_seed, cfg.text_scale, cfg.graph_scale, cfg.gen_steps, cfg.clip_sample, nodes])
+    return f"{cfg.run_id}-{m.name}-s{seed}-{hashlib.sha256(settings_key.encode()).hexdigest()[:8]}"
+
+
 def generate_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: Method, seed: int,
                     model_uri: str, test: list[str]) -> dict[str, np.ndarray]:
     from g2i_core.generate import GenerateConfig, generate, read_manifest
 
-    # the generation run id names its settings, so changed settings never meet an older published run
-    settings_key = json.dumps([cfg.gen_seed, cfg.text_scale, cfg.graph_scale, cfg.gen_steps, cfg.clip_sample, test])
-    run = f"{cfg.run_id}-{m.name}-s{seed}-{hashlib.sha256(settings_key.encode()).hexdigest()[:8]}"
-    gcfg = GenerateConfig(run_id=run, model_uri=model_uri, node_ids=tuple(test), batch_size=32, seeds=(cfg.gen_seed,),
+    gcfg = GenerateConfig(run_id=generation_run_id(cfg, m, seed, test), model_uri=model_uri, node_ids=tuple(test), batch_size=32, seeds=(cfg.gen_seed,),
                           text_scale=cfg.text_scale, graph_scale=cfg.graph_scale, steps=cfg.gen_steps,
                           clip_sample=cfg.clip_sample, neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}")
     generate(storage, gcfg, settings=settings.replace(storage_root=storage.root))
@@ -289,6 +292,8 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
     doc["suite"] = {k: v for k, v in asdict(cfg).items() if k != "model_overrides"}
     doc["suite"]["model_overrides"] = {k: v for k, v in cfg.model_overrides.items() if not isinstance(v, dict)}
     doc["graph_scale_selection"] = selection
+    doc["models"] = {f"{m}-s{s}": uri for (m, s), uri in models.items()}
+    doc["generation_runs"] = {f"{m.name}-s{s}": generation_run_id(cfg, m, s, test) for m, s in order}
     doc["timings_s"] = timings
     # 5. Report: grids and a guidance grid from our model.
     columns = ["ground truth"] + [c for c in ("text_only", "random", "semantic_ppr") if c in generated]

@@ -48,6 +48,8 @@ def test_suite_trains_selects_scores_and_resumes(s3_storage, s3_settings, bench_
     assert "chosen on" in report and report.count("<img") >= 2 * 3
     stored = json.loads(s3_storage.get_bytes(s3_storage.uri("reports", "t", "metrics.json")))
     assert stored["graph_scale_selection"]["chosen"] == sel["chosen"]
+    assert set(stored["generation_runs"]) == {"text_only-s0", "text_only-s1", "random-s0", "random-s1",
+                                              "semantic_ppr-s0", "semantic_ppr-s1", "ppr-s0"}
 
     # a rerun trains nothing and generates nothing new: the same numbers come back
     again = run_suite(s3_storage, s3_settings, cfg)
