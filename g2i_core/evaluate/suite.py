@@ -1,7 +1,8 @@
 """``g2i evaluate --suite paper``: the paper's Table 1 and ablations on our data, in one command.
 
-Every method is trained (tiny preset, through the model's ``train``), generates the test nodes with a
-fixed generator seed (through ``g2i_core.generate``), and is scored by the offline evaluator (plus
+Graph guidance s_G is chosen first, on the val split (the lowest FID of ours among
+``graph_scale_candidates``). Every method is trained (tiny preset, through the model's ``train``),
+generates the test nodes with a fixed generator seed (through ``g2i_core.generate``), and is scored by the offline evaluator (plus
 CLIP/DINOv2 when configured). Headline methods run with several training seeds, so each number
 carries a seed spread. Everything is stored under the suite's run id and reused on a rerun: trained
 models, published generations; a killed suite resumes where it stopped.
@@ -87,7 +88,7 @@ class SuiteConfig:
     text_scale: float = 3.0
     # s_G: chosen on the val split among the candidates (``select_graph_scale``); graph_scale is only
     # the fallback for samples without a val split. Stronger graph guidance buys paired accuracy at the
-    # price of diversity (FID): docs/evaluation.md, "Choosing s_G".
+    # price of diversity (FID): the val curve in docs/evaluation.md (sample benchmark results).
     graph_scale: float = 4.0
     graph_scale_candidates: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
     max_test_nodes: int = 0  # 0 = every test node with a real image
@@ -182,8 +183,8 @@ def generate_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, 
                     model_uri: str, test: list[str]) -> dict[str, np.ndarray]:
     from g2i_core.generate import GenerateConfig, generate, read_manifest
 
-    gcfg = GenerateConfig(run_id=generation_run_id(cfg, m, seed, test), model_uri=model_uri, node_ids=tuple(test), batch_size=32, seeds=(cfg.gen_seed,),
-                          text_scale=cfg.text_scale, graph_scale=cfg.graph_scale, steps=cfg.gen_steps,
+    gcfg = GenerateConfig(run_id=generation_run_id(cfg, m, seed, test), model_uri=model_uri, node_ids=tuple(test),
+                          batch_size=32, seeds=(cfg.gen_seed,), text_scale=cfg.text_scale, graph_scale=cfg.graph_scale, steps=cfg.gen_steps,
                           clip_sample=cfg.clip_sample, neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}")
     generate(storage, gcfg, settings=settings.replace(storage_root=storage.root))
     rows = read_manifest(storage, gcfg.run_id).to_pylist()
