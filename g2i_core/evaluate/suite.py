@@ -2,8 +2,8 @@
 
 Graph guidance s_G is chosen first, on the val split (the lowest FID of ours among
 ``graph_scale_candidates``). Every method is trained (tiny preset, through the model's ``train``),
-generates the test nodes with a fixed generator seed (through ``g2i_core.generate``), and is scored by the offline evaluator (plus
-CLIP/DINOv2 when configured). Headline methods run with several training seeds, so each number
+generates the test nodes with a fixed generator seed (through ``g2i_core.generate``), and is scored
+by the offline evaluator (plus CLIP/DINOv2 when configured). Headline methods run with several training seeds, so each number
 carries a seed spread. Everything is stored under the suite's run id and reused on a rerun: trained
 models, published generations; a killed suite resumes where it stopped.
 
