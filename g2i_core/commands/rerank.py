@@ -2,10 +2,11 @@
 (node_id, rank, neighbour_id, ppr_score, semantic_score, score), top --k (default 5).
 
 Strategies: semantic_ppr (default: candidates re-ranked by target-text similarity blended with PPR,
---ppr-weight, default 0.5; ``--ppr-weight auto`` picks it on up to --tune-nodes nodes with covers by how
-much their neighbours' images resemble their own, which needs image embeddings), ppr (PPR order only), semantic (all nodes by similarity, graph ignored), random
-(seeded). --neighbour-kind text|image|both picks what the target's text is compared with; image
-needs CLIP embeddings for text and image. --out-table writes an ablation variant under another name.
+--ppr-weight, default 0.5; ``--ppr-weight auto`` picks it on up to --tune-nodes nodes with covers by
+how much their neighbours' images resemble their own, which needs image embeddings), ppr (PPR order
+only), semantic (all nodes by similarity, graph ignored), random (seeded). --neighbour-kind
+text|image|both picks what the target's text is compared with; image needs CLIP embeddings for text
+and image. --out-table writes an ablation variant under another name.
 """
 
 from __future__ import annotations

@@ -118,10 +118,10 @@ def offline_metrics(space: StyleSpace, gen: np.ndarray, real: np.ndarray, labels
         "style_fid": bootstrap_set(lambda i: frechet_distance(eg[i], er[i]), len(gen), seed=seed),
         "colour_dist": bootstrap(colour_distance(colour_histograms(gen), colour_histograms(real)), seed=seed),
     }
-    if np.isfinite(class_frechet_distance(eg, er, labels)):
+    point = class_frechet_distance(eg, er, labels)
+    if np.isfinite(point):
         # resampled sets can leave a community short; those draws fall back to the point value
-        out["community_fid"] = bootstrap_set(lambda i: _finite_or(class_frechet_distance(eg[i], er[i], labels[i]),
-                                                                   class_frechet_distance(eg, er, labels)),
+        out["community_fid"] = bootstrap_set(lambda i: _finite_or(class_frechet_distance(eg[i], er[i], labels[i]), point),
                                              len(gen), seed=seed)
     return out
 
