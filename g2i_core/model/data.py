@@ -120,7 +120,7 @@ class ImageCache:
 
 def condition_of(record: NodeRecord, images: ImageCache) -> NodeCondition:
     nset = NeighbourSet(images=[images.get(k) if k else None for k in record.neighbour_image_keys],
-                        texts=list(record.neighbour_texts))
+                        texts=list(record.neighbour_texts), image_keys=list(record.neighbour_image_keys))
     return NodeCondition(record.node_id, record.text, record.image_key, nset)
 
 

@@ -48,6 +48,7 @@ class NeighbourSet:
 
     images: list = field(default_factory=list)  # PIL images (None = neighbour without usable image)
     texts: list = field(default_factory=list)  # str (None = no text)
+    image_keys: list = field(default_factory=list)  # content keys of the images (optional; enables the image cache)
 
     def __len__(self) -> int:
         return max(len(self.images), len(self.texts))
@@ -62,15 +63,17 @@ class GraphInputs:
     text_ids: torch.Tensor  # (B, N, Lt) long
     text_attention: torch.Tensor  # (B, N, Lt) long, tokenizer attention mask
     text_mask: torch.Tensor  # (B, N) bool: neighbour has a text
+    image_keys: tuple | None = None  # B*N content keys (None where no image), or None: no cache lookups
 
     def to(self, device) -> "GraphInputs":
         return GraphInputs(*(t.to(device) for t in (self.pixels, self.image_mask, self.text_ids,
-                                                     self.text_attention, self.text_mask)))
+                                                     self.text_attention, self.text_mask)), self.image_keys)
 
     @staticmethod
     def cat(items: list["GraphInputs"]) -> "GraphInputs":
+        keys = None if any(g.image_keys is None for g in items) else tuple(k for g in items for k in g.image_keys)
         return GraphInputs(*(torch.cat([getattr(g, f) for g in items]) for f in
-                             ("pixels", "image_mask", "text_ids", "text_attention", "text_mask")))
+                             ("pixels", "image_mask", "text_ids", "text_attention", "text_mask")), keys)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,6 +213,8 @@ class G2IModel(nn.Module):
             self.qformer.embeddings.requires_grad_(False)  # token/position tables stay the text encoder's
         self.text_cache_size = 0  # frozen-encoder outputs kept per distinct token row (0 = no cache)
         self._text_cache: dict[bytes, torch.Tensor] = {}
+        self.image_cache_size = 0  # frozen image-encoder outputs kept per image content key (0 = no cache)
+        self._image_cache: dict[str, torch.Tensor] = {}
         self.register_buffer("clip_mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -300,7 +305,39 @@ class G2IModel(nn.Module):
                     texts[b][n] = txt
                     text_mask[b, n] = True
         ids, att = self.tokenize([t for row in texts for t in row])
-        return GraphInputs(pixels, image_mask, ids.view(B, N, -1), att.view(B, N, -1), text_mask)
+        keys = None
+        if all(len(s.image_keys) == len(s.images) for s in sets):
+            keys = tuple((s.image_keys[n] if n < len(s.images) and s.images[n] is not None else None)
+                         for s in sets for n in range(N))
+        return GraphInputs(pixels, image_mask, ids.view(B, N, -1), att.view(B, N, -1), text_mask, keys)
+
+    def embed_neighbour_images(self, pixels: torch.Tensor, mask: torch.Tensor, keys: tuple | None) -> torch.Tensor:
+        """Neighbour images (M, 3, S, S) in [0, 1] -> image embeddings (M, E).
+
+        A frozen encoder with ``image_cache_size`` > 0 (training sets it) and content keys encodes each
+        distinct image once and serves repeats from the cache (exact: the encoder never changes). Rows
+        without an image are zeros then; the graph tokens mask them either way."""
+        def encode(px: torch.Tensor) -> torch.Tensor:
+            px = (px - self.clip_mean.to(px.dtype)) / self.clip_std.to(px.dtype)
+            return self.image_encoder(pixel_values=px).image_embeds
+
+        if self.config.train_image_encoder or self.image_cache_size <= 0 or keys is None:
+            with torch.set_grad_enabled(self.config.train_image_encoder and torch.is_grad_enabled()):
+                return encode(pixels)
+        rows = mask.tolist()
+        todo = list({keys[i]: i for i in range(len(keys)) if rows[i] and keys[i] not in self._image_cache}.values())
+        if todo:
+            if len(self._image_cache) + len(todo) > self.image_cache_size:
+                self._image_cache.clear()
+                todo = list({keys[i]: i for i in range(len(keys)) if rows[i]}.values())
+            with torch.no_grad():
+                fresh = encode(pixels[todo])
+            for j, i in enumerate(todo):
+                self._image_cache[keys[i]] = fresh[j]
+        some = next(iter(self._image_cache.values()), None)
+        dim = self.image_encoder.config.projection_dim
+        zero = torch.zeros(dim, device=pixels.device, dtype=some.dtype if some is not None else pixels.dtype)
+        return torch.stack([self._image_cache[keys[i]] if rows[i] else zero for i in range(len(keys))])
 
     def encode_graph(self, text_ids: torch.Tensor, text_attention: torch.Tensor,
                      graph: GraphInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,10 +345,8 @@ class G2IModel(nn.Module):
         B, N = graph.image_mask.shape
         image_embeds = text_embeds = None
         if self.config.uses_images:
-            px = graph.pixels.flatten(0, 1)  # (B*N, 3, S, S)
-            px = (px - self.clip_mean.to(px.dtype)) / self.clip_std.to(px.dtype)
-            with torch.set_grad_enabled(self.config.train_image_encoder and torch.is_grad_enabled()):
-                image_embeds = self.image_encoder(pixel_values=px).image_embeds.view(B, N, -1)  # (B, N, E)
+            image_embeds = self.embed_neighbour_images(graph.pixels.flatten(0, 1), graph.image_mask.flatten(),
+                                                       graph.image_keys).view(B, N, -1)  # (B, N, E)
         if self.config.uses_texts:
             text_embeds = self.pool_text(graph.text_ids.flatten(0, 1), graph.text_attention.flatten(0, 1)).view(B, N, -1)
         tokens, mask = self.graph_tokens(image_embeds, graph.image_mask, text_embeds, graph.text_mask)  # (B, G, D)

@@ -246,6 +246,7 @@ def train(cfg: TrainConfig, settings: "Settings", *, on_step: Callable[[int, flo
     torch.manual_seed(cfg.seed)  # model init
     model = build_model(mcfg)
     model.text_cache_size = 200_000  # the text encoder is frozen: encode each distinct text once
+    model.image_cache_size = 200_000  # likewise a frozen image encoder (sd15's CLIP ViT-L), per image key
     if cfg.gradient_checkpointing:
         model.enable_gradient_checkpointing()
     params = model.trainable_parameters()

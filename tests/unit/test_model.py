@@ -223,3 +223,35 @@ def test_sd15_architecture_at_full_size_with_random_weights():
         latents = m.encode_images(torch.rand(1, 3, 64, 64) * 2 - 1)  # (1, 4, 8, 8)
         eps = m(latents, torch.tensor([500]), ctx, mask)
     assert eps.shape == (1, 4, 8, 8) and torch.isfinite(eps).all()
+
+
+def test_frozen_image_encoder_cache_is_exact_and_encodes_each_image_once():
+    """A frozen neighbour-image encoder with ``image_cache_size`` encodes each image key once; the
+    context equals the uncached one (no_qformer: graph tokens go straight into the context)."""
+    from g2i_core.model.modeling import NeighbourSet, build_model
+
+    torch.manual_seed(0)
+    m = build_model(small(graph_mode="no_qformer", train_image_encoder=False)).eval()
+    sets = [NeighbourSet([colour((255, 0, 0)), colour((0, 0, 255))], ["red", "blue"], ["img/red", "img/blue"]),
+            NeighbourSet([colour((255, 0, 0)), None], ["red again", None], ["img/red", None])]
+    ids, att = m.tokenize(["a dragon", "a castle"])
+    graph = m.prepare_graph(sets)
+    assert graph.image_keys == ("img/red", "img/blue", None, "img/red", None, None)
+    encoded = []  # images per encoder call
+    m.image_encoder.register_forward_pre_hook(lambda mod, args, kwargs: encoded.append(len(kwargs["pixel_values"])),
+                                              with_kwargs=True)
+    with torch.no_grad():
+        plain, mask = m.context(ids, att, graph)
+        uncached_calls = list(encoded)
+        m.image_cache_size = 100
+        encoded.clear()
+        first, _ = m.context(ids, att, graph)
+        second, _ = m.context(ids, att, graph)
+    assert uncached_calls == [2 * 3]  # every slot, padding included
+    assert encoded == [2]  # red and blue once each; the second call is served from the cache
+    assert torch.allclose(plain[mask], first[mask], atol=1e-5) and torch.equal(first, second)
+    # a full cache starts over instead of growing past its size
+    m.image_cache_size = 1
+    with torch.no_grad():
+        m.context(ids, att, graph)
+    assert len(m._image_cache) == 2
