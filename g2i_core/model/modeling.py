@@ -334,10 +334,10 @@ class G2IModel(nn.Module):
                 fresh = encode(pixels[todo])
             for j, i in enumerate(todo):
                 self._image_cache[keys[i]] = fresh[j]
-        some = next(iter(self._image_cache.values()), None)
-        dim = self.image_encoder.config.projection_dim
-        zero = torch.zeros(dim, device=pixels.device, dtype=some.dtype if some is not None else pixels.dtype)
-        return torch.stack([self._image_cache[keys[i]] if rows[i] else zero for i in range(len(keys))])
+        # in the pixels' dtype: entries cached under autocast (bf16) also serve steps without it
+        zero = torch.zeros(self.image_encoder.config.projection_dim, device=pixels.device, dtype=pixels.dtype)
+        return torch.stack([self._image_cache[keys[i]].to(pixels.dtype) if rows[i] else zero
+                            for i in range(len(keys))])
 
     def encode_graph(self, text_ids: torch.Tensor, text_attention: torch.Tensor,
                      graph: GraphInputs) -> tuple[torch.Tensor, torch.Tensor]:
