@@ -45,6 +45,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", default="0,1,2", help="suite: training seeds of the headline methods")
     p.add_argument("--ablation-seeds", default="0", help="suite: training seeds of the other methods")
     p.add_argument("--steps", type=int, default=100, help="suite: training steps per model")
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="suite: lr after the warmup (constant: the suites run before cosine existed)")
     p.add_argument("--max-test-nodes", type=int, default=0)
     p.add_argument("--text-scale", type=float, default=None, help="suite: text guidance s_T (default 3.0)")
     p.add_argument("--graph-scale", type=float, default=None,
@@ -79,7 +81,8 @@ def run(args: argparse.Namespace) -> int:
         if args.graph_scale is not None:
             scales["graph_scale_candidates"] = ()  # a given s_G is used as is
         cfg = SuiteConfig(run_id=args.run_id, seeds=ints(args.seeds), ablation_seeds=ints(args.ablation_seeds), **scales,
-                          steps=args.steps, max_test_nodes=args.max_test_nodes, encoders=encoders,
+                          steps=args.steps, lr_schedule=args.lr_schedule, max_test_nodes=args.max_test_nodes,
+                          encoders=encoders,
                           methods=tuple(m for m in args.methods.split(",") if m) or
                           tuple(m.name for m in PAPER_METHODS))
         doc = run_suite(storage, settings, cfg)

@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
+                   help="after the warmup: cosine decay to 0 at the last step, or constant (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=0, help="0 = the preset's (tiny 32, sd15 256)")
     p.add_argument("--max-neighbours", type=int, default=5)
@@ -68,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
         run_id=args.run_id, preset=args.preset, graph_mode=args.graph_mode, storage_root=args.root,
         nodes_table=args.nodes_table, images_table=args.images_table, neighbours_table=args.neighbours_table,
         split=args.split, resolution=args.resolution, max_neighbours=args.max_neighbours, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, seed=args.seed, p_drop_text=args.p_drop_text,
+        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, p_drop_text=args.p_drop_text,
         p_drop_graph=args.p_drop_graph, p_drop_both=args.p_drop_both, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         checkpoints_keep=args.checkpoints_keep, resume=args.resume, log_every=args.log_every,

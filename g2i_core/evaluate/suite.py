@@ -81,6 +81,7 @@ class SuiteConfig:
     steps: int = 100
     batch_size: int = 16
     lr: float = 1e-3
+    lr_schedule: str = "cosine"  # TrainConfig.lr_schedule; "constant" reproduces the suites before it existed
     model_overrides: dict = field(default_factory=lambda: dict(TINY16))
     gen_seed: int = 0  # fixed generator seed for every method
     gen_steps: int = 10
@@ -158,12 +159,16 @@ def train_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: 
     from g2i_core.model.train import TrainConfig, train
 
     # the model run id names its training settings, so a changed suite never reuses an older model
-    key = json.dumps([m.graph_mode, m.strategy, cfg.steps, cfg.batch_size, cfg.lr, cfg.model_overrides], sort_keys=True)
+    settings_key = [m.graph_mode, m.strategy, cfg.steps, cfg.batch_size, cfg.lr, cfg.model_overrides]
+    if cfg.lr_schedule != "constant":  # constant-lr models trained before the schedule existed keep their ids
+        settings_key.append(cfg.lr_schedule)
+    key = json.dumps(settings_key, sort_keys=True)
     run = f"{cfg.run_id}-{m.name}-s{seed}-{hashlib.sha256(key.encode()).hexdigest()[:8]}"
     if not _model_exists(storage, run):
         tc = TrainConfig(run_id=run, preset="tiny", graph_mode=m.graph_mode, storage_root=storage.root,
                          neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}", split="train",
                          steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.lr, lr_warmup_steps=max(cfg.steps // 20, 1),
+                         lr_schedule=cfg.lr_schedule,
                          seed=seed, p_drop_text=0.1, p_drop_graph=0.1, p_drop_both=0.1,
                          checkpoint_every=max(cfg.steps // 2, 1), checkpoints_keep=1, log_every=max(cfg.steps // 4, 1),
                          model_overrides=dict(cfg.model_overrides))

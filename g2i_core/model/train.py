@@ -41,6 +41,24 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+LR_SCHEDULES = ("cosine", "constant")
+
+
+def learning_rate(cfg: "TrainConfig", step: int) -> float:
+    """lr of optimizer step ``step`` (1-based): linear warmup, then constant or cosine decay to 0.
+
+    A function of the step alone, so a resumed run continues the same curve. Decay matters for the
+    weights the run ends with: at a constant lr the last iterate still moves with the last batches,
+    and what the model generates then differs more between training seeds."""
+    warm = max(cfg.lr_warmup_steps, 1)
+    if step < warm:
+        return cfg.lr * step / warm
+    if cfg.lr_schedule == "constant" or cfg.steps <= warm:
+        return cfg.lr
+    progress = (step - warm) / (cfg.steps - warm)
+    return cfg.lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
 @dataclass
 class TrainConfig:
     run_id: str = "tiny"
@@ -57,6 +75,7 @@ class TrainConfig:
     batch_size: int = 32  # per step, over all processes
     lr: float = 3e-4
     lr_warmup_steps: int = 100
+    lr_schedule: str = "cosine"  # after the warmup: "cosine" (to 0 at the last step) | "constant"
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
     seed: int = 0
@@ -79,6 +98,8 @@ class TrainConfig:
         probs = (self.p_drop_text, self.p_drop_graph, self.p_drop_both)
         if min(probs) < 0 or sum(probs) > 1:
             raise ValueError(f"dropout probabilities must be >= 0 and sum to <= 1, got {probs}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {self.lr_schedule!r}")
         if self.steps < 1 or self.batch_size < 1 or self.checkpoint_every < 1:
             raise ValueError(f"steps, batch_size and checkpoint_every must be >= 1, got "
                              f"{self.steps}, {self.batch_size}, {self.checkpoint_every}")
@@ -293,7 +314,7 @@ def train(cfg: TrainConfig, settings: "Settings", *, on_step: Callable[[int, flo
             att = torch.where(drop_text[:, None], uncond_att, batch["att"]).to(device)
             graph = batch["graph"].to(device) if batch["graph"] is not None else None
 
-            lr = cfg.lr * min(1.0, step / max(cfg.lr_warmup_steps, 1))  # linear warmup, then constant
+            lr = learning_rate(cfg, step)
             for g in opt.param_groups:
                 g["lr"] = lr
             with accelerator.autocast():
