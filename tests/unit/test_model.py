@@ -255,3 +255,18 @@ def test_frozen_image_encoder_cache_is_exact_and_encodes_each_image_once():
     with torch.no_grad():
         m.context(ids, att, graph)
     assert len(m._image_cache) == 2
+
+
+def test_graph_inputs_keep_image_keys_through_cat_and_to():
+    from g2i_core.model.modeling import GraphInputs, NeighbourSet
+
+    t = torch.zeros
+    keyed = GraphInputs(t(1, 2, 3, 4, 4), t(1, 2, dtype=torch.bool), t(1, 2, 3, dtype=torch.long),
+                        t(1, 2, 3, dtype=torch.long), t(1, 2, dtype=torch.bool), ("a", None))
+    other = GraphInputs(*(getattr(keyed, f) for f in ("pixels", "image_mask", "text_ids", "text_attention",
+                                                       "text_mask")), ("b", "c"))
+    plain = GraphInputs(keyed.pixels, keyed.image_mask, keyed.text_ids, keyed.text_attention, keyed.text_mask)
+    assert GraphInputs.cat([keyed, other]).image_keys == ("a", None, "b", "c")
+    assert GraphInputs.cat([keyed, plain]).image_keys is None  # a batch without keys turns the cache off
+    assert keyed.to("cpu").image_keys == ("a", None)
+    assert NeighbourSet([None], ["t"]).image_keys == []
