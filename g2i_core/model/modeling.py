@@ -325,11 +325,12 @@ class G2IModel(nn.Module):
             with torch.set_grad_enabled(self.config.train_image_encoder and torch.is_grad_enabled()):
                 return encode(pixels)
         rows = mask.tolist()
-        todo = list({keys[i]: i for i in range(len(keys)) if rows[i] and keys[i] not in self._image_cache}.values())
+        distinct = {keys[i]: i for i in range(len(keys)) if rows[i]}  # first row of each image
+        todo = [i for k, i in distinct.items() if k not in self._image_cache]
+        if len(self._image_cache) + len(todo) > self.image_cache_size:  # full: start over
+            self._image_cache.clear()
+            todo = list(distinct.values())
         if todo:
-            if len(self._image_cache) + len(todo) > self.image_cache_size:
-                self._image_cache.clear()
-                todo = list({keys[i]: i for i in range(len(keys)) if rows[i]}.values())
             with torch.no_grad():
                 fresh = encode(pixels[todo])
             for j, i in enumerate(todo):
