@@ -250,7 +250,8 @@ def rerank_storage(storage: "Storage", config: RerankConfig, run_id: str, candid
     from g2i_core.embed import load_vectors
 
     config.check()
-    candidates = storage.read_table(candidates_table)
+    candidates_manifest = storage.manifest(candidates_table)
+    candidates = storage.read_table(candidates_table, manifest=candidates_manifest)
     ids, vecs, text_encoder = load_vectors(storage, "text")
     text = VectorIndex(ids, vecs)
     others = {"text": text}
@@ -272,4 +273,7 @@ def rerank_storage(storage: "Storage", config: RerankConfig, run_id: str, candid
                                       "image_encoder": image_encoder, "nodes": len(val),
                                       "curve": {f"{w:.1f}": v for w, v in curve.items()}, "chosen": best}
     table = select_neighbours(candidates, text, others, config)
-    return storage.publish_table(out_table, table, run_id, extra={"config": asdict(config), **extra})
+    extra["candidates_run_id"] = candidates_manifest["run_id"]
+    # ordered by the graph version it came from: rerunning an old day never makes its neighbours live
+    return storage.publish_table(out_table, table, run_id, extra={"config": asdict(config), **extra},
+                                 logical_date=candidates_manifest.get("logical_date"))

@@ -2,17 +2,20 @@
 
 Layout of a published table ``<root>/<name>/``::
 
-    run=<run_id>/part-*.parquet        data, written first (by pyarrow here or by Spark)
-    _manifests/<run_id>.json           files + row counts of that run, written after all data
-    _LATEST                            {"run_id": ...}, written last: the only thing readers follow
+    run=<run_id>/attempt=<attempt>/part-*.parquet   data of one attempt, written first (pyarrow or Spark)
+    _manifests/<run_id>.json                        the run's published attempt: files + row counts
+    _LATEST                                         the live run, moved last and forward only (CAS)
+    _lease                                          held by the one publisher at work
 
 Readers resolve ``_LATEST`` -> manifest -> the exact files it lists, so a killed writer (missing
-manifest, stray part files) is invisible, and a rerun of the same run_id replaces its data before
-re-pointing. Single-object PUTs are atomic on S3; on disk we write a temp file and ``os.replace``.
+manifest, stray attempt) is invisible, and a rerun of the same run_id writes a new attempt beside the
+published one, so readers never see a gap. Tables written together are one commit (``commit``).
+Single-object PUTs are atomic on S3; on disk we write a temp file and ``os.replace``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -20,6 +23,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,6 +46,13 @@ class StorageError(RuntimeError):
 
 class NotPublishedError(StorageError, FileNotFoundError):
     pass
+
+
+class PublishConflictError(StorageError):
+    """Another publisher holds the table, or a newer attempt of the same run is already published."""
+
+
+DEFAULT_LEASE_SECONDS = 600.0  # a killed publisher's lease expires after this
 
 
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500", "Throttling"}
@@ -102,6 +113,10 @@ class Storage:
     # ---- addressing ------------------------------------------------------------------------
     def uri(self, *parts: str) -> str:
         rel = "/".join(p.strip("/") for p in parts if p)
+        # No part may leave the root ('..') or change what the URI names ('#', '?', '\\', control chars).
+        if any(seg == ".." for seg in rel.split("/")) or any(c in rel for c in "#?\\") or \
+                any(ord(c) < 32 for c in rel):
+            raise ValueError(f"storage path {rel!r} has a '..' segment, '#', '?', '\\' or a control character")
         return f"{self.root}/{rel}" if rel else self.root
 
     def child(self, *parts: str) -> "Storage":
@@ -255,76 +270,295 @@ class Storage:
         return _S3RangeFile(self.s3, bucket, key, size, self._attempts)
 
     # ---- atomic publish --------------------------------------------------------------------
+    # Layout of a table (see docs/architecture.md, "Storage contract"):
+    #   run=<run_id>/attempt=<attempt>/part-*.parquet   data of one attempt; never rewritten
+    #   _manifests/<run_id>.json                        the published attempt of a run, its files and rows
+    #   _LATEST                                         {"run_id", "logical_date", ...}: moves forward only
+    #   _lease                                          held by the one publisher at a time (expires)
     def table_uri(self, name: str) -> str:
         return self.uri(name)
 
-    def run_data_uri(self, name: str, run_id: str) -> str:
+    def begin(self, name: str, run_id: str) -> "Attempt":
+        """A fresh, empty data directory for one attempt at run ``run_id`` of table ``name``.
+
+        Every attempt (a retry, a rerun of the same logical date) writes beside the published one, so
+        readers keep reading the published attempt until the new one is committed."""
         _check_run_id(run_id)
-        return self.uri(name, f"run={run_id}")
+        attempt = new_attempt_id()
+        return Attempt(name, run_id, attempt, self.uri(name, f"run={run_id}", f"attempt={attempt}"))
 
     def publish_table(self, name: str, table: "pa.Table", run_id: str, *, extra: dict | None = None,
-                      max_rows_per_file: int = 1_000_000) -> dict:
-        """Write a pyarrow table as run ``run_id`` of ``name`` and publish it (replaces a previous
-        attempt of the same run_id)."""
-        data_uri = self.run_data_uri(name, run_id)
-        self.delete_prefix(data_uri)
-        files = []
+                      max_rows_per_file: int = 1_000_000, logical_date: str | None = None,
+                      force: bool = False) -> dict:
+        """Write a pyarrow table as a new attempt of run ``run_id`` of ``name`` and publish it."""
+        attempt = self.begin(name, run_id)
         n = max(table.num_rows, 1)
         for i, start in enumerate(range(0, n, max_rows_per_file)):
-            part = table.slice(start, max_rows_per_file)
-            uri = f"{data_uri}/part-{i:05d}.parquet"
-            self.write_parquet(uri, part)
-            files.append({"uri": uri, "rows": part.num_rows})
-        return self._write_manifest(name, run_id, files, schema=str(table.schema), extra=extra)
+            self.write_parquet(f"{attempt.uri}/part-{i:05d}.parquet", table.slice(start, max_rows_per_file))
+        return self.commit([attempt], extra={name: extra or {}}, schemas={name: str(table.schema)},
+                           rows={name: table.num_rows}, logical_date=logical_date, force=force)[name]
 
-    def publish_written(self, name: str, run_id: str, *, rows: int | None = None, extra: dict | None = None) -> dict:
-        """Publish data that another writer (Spark) already put under ``run_data_uri(name, run_id)``.
+    def publish_written(self, attempt: "Attempt", *, rows: int | None = None, extra: dict | None = None,
+                        logical_date: str | None = None, force: bool = False) -> dict:
+        """Publish data another writer (Spark) put under ``attempt.uri``; row counts come from the
+        Parquet footers, and ``rows`` (what the writer says it wrote) must match them."""
+        rows_by = {attempt.table: rows} if rows is not None else {}
+        return self.commit([attempt], extra={attempt.table: extra or {}}, rows=rows_by,
+                           logical_date=logical_date, force=force)[attempt.table]
 
-        Per-file row counts are read from the Parquet footers, so the manifest is exact."""
+    def commit(self, attempts: list["Attempt"], *, extra: dict[str, dict] | None = None,
+               rows: dict[str, int] | None = None, schemas: dict[str, str] | None = None,
+               logical_date: str | None = None, force: bool = False,
+               lease_seconds: float = DEFAULT_LEASE_SECONDS) -> dict[str, dict]:
+        """Publish several tables' attempts as one version; returns each table's manifest.
+
+        The last attempt's table is the *primary*: its manifest embeds every member's manifest under
+        ``commit``, and its ``_LATEST`` moves last, so a reader that resolves the primary reads one
+        consistent set of tables (``read_commit``). Under the primary's lease: data is checked against
+        the writer's row counts, manifests are written, pointers move forward only (a run whose
+        ``logical_date`` is older than the live one keeps the pointer where it is unless ``force``), and
+        attempts older than the previous published one are removed."""
+        if not attempts:
+            raise ValueError("commit needs at least one attempt")
+        if len({a.run_id for a in attempts}) != 1:
+            raise ValueError(f"one commit is one run id; got {sorted({a.run_id for a in attempts})}")
+        extra, rows, schemas = extra or {}, rows or {}, schemas or {}
+        primary = attempts[-1]
+        manifests: dict[str, dict] = {}
+        for a in attempts:  # listing and footers first: nothing is locked while we read
+            files = self._attempt_files(a)
+            total = sum(f["rows"] for f in files)
+            if a.table in rows and rows[a.table] != total:
+                raise StorageError(f"{a.table} run {a.run_id} attempt {a.attempt}: the writer reported "
+                                   f"{rows[a.table]} rows but its files hold {total}")
+            manifests[a.table] = {
+                "table": a.table, "run_id": a.run_id, "attempt": a.attempt, "logical_date": logical_date,
+                "files": [f["uri"][len(self.root) + 1:] for f in files],  # relative: the root may move
+                "file_rows": [f["rows"] for f in files], "rows": total, "schema": schemas.get(a.table),
+                "extra": extra.get(a.table, {}),
+            }
+        with self.lease(primary.table, seconds=lease_seconds):
+            published_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+            previous = {}
+            for a in attempts:
+                previous[a.table] = self._manifest_or_none(a.table, a.run_id)
+                prev_attempt = (previous[a.table] or {}).get("attempt")
+                if prev_attempt and prev_attempt > a.attempt:
+                    raise PublishConflictError(
+                        f"{a.table} run {a.run_id}: a newer attempt ({prev_attempt}) is already published; this "
+                        f"attempt ({a.attempt}) is superseded and publishes nothing")
+            live, live_etag = self._pointer(primary.table)
+            stale = bool(live and logical_date and live.get("logical_date") and live["run_id"] != primary.run_id
+                         and logical_date < live["logical_date"])
+            moves = not stale or force
+            if stale:
+                log.warning("%s: run %s (logical date %s) is older than the live run %s (%s); %s", primary.table,
+                            primary.run_id, logical_date, live["run_id"], live["logical_date"],
+                            "moving _LATEST back because force=True" if force else
+                            "it is published by run id only and _LATEST stays (pass force to move it back)")
+            for m in manifests.values():
+                m.update(published_at=published_at, live=moves)
+            manifests[primary.table]["commit"] = {t: m for t, m in manifests.items() if t != primary.table}
+            for a in attempts:  # members first, the primary (which names them all) last
+                self.put_json(self.uri(a.table, "_manifests", f"{a.run_id}.json"), manifests[a.table])
+            if moves:
+                for a in attempts:
+                    pointer = {"run_id": a.run_id, "attempt": a.attempt, "logical_date": logical_date,
+                               "published_at": published_at}
+                    if a is primary:
+                        self._move_pointer(a.table, pointer, live_etag)  # the commit point
+                    else:
+                        self.put_json(self.uri(a.table, "_LATEST"), pointer)
+        for a in attempts:  # outside the lease: cleanup is idempotent and may be slow
+            keep = {a.attempt, (previous[a.table] or {}).get("attempt")}
+            self._remove_old_attempts(a, keep)
+        for t, m in manifests.items():
+            log.info("published %s run=%s attempt=%s rows=%d files=%d%s", t, m["run_id"], m["attempt"], m["rows"],
+                     len(m["files"]), "" if moves else " (not live: older than the live run)")
+        return manifests
+
+    def _attempt_files(self, attempt: "Attempt") -> list[dict]:
         import pyarrow.parquet as pq
 
-        data_uri = self.run_data_uri(name, run_id)
         files = []
-        for uri in self.list(data_uri):
-            if not uri.endswith(".parquet"):
-                continue
-            meta = pq.read_metadata(self.parquet_footer_source(uri))
-            files.append({"uri": uri, "rows": meta.num_rows})
-        total = sum(f["rows"] for f in files)
-        if rows is not None and rows != total:
-            raise StorageError(f"{name} run {run_id}: writer reported {rows} rows but files hold {total}")
-        return self._write_manifest(name, run_id, files, schema=None, extra=extra)
+        for uri in self.list(attempt.uri):
+            rel = uri[len(attempt.uri) + 1:]
+            if not uri.endswith(".parquet") or any(p.startswith(("_", ".")) for p in rel.split("/")):
+                continue  # Spark's _temporary/ and hidden files are not data
+            files.append({"uri": uri, "rows": pq.read_metadata(self.parquet_footer_source(uri)).num_rows})
+        return files
 
-    def _write_manifest(self, name: str, run_id: str, files: list[dict], schema: str | None,
-                        extra: dict | None) -> dict:
-        manifest = {
-            "table": name,
-            "run_id": run_id,
-            "files": [f["uri"][len(self.root) + 1:] for f in files],  # relative: the root may be moved
-            "file_rows": [f["rows"] for f in files],
-            "rows": sum(f["rows"] for f in files),
-            "schema": schema,
-            "published_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "extra": extra or {},
-        }
-        self.put_json(self.uri(name, "_manifests", f"{run_id}.json"), manifest)
-        self.put_json(self.uri(name, "_LATEST"), {"run_id": run_id})  # the commit point
-        log.info("published %s run=%s rows=%d files=%d", name, run_id, manifest["rows"], len(files))
-        return manifest
+    def _remove_old_attempts(self, attempt: "Attempt", keep: set) -> None:
+        """Delete this run's attempts older than the one just published, except those in ``keep``.
 
-    def manifest(self, name: str, run_id: str | None = None) -> dict:
-        if run_id is None:
+        The attempt published just before stays, so a reader that resolved it a moment ago can still
+        finish; newer attempts (another writer still at work) are never touched, and an older writer
+        still at work finds its data gone and then fails at publish as superseded."""
+        run_prefix = self.uri(attempt.table, f"run={attempt.run_id}")
+        for uri in self.list(run_prefix):
+            part = uri[len(run_prefix) + 1:].split("/", 1)[0]
+            if part.startswith("attempt="):
+                found = part[len("attempt="):]
+                if found not in keep and found < attempt.attempt:
+                    self.delete_prefix(f"{run_prefix}/{part}")
+                    keep.add(found)  # deleted once; list() still names its other files
+
+    def _pointer(self, name: str) -> tuple[dict | None, str | None]:
+        try:
+            data, etag = self._get_with_etag(self.uri(name, "_LATEST"))
+        except FileNotFoundError:
+            return None, None
+        return json.loads(data), etag
+
+    def _move_pointer(self, name: str, pointer: dict, expected_etag: str | None) -> None:
+        """Compare-and-swap ``_LATEST``: fails if anyone moved it since we read it (S3 conditional write)."""
+        body = json.dumps(pointer, indent=2, sort_keys=True).encode()
+        uri = self.uri(name, "_LATEST")
+        if not self._put_conditional(uri, body, if_match=expected_etag, if_none_match=expected_etag is None):
+            raise PublishConflictError(f"{name}: _LATEST changed while run {pointer['run_id']} was being "
+                                       "published (another publisher?); nothing of this run was made live")
+
+    @contextlib.contextmanager
+    def lease(self, name: str, *, seconds: float = DEFAULT_LEASE_SECONDS):
+        """Exclusive right to publish table ``name`` for at most ``seconds``; raises PublishConflictError
+        at once if another publisher holds an unexpired lease (a lease left by a killed publisher expires)."""
+        uri = self.uri(name, "_lease")
+        token = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        now = time.time()
+        body = json.dumps({"owner": token, "acquired_at": now, "expires_at": now + seconds}).encode()
+        if not self._put_conditional(uri, body, if_none_match=True):
             try:
-                run_id = self.get_json(self.uri(name, "_LATEST"))["run_id"]
+                held, etag = self._get_with_etag(uri)
+                holder = json.loads(held)
+            except FileNotFoundError:  # released between our two calls: one more try
+                holder, etag = {"expires_at": 0}, None
+            mine = holder.get("owner") == token  # our PUT landed but its reply was lost, and the retry saw it
+            if not mine and (holder.get("expires_at", 0) > time.time() or not self._take_over(uri, body, etag)):
+                raise PublishConflictError(
+                    f"table {name!r} is being published by {holder.get('owner', '?')} (lease expires in "
+                    f"{max(0, holder.get('expires_at', 0) - time.time()):.0f}s); concurrent publishers do not "
+                    "interleave: retry after it finishes")
+            if not mine:
+                log.warning("%s: took over an expired publish lease of %s", name, holder.get("owner"))
+        if json.loads(self.get_bytes(uri)).get("owner") != token:  # a store that ignored the condition
+            raise PublishConflictError(f"table {name!r}: lost the publish lease to a concurrent publisher")
+        try:
+            yield token
+        finally:
+            try:
+                if json.loads(self.get_bytes(uri)).get("owner") == token:
+                    self._delete(uri)
             except FileNotFoundError:
-                raise NotPublishedError(f"table {name!r} has no published run under {self.root}") from None
+                pass
+
+    def _take_over(self, uri: str, body: bytes, etag: str | None) -> bool:
+        if self._is_s3(uri):
+            return self._put_conditional(uri, body, if_match=etag) if etag else \
+                self._put_conditional(uri, body, if_none_match=True)
+        path = self._local(uri)
+        try:  # rename is atomic: of two publishers taking over one expired lease, one rename succeeds
+            os.rename(path, path.with_name(f".{path.name}.{uuid.uuid4().hex}.expired"))
+        except FileNotFoundError:
+            pass
+        return self._put_conditional(uri, body, if_none_match=True)
+
+    def _put_conditional(self, uri: str, data: bytes, *, if_match: str | None = None,
+                         if_none_match: bool = False) -> bool:
+        """PUT only if the object is absent (``if_none_match``) or unchanged (``if_match`` = its ETag);
+        False when the condition fails. On disk, absence is checked by an atomic hard link; an ETag
+        there is the file's (mtime_ns, size), checked under the lease that guards every caller."""
+        if self._is_s3(uri):
+            from botocore.exceptions import ClientError
+
+            bucket, key = self._split_s3(uri)
+            cond = {"IfNoneMatch": "*"} if if_none_match else ({"IfMatch": if_match} if if_match else {})
+            try:
+                with_retries(lambda: self.s3.put_object(Bucket=bucket, Key=key, Body=data, **cond),
+                             attempts=self._attempts, what=f"conditional PUT {uri}")
+                return True
+            except ClientError as exc:
+                code = str(exc.response.get("Error", {}).get("Code", ""))
+                status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+                if code in {"PreconditionFailed", "ConditionalRequestConflict"} or status in (409, 412):
+                    return False
+                raise
+        path = self._local(uri)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if if_match and self._local_etag(path) != if_match:
+            return False
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(data)
+        try:
+            if if_none_match:
+                try:
+                    os.link(tmp, path)  # fails if the name exists: create-if-absent, complete or not at all
+                except FileExistsError:
+                    return False
+            else:
+                os.replace(tmp, path)
+            return True
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _get_with_etag(self, uri: str) -> tuple[bytes, str | None]:
+        if self._is_s3(uri):
+            bucket, key = self._split_s3(uri)
+
+            def get():
+                try:
+                    resp = self.s3.get_object(Bucket=bucket, Key=key)
+                except self.s3.exceptions.NoSuchKey:
+                    raise FileNotFoundError(uri) from None
+                return resp["Body"].read(), resp.get("ETag")
+
+            return with_retries(get, attempts=self._attempts, what=f"GET {uri}")
+        path = self._local(uri)
+        return path.read_bytes(), self._local_etag(path)
+
+    @staticmethod
+    def _local_etag(path: Path) -> str | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return None
+        return f"{st.st_mtime_ns}-{st.st_size}"
+
+    def _delete(self, uri: str) -> None:
+        if self._is_s3(uri):
+            bucket, key = self._split_s3(uri)
+            with_retries(lambda: self.s3.delete_object(Bucket=bucket, Key=key), attempts=self._attempts,
+                         what=f"DELETE {uri}")
+        else:
+            self._local(uri).unlink(missing_ok=True)
+
+    def _manifest_or_none(self, name: str, run_id: str) -> dict | None:
         try:
             return self.get_json(self.uri(name, "_manifests", f"{run_id}.json"))
         except FileNotFoundError:
-            raise NotPublishedError(f"table {name!r} has no published run {run_id!r} under {self.root}") from None
+            return None
+
+    def manifest(self, name: str, run_id: str | None = None) -> dict:
+        if run_id is None:
+            pointer, _ = self._pointer(name)
+            if pointer is None:
+                raise NotPublishedError(f"table {name!r} has no published run under {self.root}")
+            run_id = pointer["run_id"]
+        m = self._manifest_or_none(name, run_id)
+        if m is None:
+            raise NotPublishedError(f"table {name!r} has no published run {run_id!r} under {self.root}")
+        return m
+
+    def read_commit(self, primary: str, run_id: str | None = None) -> dict[str, dict]:
+        """The manifests of every table committed together with ``primary`` (latest or a given run):
+        ``{primary: manifest, member: manifest, ...}``, all of one version."""
+        m = self.manifest(primary, run_id)
+        return {**m.get("commit", {}), primary: m}
 
     def published_files(self, name: str, run_id: str | None = None) -> list[str]:
         return [self.uri(f) for f in self.manifest(name, run_id)["files"]]
+
+    def manifest_files(self, manifest: dict) -> list[str]:
+        return [self.uri(f) for f in manifest["files"]]
 
     def is_published(self, name: str, run_id: str | None = None) -> bool:
         try:
@@ -333,13 +567,41 @@ class Storage:
         except NotPublishedError:
             return False
 
-    def read_table(self, name: str, run_id: str | None = None, columns: list[str] | None = None) -> "pa.Table":
-        """The latest (or a given) published run of a table."""
-        m = self.manifest(name, run_id)
-        table = self.read_parquet([self.uri(f) for f in m["files"]], columns=columns)
+    def read_table(self, name: str, run_id: str | None = None, columns: list[str] | None = None,
+                   manifest: dict | None = None) -> "pa.Table":
+        """The latest (or a given) published run of a table, or exactly the files of ``manifest``.
+
+        A file that vanished while we read (a concurrent rerun removed an attempt two publishes old)
+        makes us resolve the manifest again, once."""
+        for again in (False, True):
+            m = manifest or self.manifest(name, run_id)
+            try:
+                table = self.read_parquet(self.manifest_files(m), columns=columns)
+                break
+            except FileNotFoundError:
+                if again or manifest is not None:
+                    raise
+                log.warning("%s run %s: a file vanished while reading; resolving the manifest again", name,
+                            m["run_id"])
         if table.num_rows != m["rows"]:
             raise StorageError(f"{name} run {m['run_id']}: manifest says {m['rows']} rows, files hold {table.num_rows}")
         return table
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt at writing run ``run_id`` of ``table``: its own data directory ``uri``."""
+
+    table: str
+    run_id: str
+    attempt: str
+    uri: str
+
+
+def new_attempt_id() -> str:
+    """Sortable by start time (UTC, microseconds), unique by a random suffix."""
+    now = time.time()
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}Z-{uuid.uuid4().hex[:8]}"
 
 
 class _S3RangeFile(io.RawIOBase):
@@ -376,8 +638,9 @@ class _S3RangeFile(io.RawIOBase):
 
 
 def _check_run_id(run_id: str) -> None:
-    if not run_id or "/" in run_id or run_id.startswith("."):
-        raise ValueError(f"run_id must be a non-empty name without '/', got {run_id!r}")
+    from g2i_core.ids import check_run_id
+
+    check_run_id(run_id)
 
 
 def make_s3_client(settings: "Settings | None"):

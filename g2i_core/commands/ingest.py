@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from g2i_core.ids import optional_run_id_arg
+
 NAME = "ingest"
 SUMMARY = "raw dumps -> nodes, edges, quarantine tables (Spark)"
 
@@ -22,7 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", required=True, choices=["goodreads", "amazon2014", "amazon2018"])
     p.add_argument("--raw", required=True, help="dump file or prefix (s3://... or file:///...)")
     p.add_argument("--out", default=None, help="output storage root (default: settings.storage_root)")
-    p.add_argument("--run-id", default="", help="default: <source>-<logical date>; a rerun replaces it")
+    p.add_argument("--run-id", default="", type=optional_run_id_arg, help="default: <source>-<logical date>; a rerun replaces it")
     p.add_argument("--logical-date", default="", help="YYYY-MM-DD (default: today, UTC); sets ingested_at")
     p.add_argument("--mode", default="full", choices=["full", "delta"],
                    help="full: the dump is the whole dataset; delta: upsert it into the latest version")
@@ -30,6 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-quarantine-fraction", type=float, default=0.05,
                    help="fail (publish nothing) above this share of bad lines (default %(default)s)")
     p.add_argument("--keep-chunks", action="store_true", help="keep the re-chunked staging files")
+    p.add_argument("--force", action="store_true",
+                   help="make this run live even when a newer logical date is live (moves _LATEST back)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
 
 
@@ -46,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     config = IngestConfig(source=args.source, raw_uri=args.raw, run_id=args.run_id, logical_date=args.logical_date,
                           mode=args.mode, chunk_lines=args.chunk_lines,
                           max_quarantine_fraction=args.max_quarantine_fraction,
-                          keep_chunks=args.keep_chunks).resolved()
+                          keep_chunks=args.keep_chunks, force=args.force).resolved()
     storage = Storage.from_settings(settings, root=args.out)
     spark = get_spark(settings, f"g2i-ingest-{config.source}")
     report = run_ingest(spark, storage, config)
@@ -57,4 +61,7 @@ def run(args: argparse.Namespace) -> int:
               f"+ duplicates={report.duplicates} + quarantined={report.quarantined} {report.quarantine_reasons}")
         print(f"published nodes={report.total_nodes} edges={report.edges_by_relation} under {storage.root}"
               + (f"; changes vs {report.base_run_id}: {report.changes}" if report.base_run_id else ""))
+        if not report.live:
+            print(f"run {report.run_id} is older than the live run: published by run id, _LATEST unchanged "
+                  "(--force moves it back)")
     return 0

@@ -34,6 +34,8 @@ class BuildConfig:
     train_fraction: float = 0.8
     val_fraction: float = 0.1  # test gets the rest
     cc_max_iterations: int = 50
+    input_run_id: str = ""  # the ingest commit to read; default: run_id's own commit if published, else the live one
+    force: bool = False  # make this run live even if a newer logical date is live
 
     def check(self) -> "BuildConfig":
         if not (0 < self.train_fraction < 1 and 0 <= self.val_fraction < 1
@@ -154,8 +156,8 @@ def graph_stats(graph_nodes: "DataFrame", graph_edges: "DataFrame", dropped: dic
 
 
 # ---- the job ------------------------------------------------------------------------------------------
-def _read(spark: "SparkSession", storage: "Storage", name: str) -> "DataFrame":
-    return spark.read.parquet(*[storage.spark_uri(u) for u in storage.published_files(name)])
+def _read(spark: "SparkSession", storage: "Storage", manifest: dict) -> "DataFrame":
+    return spark.read.parquet(*[storage.spark_uri(u) for u in storage.manifest_files(manifest)])
 
 
 def run_build_graph(spark: "SparkSession", storage: "Storage", cfg: BuildConfig,
@@ -167,14 +169,23 @@ def run_build_graph(spark: "SparkSession", storage: "Storage", cfg: BuildConfig,
 
     cfg = cfg.check()
     out = out or storage
-    # 1. Inputs: the latest published nodes/edges, and node_images when fetch-images has run.
-    inputs = {name: storage.manifest(name)["run_id"] for name in ("nodes", "edges")}
+    # 1. Inputs: nodes and edges of ONE ingest commit (the given run, else the live one), and node_images
+    #    when fetch-images has run. Reading "latest nodes" and "latest edges" separately could pair a
+    #    new edges table with old nodes and drop edges as dangling.
+    pinned = cfg.input_run_id or (cfg.run_id if cfg.run_id and storage.is_published("nodes", cfg.run_id) else None)
+    commit = storage.read_commit("nodes", pinned)
+    if "edges" not in commit:
+        raise ValueError(f"nodes run {commit['nodes']['run_id']} under {storage.root} was not committed together "
+                         "with an edges table; re-run ingest")
+    inputs = {name: commit[name]["run_id"] for name in ("nodes", "edges")}
+    logical_date = commit["nodes"].get("logical_date")
     run_id = cfg.run_id or inputs["nodes"]
-    nodes, edges = _read(spark, storage, "nodes"), _read(spark, storage, "edges")
+    nodes, edges = _read(spark, storage, commit["nodes"]), _read(spark, storage, commit["edges"])
     images_store = out if out.is_published("node_images") else storage
-    node_images = _read(spark, images_store, "node_images") if images_store.is_published("node_images") else None
-    if node_images is not None:
-        inputs["node_images"] = images_store.manifest("node_images")["run_id"]
+    images_manifest = images_store.manifest("node_images") if images_store.is_published("node_images") else None
+    node_images = _read(spark, images_store, images_manifest) if images_manifest else None
+    if images_manifest:
+        inputs["node_images"] = images_manifest["run_id"]
     if cfg.relations:
         edges = edges.where(F.col("relation").isin(list(cfg.relations)))
     # 2. Clean edges: dangling ends out, optionally both directions.
@@ -183,23 +194,26 @@ def run_build_graph(spark: "SparkSession", storage: "Storage", cfg: BuildConfig,
     after = {r["relation"]: r["count"] for r in kept.groupBy("relation").count().collect()}
     dropped = {rel: before[rel] - after.get(rel, 0) for rel in sorted(before) if before[rel] != after.get(rel, 0)}
     graph_edges = symmetrize(kept) if cfg.symmetrize else kept
-    edges_uri = storage.spark_uri(out.run_data_uri("graph_edges", run_id))
-    graph_edges.write.mode("overwrite").parquet(edges_uri)
+    edges_attempt = out.begin("graph_edges", run_id)
+    edges_uri = storage.spark_uri(edges_attempt.uri)
+    graph_edges.write.mode("errorifexists").parquet(edges_uri)
     graph_edges = spark.read.parquet(edges_uri)
     # 3. Node features: degree, component, image status, split.
     components = connected_components(spark, nodes.select(F.col("node_id").alias("id")), graph_edges,
                                       max_iterations=cfg.cc_max_iterations)
     graph_nodes = graph_nodes_frame(nodes, degrees(nodes, graph_edges), components,
                                     image_status(nodes, node_images), cfg)
-    nodes_uri = storage.spark_uri(out.run_data_uri("graph_nodes", run_id))
-    graph_nodes.write.mode("overwrite").parquet(nodes_uri)
-    # 4. Stats from what was written; publish edges first, nodes last (its _LATEST completes the graph).
+    nodes_attempt = out.begin("graph_nodes", run_id)
+    nodes_uri = storage.spark_uri(nodes_attempt.uri)
+    graph_nodes.write.mode("errorifexists").parquet(nodes_uri)
+    # 4. Stats from what was written; edges and nodes are committed as one version (graph_nodes primary).
     stats = graph_stats(spark.read.parquet(nodes_uri), graph_edges, dropped)
     stats.update(run_id=run_id, inputs=inputs, config=asdict(cfg))
     out.put_json(out.uri("graph_stats", f"{run_id}.json"), stats)
     extra = {"stats": stats, "config": asdict(cfg), "inputs": inputs}
-    out.publish_written("graph_edges", run_id, rows=stats["edges"], extra=extra)
-    out.publish_written("graph_nodes", run_id, rows=stats["nodes"], extra=extra)
+    out.commit([edges_attempt, nodes_attempt], extra={"graph_edges": extra, "graph_nodes": extra},
+               rows={"graph_edges": stats["edges"], "graph_nodes": stats["nodes"]}, logical_date=logical_date,
+               force=cfg.force)
     log.info("build-graph run=%s: %d nodes, %d edges %s, dropped dangling %s, %d components (largest %s), "
              "image coverage %.1f%%", run_id, stats["nodes"], stats["edges"], stats["edges_by_relation"], dropped,
              stats["components"], stats["largest_component_sizes"][:3], 100 * stats["image_coverage"])

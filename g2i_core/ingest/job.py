@@ -42,6 +42,7 @@ class IngestConfig:
     chunk_lines: int = 100_000  # lines per re-chunked Parquet file = per Spark task
     max_quarantine_fraction: float = 0.05  # above this the dump is broken: fail, publish nothing
     keep_chunks: bool = False
+    force: bool = False  # make this run live even if a newer logical date is live (moves _LATEST back)
 
     def resolved(self) -> "IngestConfig":
         """Checked copy with defaults filled in; errors name the bad value and what is allowed."""
@@ -76,6 +77,7 @@ class IngestReport:
     base_run_id: str | None = None
     raw_files: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # rechunk, parse_and_publish
+    live: bool = True  # False: an older logical date than the live run; published by run id only
 
     def check_identity(self) -> None:
         if self.lines_in != self.nodes_out + self.duplicates + self.quarantined:
@@ -200,7 +202,9 @@ def run_ingest(spark: "SparkSession", storage: "Storage", config: IngestConfig) 
 
     cfg = config.resolved()
     # 1. Stream the dump(s) once into splittable Parquet chunks.
-    staging = storage.uri("_staging", "ingest", cfg.run_id)
+    from g2i_core.storage import new_attempt_id
+
+    staging = storage.uri("_staging", "ingest", cfg.run_id, new_attempt_id())  # per attempt: reruns never share
     started = time.monotonic()
     chunks = rechunk(storage, cfg.raw_uri, staging, cfg.chunk_lines)
     rechunk_s = time.monotonic() - started
@@ -261,63 +265,65 @@ def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parse
     nodes = nodes_frame(winners, cfg.source, cfg.logical_date)
     edges = edges_frame(winners)
     base_run = _base_run(storage, cfg.run_id)
-    prev_nodes = _read_published(spark, storage, "nodes", base_run) if base_run else None
+    base = storage.read_commit("nodes", base_run) if base_run else None
+    prev_nodes = _read_manifest(spark, storage, base["nodes"]) if base else None
     if cfg.mode == "delta":
         if prev_nodes is None:
             raise FileNotFoundError(f"--mode delta needs a published nodes table under {storage.root} to "
                                     "apply the delta to; run a full ingest first")
-        nodes, edges = merge_delta(prev_nodes, _read_published(spark, storage, "edges", base_run), nodes, edges)
+        nodes, edges = merge_delta(prev_nodes, _read_manifest(spark, storage, base["edges"]), nodes, edges)
 
-    # 5. Write every table's data under run=<run_id>, then publish; nodes' _LATEST is flipped last.
-    names = ["quarantine", "edges", "nodes"]
-    _write(storage, "quarantine", cfg.run_id,
+    # 5. Write every table's data into a fresh attempt of run=<run_id>, then commit them as one version
+    #    (nodes is the primary: its manifest names the others, and its _LATEST moves last).
+    attempts = []
+    _write(storage, attempts, "quarantine", cfg.run_id,
            quarantine_frame(parsed.where(F.col("reason").isNotNull()), cfg.run_id), partitions=1)
     if prev_nodes is not None:
-        changes = _write(storage, "node_changes", cfg.run_id, node_changes_frame(prev_nodes, nodes, cfg.run_id),
-                         partitions=1)
+        changes = _write(storage, attempts, "node_changes", cfg.run_id,
+                         node_changes_frame(prev_nodes, nodes, cfg.run_id), partitions=1)
         report.changes = dict(sorted((r["change"], r["count"]) for r in changes.groupBy("change").count().collect()))
-        names.insert(1, "node_changes")
-    written_edges = _write(storage, "edges", cfg.run_id, edges)
+    written_edges = _write(storage, attempts, "edges", cfg.run_id, edges)
     report.edges_by_relation = dict(sorted((r["relation"], r["count"]) for r in
                                            written_edges.groupBy("relation").count().collect()))
-    _write(storage, "nodes", cfg.run_id, nodes)
+    _write(storage, attempts, "nodes", cfg.run_id, nodes)
     winners.unpersist()
     report.base_run_id = base_run
-    report.total_nodes = _footer_rows(storage, "nodes", cfg.run_id)
+    report.total_nodes = _footer_rows(storage, attempts[-1])
     extra = {"report": asdict(report), "config": asdict(cfg)}
-    for name in names:
-        storage.publish_written(name, cfg.run_id, extra=extra)
+    manifests = storage.commit(attempts, extra={a.table: extra for a in attempts}, logical_date=cfg.logical_date,
+                               force=cfg.force)
+    report.live = manifests["nodes"]["live"]
     return report
 
 
-def _write(storage: "Storage", name: str, run_id: str, df: "DataFrame", partitions: int | None = None) -> "DataFrame":
-    """Write ``df`` as the data of run ``run_id`` of table ``name`` (not yet published); returns it re-read."""
-    uri = storage.spark_uri(storage.run_data_uri(name, run_id))
-    (df.coalesce(partitions) if partitions else df).write.mode("overwrite").parquet(uri)
+def _write(storage: "Storage", attempts: list, name: str, run_id: str, df: "DataFrame",
+           partitions: int | None = None) -> "DataFrame":
+    """Write ``df`` into a new attempt of run ``run_id`` of ``name`` (not yet published), append the
+    attempt to ``attempts``, and return what was written, re-read."""
+    attempt = storage.begin(name, run_id)
+    uri = storage.spark_uri(attempt.uri)
+    (df.coalesce(partitions) if partitions else df).write.mode("errorifexists").parquet(uri)
+    attempts.append(attempt)
     return df.sparkSession.read.parquet(uri)
 
 
-def _footer_rows(storage: "Storage", name: str, run_id: str) -> int:
-    import io
-
-    import pyarrow.parquet as pq
-
-    return sum(pq.read_metadata(io.BytesIO(storage.get_bytes(u))).num_rows
-               for u in storage.list(storage.run_data_uri(name, run_id)) if u.endswith(".parquet"))
+def _footer_rows(storage: "Storage", attempt) -> int:
+    return sum(f["rows"] for f in storage._attempt_files(attempt))
 
 
 def _base_run(storage: "Storage", run_id: str) -> str | None:
-    """The published nodes run this one builds on (a rerun of the same run keeps its original base)."""
+    """The published nodes run this one builds on. A rerun of a run that was published before keeps
+    its original base (so clearing an old run never merges it onto a newer version)."""
     from g2i_core.storage import NotPublishedError
 
+    own = storage._manifest_or_none("nodes", run_id)
+    if own is not None:
+        return own.get("extra", {}).get("report", {}).get("base_run_id")
     try:
-        latest = storage.manifest("nodes")
+        return storage.manifest("nodes")["run_id"]
     except NotPublishedError:
         return None
-    if latest["run_id"] != run_id:
-        return latest["run_id"]
-    return latest.get("extra", {}).get("report", {}).get("base_run_id")
 
 
-def _read_published(spark: "SparkSession", storage: "Storage", name: str, run_id: str) -> "DataFrame":
-    return spark.read.parquet(*[storage.spark_uri(u) for u in storage.published_files(name, run_id)])
+def _read_manifest(spark: "SparkSession", storage: "Storage", manifest: dict) -> "DataFrame":
+    return spark.read.parquet(*[storage.spark_uri(u) for u in storage.manifest_files(manifest)])

@@ -38,11 +38,17 @@ def read_table_uri(uri: str, table: str, settings: "Settings | None" = None,
 
 def load_graph(edges_uri: str, settings: "Settings | None" = None, *, use_weights: bool = True) -> CsrGraph:
     """Edges from ``edges_uri``; when it is a storage root with ``graph_nodes``, isolated nodes too."""
-    edges = read_table_uri(edges_uri, "graph_edges", settings)
     extra: list[str] = []
     storage = open_storage(edges_uri, settings)
     if not edges_uri.endswith(".parquet") and storage.is_published("graph_nodes"):
-        extra = storage.read_table("graph_nodes", columns=["node_id"]).column("node_id").to_pylist()
+        # edges and nodes of one build-graph commit, never the latest of each on its own
+        commit = storage.read_commit("graph_nodes")
+        edges = storage.read_table("graph_edges", manifest=commit["graph_edges"]) if "graph_edges" in commit \
+            else read_table_uri(edges_uri, "graph_edges", settings)
+        extra = storage.read_table("graph_nodes", columns=["node_id"], manifest=commit["graph_nodes"]) \
+            .column("node_id").to_pylist()
+    else:
+        edges = read_table_uri(edges_uri, "graph_edges", settings)
     graph = graph_from_arrow(edges, use_weights=use_weights, extra_nodes=extra)
     log.info("graph: %d nodes, %d edges, %d dangling", graph.num_nodes, graph.num_edges,
              int((graph.out_degree == 0).sum()))

@@ -24,6 +24,7 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
     out = open_storage(out_uri, settings)
     started = time.monotonic()
     extra = {"config": config.as_dict(), "edges": edges_uri, "nodes": nodes_uri}
+    logical_date = _graph_logical_date(edges_uri, settings)
     if previous_edges_uri:
         from g2i_core.ppr.incremental import refresh_candidates
 
@@ -32,17 +33,25 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
                                           refresh_tol=refresh_tol, nodes_uri=nodes_uri)
         extra["incremental"] = stats
     elif config.method in SPARK_METHODS:
-        return _run_on_spark(settings, config, out, edges_uri, nodes_uri, run_id, extra)
+        return _run_on_spark(settings, config, out, edges_uri, nodes_uri, run_id, extra, logical_date)
     else:
         graph = load_graph(edges_uri, settings, use_weights=config.use_weights)
         sources = graph.index_of(load_node_ids(nodes_uri, settings)) if nodes_uri else None
         table = compute_candidates(graph, config, sources).to_arrow(graph)
     extra["seconds"] = round(time.monotonic() - started, 3)
-    return out.publish_table(TABLE, table, run_id, extra=extra)
+    return out.publish_table(TABLE, table, run_id, extra=extra, logical_date=logical_date)
+
+
+def _graph_logical_date(edges_uri: str, settings: "Settings") -> str | None:
+    """The logical date of the graph version read (orders ``_LATEST``), when it is a published graph."""
+    storage = open_storage(edges_uri, settings)
+    if edges_uri.endswith(".parquet") or not storage.is_published("graph_nodes"):
+        return None
+    return storage.manifest("graph_nodes").get("logical_date")
 
 
 def _run_on_spark(settings: "Settings", config: PprConfig, out, edges_uri: str, nodes_uri: str | None,
-                  run_id: str, extra: dict) -> dict:
+                  run_id: str, extra: dict, logical_date: str | None) -> dict:
     from g2i_core.ppr.spark_ppr import spark_candidates
     from g2i_core.spark import get_spark
 
@@ -51,13 +60,15 @@ def _run_on_spark(settings: "Settings", config: PprConfig, out, edges_uri: str, 
     edges = read_spark_table(spark, edges_uri, "graph_edges", settings)
     nodes = read_spark_table(spark, edges_uri, "graph_nodes", settings, required=False)
     sources = read_spark_table(spark, nodes_uri, "graph_nodes", settings) if nodes_uri else None
-    staging = out.child("_staging", TABLE, run_id)
+    from g2i_core.storage import new_attempt_id
+
+    staging = out.child("_staging", TABLE, run_id, new_attempt_id())  # per attempt: a rerun never shares it
     result = spark_candidates(spark, edges, config, staging, sources=sources, nodes=nodes)
-    data_uri = out.run_data_uri(TABLE, run_id)
-    result.write.mode("overwrite").parquet(out.spark_uri(data_uri))
+    attempt = out.begin(TABLE, run_id)
+    result.write.mode("errorifexists").parquet(out.spark_uri(attempt.uri))
     staging.delete_prefix(staging.root)
     extra["seconds"] = round(time.monotonic() - started, 3)
-    return out.publish_written(TABLE, run_id, extra=extra)
+    return out.publish_written(attempt, extra=extra, logical_date=logical_date)
 
 
 def read_spark_table(spark, uri: str, table: str, settings: "Settings", required: bool = True):

@@ -7,10 +7,11 @@ pytestmark = [pytest.mark.spark, pytest.mark.s3]
 
 def test_spark_parquet_roundtrip_on_s3a_and_publish(spark, s3_storage):
     df = spark.createDataFrame([(f"n{i}", i % 3) for i in range(100)], "node_id string, bucket int")
-    target = s3_storage.spark_uri(s3_storage.run_data_uri("spark_table", "r1"))
+    attempt = s3_storage.begin("spark_table", "r1")
+    target = s3_storage.spark_uri(attempt.uri)
     assert target.startswith("s3a://")
-    df.repartition(3).write.mode("overwrite").parquet(target)
-    manifest = s3_storage.publish_written("spark_table", "r1", rows=100)
+    df.repartition(3).write.mode("errorifexists").parquet(target)
+    manifest = s3_storage.publish_written(attempt, rows=100)
     assert manifest["rows"] == 100 and len(manifest["files"]) >= 1
     # pyarrow reads what Spark wrote through the published manifest ...
     table = s3_storage.read_table("spark_table")

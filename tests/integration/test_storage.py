@@ -71,10 +71,10 @@ _KILLED_WRITER = textwrap.dedent("""
     s = Storage(root, settings=Settings.load())
     # Fault injection for timing only: park the writer at the chosen point so the test can SIGKILL it there.
     if phase == "before_manifest":
-        orig = Storage._write_manifest
+        orig = Storage.commit
         def parked(self, *a, **k):
             print("PARKED", flush=True); time.sleep(60); return orig(self, *a, **k)
-        Storage._write_manifest = parked
+        Storage.commit = parked
     else:
         orig = Storage.write_parquet
         calls = []
@@ -109,7 +109,7 @@ def test_killed_publish_leaves_previous_version_visible(storage, phase, s3_setti
     # and a rerun of the killed run completes cleanly, replacing the debris
     storage.publish_table("t", pa.table({"id": ["new"]}), "run2")
     assert storage.read_table("t").to_pydict() == {"id": ["new"]}
-    assert len([u for u in storage.list(storage.uri("t")) if "run=run2" in u]) == 1
+    assert len([u for u in storage.list(storage.uri("t")) if "run=run2" in u]) == 1  # the killed attempt is gone
 
 
 def test_transient_errors_are_retried_then_surface(s3_storage):
@@ -166,7 +166,7 @@ def test_footer_reads_fetch_only_byte_ranges(s3_storage):
     import pyarrow.parquet as pq
 
     big = pa.table({"id": [hashlib.sha256(str(i).encode()).hexdigest() for i in range(50_000)]})
-    uri = s3_storage.uri("footer", "run=r", "part-00000.parquet")
+    uri = s3_storage.uri("footer", "loose", "part-00000.parquet")
     s3_storage.write_parquet(uri, big)
     src = s3_storage.parquet_footer_source(uri)
     fetched = {"bytes": 0}
@@ -180,4 +180,6 @@ def test_footer_reads_fetch_only_byte_ranges(s3_storage):
     src.readinto = counting
     assert pq.read_metadata(src).num_rows == 50_000
     assert 0 < fetched["bytes"] < len(s3_storage.get_bytes(uri)) / 10
-    assert s3_storage.publish_written("footer", "r", rows=50_000)["rows"] == 50_000
+    attempt = s3_storage.begin("footer", "r")
+    s3_storage.write_parquet(f"{attempt.uri}/part-00000.parquet", big)
+    assert s3_storage.publish_written(attempt, rows=50_000)["rows"] == 50_000
