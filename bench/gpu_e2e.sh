@@ -51,7 +51,7 @@ g2i train --run-id gpu-e2e --preset tiny --resolution 16 --graph-mode qformer --
 t1=$(date +%s.%N)
 gen() {
   g2i generate --model "$G2I_STORAGE_ROOT/models/gpu-e2e" --run-id gpu-e2e-test --split test \
-    --neighbours-table neighbours_semantic_ppr --shard "$1" --batch-size 64 --steps 10 --clip-sample \
+    --neighbours-table neighbours_semantic_ppr --shard "$1" --batch-size 64 --steps 10 \
     --graph-scale 3 --device "$device"
 }
 s0=$(gen 0/2 | tail -n 1); t2=$(date +%s.%N)

@@ -58,10 +58,6 @@ class GenerateConfig:
     text_scale: float = 7.5
     graph_scale: float = 1.5
     steps: int = 50
-    # Clip each step's x0 estimate to [-1, 1] (DDIM clip_sample): for pixel-space models (the tiny
-    # preset), whose early steps otherwise amplify an imperfect noise estimate into saturated pixels.
-    # Leave off for latent models (sd15): latents are not bounded by 1.
-    clip_sample: bool = False
     # style mixing: extra graph conditions, each the neighbour set of another node, with its own scale
     mix: tuple[tuple[str, float], ...] = ()
     nodes_table: str = "graph_nodes"
@@ -151,7 +147,7 @@ def model_id_of(model_uri: str) -> str:
 
 def request_id(node_id: str, seed: int, cfg: GenerateConfig) -> str:
     key = {"node": node_id, "seed": seed, "model": cfg.model_uri, "text_scale": cfg.text_scale,
-           "graph_scale": cfg.graph_scale, "steps": cfg.steps, "clip": cfg.clip_sample,
+           "graph_scale": cfg.graph_scale, "steps": cfg.steps,
            "mix": [list(m) for m in cfg.mix],
            "neighbours": cfg.neighbours_table, "k": cfg.max_neighbours, "extra": cfg.extra}
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
@@ -327,16 +323,6 @@ class PipelineGenerator:
         return list((out.clamp(0, 1).permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8))
 
 
-def clipped_ddim(model_config):
-    """The pipeline's DDIM scheduler with x0 clipping (see ``GenerateConfig.clip_sample``)."""
-    from diffusers import DDIMScheduler
-
-    c = model_config
-    return DDIMScheduler(num_train_timesteps=c.num_train_timesteps, beta_schedule=c.beta_schedule,
-                         beta_start=c.beta_start, beta_end=c.beta_end, prediction_type="epsilon", clip_sample=True,
-                         set_alpha_to_one=False, timestep_spacing="trailing")
-
-
 def graph_loader(storage: "Storage", cfg: GenerateConfig, uses_graph: bool):
     """``load_graphs`` for ``run_shard`` reading the nodes, images and neighbour tables once."""
     from g2i_core.model.data import ImageCache, condition_of, load_records
@@ -370,7 +356,5 @@ def generate(storage: "Storage", cfg: GenerateConfig, settings=None, device: str
     from g2i_core.model import G2IPipeline
 
     pipe = G2IPipeline.from_pretrained(cfg.model_uri, settings=settings, device=device)
-    if cfg.clip_sample:
-        pipe.scheduler = clipped_ddim(pipe.model.config)
     gen = PipelineGenerator(pipe)
     return run_shard(storage, cfg, gen, graph_loader(storage, cfg, gen.uses_graph))

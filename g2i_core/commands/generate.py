@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from g2i_core.ids import location_arg, run_id_arg
+
 NAME = "generate"
 SUMMARY = "generate images for a split, an id list or the cover backfill (sharded, resumable)"
 
@@ -36,8 +38,8 @@ def _mix(text: str) -> tuple[str, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model folder: <root>/models/<run> URI or a local path")
-    p.add_argument("--run-id", required=True, help="generation run id (generations/<run-id>/)")
+    p.add_argument("--model", required=True, type=location_arg, help="model folder: <root>/models/<run> URI or a local path")
+    p.add_argument("--run-id", required=True, type=run_id_arg, help="generation run id (generations/<run-id>/)")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--split", help="nodes of this split of the nodes table (e.g. test)")
     which.add_argument("--ids", help="comma-separated node ids")
@@ -51,8 +53,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--mix", type=_mix, action="append", default=[],
                    help="style mixing: add NODE_ID's neighbour set as another graph with this scale (repeatable)")
-    p.add_argument("--clip-sample", action="store_true",
-                   help="clip each step's x0 estimate to [-1, 1] (pixel-space tiny models; not for sd15)")
     p.add_argument("--nodes-table", default="graph_nodes")
     p.add_argument("--neighbours-table", default="neighbours")
     p.add_argument("--limit", type=int, default=0, help="only the first N nodes of the set (before sharding)")
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
                          backfill=args.backfill, shard=args.shard[0], num_shards=args.shard[1],
                          batch_size=args.batch_size, seeds=tuple(int(s) for s in args.seeds.split(",")),
                          text_scale=args.text_scale, graph_scale=args.graph_scale, steps=args.steps,
-                         clip_sample=args.clip_sample, mix=tuple(args.mix), nodes_table=args.nodes_table, neighbours_table=args.neighbours_table,
+                         mix=tuple(args.mix), nodes_table=args.nodes_table, neighbours_table=args.neighbours_table,
                          limit=args.limit)
     device = args.device or settings.device
     if device == "auto":

@@ -9,9 +9,6 @@ space on top of them (``offline.StyleSpace``) measures something true on any dat
 
 from __future__ import annotations
 
-import io
-from typing import Iterable
-
 import numpy as np
 
 SIZE = 64
@@ -19,17 +16,6 @@ HIST_BINS = 4  # per channel: 4^3 = 64 joint colour bins
 ORIENT_BINS = 8
 FREQ_BANDS = 8
 FEATURE_DIM = HIST_BINS ** 3 + 6 + 6 + ORIENT_BINS + FREQ_BANDS + 1
-
-
-def decode_images(blobs: Iterable[bytes], size: int = SIZE) -> np.ndarray:
-    """Decode encoded images (PNG/JPEG bytes) to ``(N, size, size, 3)`` uint8, RGB, resized."""
-    from PIL import Image
-
-    out = []
-    for blob in blobs:
-        with Image.open(io.BytesIO(blob)) as im:
-            out.append(np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR)))
-    return np.stack(out) if out else np.zeros((0, size, size, 3), np.uint8)
 
 
 def resize_images(images: np.ndarray, size: int = SIZE) -> np.ndarray:

@@ -85,7 +85,6 @@ class SuiteConfig:
     model_overrides: dict = field(default_factory=lambda: dict(TINY16))
     gen_seed: int = 0  # fixed generator seed for every method
     gen_steps: int = 10
-    clip_sample: bool = True  # pixel-space tiny models: see GenerateConfig.clip_sample
     text_scale: float = 3.0
     # s_G: chosen on the val split among the candidates (``select_graph_scale``); graph_scale is only
     # the fallback for samples without a val split. Stronger graph guidance buys paired accuracy at the
@@ -180,7 +179,7 @@ def train_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: 
 
 def generation_run_id(cfg: SuiteConfig, m: Method, seed: int, nodes: list[str]) -> str:
     # the generation run id names its settings, so changed settings never meet an older published run
-    settings_key = json.dumps([cfg.gen_seed, cfg.text_scale, cfg.graph_scale, cfg.gen_steps, cfg.clip_sample, nodes])
+    settings_key = json.dumps([cfg.gen_seed, cfg.text_scale, cfg.graph_scale, cfg.gen_steps, nodes])
     return f"{cfg.run_id}-{m.name}-s{seed}-{hashlib.sha256(settings_key.encode()).hexdigest()[:8]}"
 
 
@@ -190,7 +189,7 @@ def generate_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, 
 
     gcfg = GenerateConfig(run_id=generation_run_id(cfg, m, seed, test), model_uri=model_uri, node_ids=tuple(test),
                           batch_size=32, seeds=(cfg.gen_seed,), text_scale=cfg.text_scale, graph_scale=cfg.graph_scale, steps=cfg.gen_steps,
-                          clip_sample=cfg.clip_sample, neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}")
+                          neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}")
     generate(storage, gcfg, settings=settings.replace(storage_root=storage.root))
     rows = read_manifest(storage, gcfg.run_id).to_pylist()
     return {r["node_id"]: _decode(storage, r["image_key"]) for r in rows}
@@ -199,18 +198,16 @@ def generate_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, 
 def guidance_grid(storage: "Storage", settings: "Settings", cfg: SuiteConfig, model_uri: str, node: str,
                   strategy: str) -> dict:
     """One node generated at every (text scale, graph scale) with the same seed."""
-    from g2i_core.generate import GenerateConfig, PipelineGenerator, clipped_ddim, graph_loader, node_seed
+    from g2i_core.generate import GenerateConfig, PipelineGenerator, graph_loader, node_seed
     from g2i_core.model import G2IPipeline
 
     pipe = G2IPipeline.from_pretrained(model_uri, settings=settings.replace(storage_root=storage.root))
-    if cfg.clip_sample:
-        pipe.scheduler = clipped_ddim(pipe.model.config)
     gen = PipelineGenerator(pipe)
     images = {}
     for t in cfg.guidance_text_scales:
         for g in cfg.guidance_graph_scales:
             gcfg = GenerateConfig(run_id="grid", model_uri=model_uri, node_ids=(node,), text_scale=t, graph_scale=g,
-                                  steps=cfg.gen_steps, clip_sample=cfg.clip_sample,
+                                  steps=cfg.gen_steps,
                                   neighbours_table=f"neighbours_{strategy}")
             texts, graphs, _ = graph_loader(storage, gcfg, gen.uses_graph)([node])
             images[(t, g)] = gen(texts, graphs, [node_seed(node, cfg.gen_seed)], gcfg)[0]

@@ -148,4 +148,4 @@ def test_published_shard_with_other_settings_is_refused_not_silently_reused(file
     publish_tables(file_storage)
     run_shard(file_storage, cfg(run_id="p"), CountingGenerator(), texts_only)
     with pytest.raises(ValueError, match="already published with other settings"):
-        run_shard(file_storage, cfg(run_id="p", clip_sample=True), CountingGenerator(), texts_only)
+        run_shard(file_storage, cfg(run_id="p", steps=7), CountingGenerator(), texts_only)
