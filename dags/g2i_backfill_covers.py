@@ -21,6 +21,7 @@ import datetime as dt
 from airflow.sdk import Param, dag, task
 
 from g2i_core.airflow_ops import MODEL, REPORT, StageOperator, default_args, gpu_stage_mapped
+from g2i_core.ids import OPTIONAL_RUN_ID_PARAM_PATTERN
 from g2i_core.orchestration import SOURCES, OrchestrationConfig
 
 CFG = OrchestrationConfig.from_env()
@@ -37,7 +38,8 @@ CFG = OrchestrationConfig.from_env()
     tags=["g2i", "generate", "gpu"],
     params={
         "dataset": Param("goodreads", enum=list(SOURCES)),
-        "model": Param("", type="string", description="model run id (default: the latest trained model)"),
+        "model": Param("", type="string", pattern=OPTIONAL_RUN_ID_PARAM_PATTERN,
+                       description="model run id (default: the latest trained model)"),
         "shards": Param(CFG.backfill_shards, type="integer", minimum=1, maximum=1024),
         "steps": Param(20, type="integer", minimum=1, description="denoising steps"),
         "sample": Param(CFG.backfill_sample, type="integer", minimum=2,

@@ -15,6 +15,7 @@ import datetime as dt
 from airflow.sdk import Param, dag, task
 
 from g2i_core.airflow_ops import REPORT, default_args, gpu_stage
+from g2i_core.ids import OPTIONAL_RUN_ID_PARAM_PATTERN
 from g2i_core.orchestration import SOURCES
 
 
@@ -28,7 +29,8 @@ from g2i_core.orchestration import SOURCES
     tags=["g2i", "evaluate"],
     params={
         "dataset": Param("goodreads", enum=list(SOURCES)),
-        "model": Param("", type="string", description="model run id (default: the latest trained model)"),
+        "model": Param("", type="string", pattern=OPTIONAL_RUN_ID_PARAM_PATTERN,
+                       description="model run id (default: the latest trained model)"),
         "split": Param("test", enum=["test", "val"]),
         "steps": Param(20, type="integer", minimum=1, description="denoising steps"),
         "limit": Param(0, type="integer", minimum=0, description="only the first N nodes of the split (0 = all)"),

@@ -21,6 +21,7 @@ import datetime as dt
 from airflow.sdk import Param, dag, task
 
 from g2i_core.airflow_ops import MODEL, NEIGHBOURS, default_args, gpu_stage
+from g2i_core.ids import OPTIONAL_RUN_ID_PARAM_PATTERN
 from g2i_core.orchestration import SOURCES
 
 
@@ -39,7 +40,8 @@ from g2i_core.orchestration import SOURCES
         "steps": Param(300, type="integer", minimum=1, description="optimizer steps"),
         "batch_size": Param(0, type="integer", minimum=0, description="images per step (0 = the trainer's default)"),
         "resume": Param(True, type="boolean", description="continue from the run's latest checkpoint"),
-        "run_id": Param("", type="string", description="override the run id (default train-<YYYYMMDD>)"),
+        "run_id": Param("", type="string", pattern=OPTIONAL_RUN_ID_PARAM_PATTERN,
+                        description="override the run id (default train-<YYYYMMDD>)"),
     },
 )
 def g2i_train():

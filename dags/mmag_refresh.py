@@ -22,6 +22,7 @@ from airflow.sdk import Param, dag, task, task_group
 
 from g2i_core.airflow_ops import GRAPH, NEIGHBOURS, StageOperator, default_args, task_settings
 from g2i_core.config import Settings
+from g2i_core.ids import RAW_URI_PARAM_PATTERN
 from g2i_core.orchestration import SOURCES, raw_defaults
 
 HOUR = dt.timedelta(hours=1)
@@ -40,8 +41,11 @@ HOUR = dt.timedelta(hours=1)
     params={
         "sources": Param(list(SOURCES), type="array", items={"type": "string", "enum": list(SOURCES)},
                          description="sources to refresh"),
+        # Where a dump may be read from (<storage_root>/raw/ or G2I_RAW_ALLOW_PREFIXES) is checked by `plan`.
         "raw": Param(raw_defaults(Settings.load().storage_root), type="object",
-                     description="source -> raw dump URI (file or prefix)"),
+                     propertyNames={"enum": list(SOURCES)},
+                     additionalProperties={"type": "string", "pattern": RAW_URI_PARAM_PATTERN},
+                     description="source -> raw dump URI (file or prefix) under the storage root's raw/"),
         "force": Param(False, type="boolean", description="re-ingest even if the dump did not change"),
     },
 )

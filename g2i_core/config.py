@@ -60,6 +60,12 @@ class Settings:
     # Local S3 server (SeaweedFS) data and credentials live here.
     s3_server_dir: str = field(default_factory=lambda: _local_dir("s3"))
     run_id: str = ""
+    # Hosts the image fetcher may reach even on loopback/private addresses: comma-separated `host` or
+    # `host:port` (exact match). Empty by default; the demo and tests set it for their loopback server.
+    fetch_allow_hosts: str = ""
+    # Where a DAG run (mmag_refresh's `raw` param) may read raw dumps besides <storage_root>/raw/:
+    # comma-separated s3:// or file:// URI prefixes, matched on whole path segments. Empty by default.
+    raw_allow_prefixes: str = ""
 
     # ---- construction -------------------------------------------------------------------
     @classmethod

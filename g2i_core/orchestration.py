@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from g2i_core.config import PROJECT_ROOT, SECRET_FIELDS, Settings
+from g2i_core.ids import check_raw_uri, check_run_id
 
 log = logging.getLogger(__name__)
 
@@ -421,6 +422,8 @@ def run_stage(stage: str, values: Mapping[str, Any], settings: Settings, *,
 
     The stage's storage root is the dataset's graph root (``values['graph_root']``), so stages that take
     no root flag (generate, evaluate) read and write the same MMAG as the others."""
+    if stage == "ingest":  # the DAG path reads only the storage root's raw/ or the allow-list (g2i_core.ids)
+        check_raw_uri(str(values.get("raw", "")), settings)
     if values.get("graph_root"):
         settings = settings.replace(storage_root=values["graph_root"])
     argv = stage_argv(stage, coerce_values(values), settings)
@@ -540,6 +543,7 @@ def plan_refresh(settings: Settings, *, ds: str, sources: Sequence[str], raw: Ma
     for source in sources:
         if source not in raw:
             raise ValueError(f"no raw dump URI for source {source!r} in params.raw ({sorted(raw)})")
+        check_raw_uri(raw[source], settings)  # a trigger user's param: only under raw/ or the allow-list
         facts = _object_facts(storage, raw[source])
         if not facts:
             raise FileNotFoundError(f"raw dump for {source} not found at {raw[source]}")
@@ -584,6 +588,7 @@ def _root_storage(settings: Settings, dataset: str):
 def prepare_train(settings: Settings, *, dataset: str, preset: str, steps: int, resume: bool, run_id: str,
                   batch_size: int | None = None) -> dict:
     """Values of the train stage, after checking its inputs are published."""
+    check_run_id(run_id)
     storage = _root_storage(settings, dataset)
     for table in ("nodes", "neighbours"):
         if not storage.is_published(table):
@@ -610,7 +615,7 @@ def resolve_model(storage, model: str) -> str:
         if not storage.exists(pointer):
             raise FileNotFoundError(f"no trained model under {storage.uri('models')}: run g2i_train first")
         model = storage.get_json(pointer)["run_id"]
-    uri = storage.uri("models", model)
+    uri = storage.uri("models", check_run_id(model, "model"))
     if not storage.exists(f"{uri}/{FINAL_MODEL_FILE}"):
         raise FileNotFoundError(f"model run {model!r} has no final model under {uri} (finished runs: "
                                 f"{sorted({u.split('/models/')[1].split('/')[0] for u in storage.list(storage.uri('models')) if u.endswith(FINAL_MODEL_FILE)})})")

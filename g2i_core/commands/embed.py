@@ -15,10 +15,12 @@ SUMMARY = "text/image embeddings of every node, cached by content hash (embeddin
 
 import argparse  # noqa: E402
 
+from g2i_core.ids import optional_run_id_arg  # noqa: E402
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="storage root with graph_nodes/node_images (default: storage_root)")
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--run-id", default=None, type=optional_run_id_arg)
     p.add_argument("--text-encoder", default="minilm-l6-v2", choices=["minilm-l6-v2", "clip"])
     p.add_argument("--image-encoder", default="colorhist-v1", choices=["colorhist-v1", "clip", "none"])
     p.add_argument("--clip-path", default=None, help="local CLIP directory (default: settings.clip_vision_path)")

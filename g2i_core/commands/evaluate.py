@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 
+from g2i_core.ids import run_id_arg
+
 NAME = "evaluate"
 SUMMARY = "score generations against ground truth (or --suite paper) and write the HTML report"
 
@@ -27,11 +29,11 @@ def _pair(text: str) -> tuple[str, str]:
     name, sep, run = text.partition("=")
     if not sep or not name or not run:
         raise argparse.ArgumentTypeError(f"--generations must look like NAME=RUN_ID, got {text!r}")
-    return name, run
+    return name, run_id_arg(run)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run-id", required=True, help="report run id (reports/<run-id>/)")
+    p.add_argument("--run-id", required=True, type=run_id_arg, help="report run id (reports/<run-id>/)")
     p.add_argument("--generations", type=_pair, action="append", default=[], help="NAME=GENERATION_RUN_ID")
     p.add_argument("--labels", default="", help="CSV node_id,community (gzip ok) for the community metrics")
     p.add_argument("--clusters", type=int, default=8, help="k-means pseudo-labels when no labels exist")

@@ -11,10 +11,12 @@ SUMMARY = "export metadata.jsonl (center, text, neighbors) in the reference layo
 
 import argparse  # noqa: E402
 
+from g2i_core.ids import optional_run_id_arg  # noqa: E402
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="storage root with graph_nodes, node_images, neighbours")
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--run-id", default=None, type=optional_run_id_arg)
     p.add_argument("--out", default=None, help="export folder URI (default <root>/exports/<run-id>)")
     p.add_argument("--neighbours-table", default="neighbours")
     p.add_argument("--split", default="", help="only nodes of this split (default: all)")

@@ -30,6 +30,8 @@ SUMMARY = "personalized PageRank top-K candidates for every node (ppr_candidates
 
 import argparse  # noqa: E402
 
+from g2i_core.ids import optional_run_id_arg  # noqa: E402
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--edges", required=True,
@@ -50,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="sources per batch for exact/graphframes")
     p.add_argument("--ignore-weights", action="store_true", help="treat every edge as weight 1")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-id", default=None, help="run id of the output (default: settings.run_id or 'manual')")
+    p.add_argument("--run-id", default=None, type=optional_run_id_arg, help="run id of the output (default: settings.run_id or 'manual')")
     p.add_argument("--previous-edges", default=None, help="incremental: the edges the previous run used")
     p.add_argument("--changed", default=None,
                    help="incremental: Parquet/table URI with node_id of changed/new nodes (default: diff of edges)")

@@ -16,10 +16,12 @@ SUMMARY = "semantic re-ranking of PPR candidates into the final neighbours table
 
 import argparse  # noqa: E402
 
+from g2i_core.ids import optional_run_id_arg  # noqa: E402
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="storage root with ppr_candidates + embeddings")
-    p.add_argument("--run-id", default=None)
+    p.add_argument("--run-id", default=None, type=optional_run_id_arg)
     p.add_argument("--strategy", default="semantic_ppr", choices=["semantic_ppr", "ppr", "semantic", "random"])
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--ppr-weight", type=_weight, default=0.5,

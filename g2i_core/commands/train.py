@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 
+from g2i_core.ids import run_id_arg
+
 NAME = "train"
 SUMMARY = "train the graph-conditioned diffusion model (tiny on CPU, sd15 on GPU) -> models/<run_id>/"
 
@@ -32,7 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from g2i_core.model.config import GRAPH_MODES
 
     p.add_argument("--root", default="", help="storage root holding the tables (default: settings.storage_root)")
-    p.add_argument("--run-id", required=True, help="models/<run-id>/ under the root")
+    p.add_argument("--run-id", required=True, type=run_id_arg, help="models/<run-id>/ under the root")
     p.add_argument("--preset", default="", choices=["", "tiny", "sd15"], help="default: settings.model_preset")
     p.add_argument("--graph-mode", default="qformer", choices=GRAPH_MODES)
     p.add_argument("--nodes-table", default="graph_nodes", help="falls back to 'nodes' (default %(default)s)")

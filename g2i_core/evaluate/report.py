@@ -1,6 +1,10 @@
 """The evaluation report: one self-contained HTML file (inline base64 PNGs and an inline SVG plot, no
 external requests, so it opens from S3 or disk) and ``metrics.json`` for machines.
 
+Node ids, titles and method labels come from untrusted dumps and users: every interpolated value is
+HTML-escaped, and the page carries a Content-Security-Policy (``CSP``) that allows inline styles and
+``data:`` images only, so even a missed escape can neither run script nor make a network request.
+
 ``render_report(metrics, grids, guidance)`` takes the metrics document built by
 ``g2i_core.evaluate.runner`` plus image grids as uint8 arrays, and returns the HTML string.
 """
@@ -21,6 +25,16 @@ th{background:#f3f3f3}td.name,th.name{text-align:left}.enc{font-weight:normal;fo
 .grid img{image-rendering:pixelated;display:block;margin:auto}.nb img{display:inline;margin:1px}
 .note{color:#555;font-size:13px}.ok{color:#176f2c}.bad{color:#a11}
 """
+
+
+# No script at all, no fetches: inline <style> and data: images are everything the report uses.
+CSP = ("default-src 'none'; script-src 'none'; img-src data:; style-src 'unsafe-inline'; base-uri 'none'; "
+       "form-action 'none'")
+
+
+def _e(value) -> str:
+    """Any value as escaped HTML text (numbers included: they come from a stored document too)."""
+    return html.escape(str(value))
 
 
 def png_data_uri(image: np.ndarray, scale: int = 1) -> str:
@@ -134,8 +148,8 @@ def comparison_grid(rows: list[dict], columns: list[str], size: int = 96) -> str
 def guidance_grid(guidance: dict, size: int = 80) -> str:
     """guidance: {"node_id", "text_scales": [...], "graph_scales": [...], "images": {(t, g): array}}."""
     ts, gs = guidance["text_scales"], guidance["graph_scales"]
-    head = "".join(f"<th>graph s<sub>G</sub>={g}</th>" for g in gs)
-    rows = "".join(f"<tr><th>text s<sub>T</sub>={t}</th>"
+    head = "".join(f"<th>graph s<sub>G</sub>={_e(g)}</th>" for g in gs)
+    rows = "".join(f"<tr><th>text s<sub>T</sub>={_e(t)}</th>"
                    + "".join(f"<td>{_img(guidance['images'][(t, g)], size, f'sT={t} sG={g}')}</td>" for g in gs)
                    + "</tr>" for t in ts)
     return (f"<p class=note>node {html.escape(guidance['node_id'])}, same seed in every cell</p>"
@@ -148,16 +162,18 @@ def render_report(metrics: dict, grids: list[dict] | None = None, grid_columns: 
     acc = space.get("holdout_accuracy") or {}
     x_key = "dinov2_score" if "dinov2_score" in metrics["metric_info"] else "style_score"
     y_key = "dinov2_fid" if x_key == "dinov2_score" else "style_fid"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>g2i evaluation {html.escape(metrics['run_id'])}"
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'>"
+             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+             f"<title>g2i evaluation {html.escape(metrics['run_id'])}"
              f"</title><style>{CSS}</style></head><body>",
              f"<h1>g2i evaluation — {html.escape(metrics['run_id'])}</h1>",
              f"<p class=note>{html.escape(metrics.get('description', ''))}</p>"]
     if acc:
         parts.append(f"<p>Offline encoder: <b>{html.escape(space['encoder'])}</b>; community labels from "
                      f"{html.escape(metrics.get('label_source', '?'))}. Its classifier's accuracy on "
-                     f"{space['n_holdout']} held-out real images is <b>{acc['mean']:.3f}</b> "
+                     f"{_e(space['n_holdout'])} held-out real images is <b>{acc['mean']:.3f}</b> "
                      f"[{acc['lo']:.3f}, {acc['hi']:.3f}] against a chance (majority) rate of {space['chance']:.3f} "
-                     f"over {space['classes']} classes — the ceiling for the community accuracy of generated images."
+                     f"over {_e(space['classes'])} classes — the ceiling for the community accuracy of generated images."
                      f"</p>")
     parts.append("<h2>Metrics</h2>")
     parts.append("<p class=note>± is the standard deviation across training seeds; [lo, hi] a 95% bootstrap "
@@ -171,8 +187,8 @@ def render_report(metrics: dict, grids: list[dict] | None = None, grid_columns: 
     if sel:
         cells = "; ".join(f"s_G {g}: FID {v['style_fid']['mean']:.2f}, style score {v['style_score']['mean']:.3f}"
                           for g, v in sel["metrics"].items())
-        parts.append(f"<p class=note>Graph guidance s_G = {sel['chosen']} was chosen on {sel['nodes']} val nodes "
-                     f"as the lowest FID (style space) of {html.escape(sel['method'])} (seed {sel['seed']}): "
+        parts.append(f"<p class=note>Graph guidance s_G = {_e(sel['chosen'])} was chosen on {_e(sel['nodes'])} val "
+                     f"nodes as the lowest FID (style space) of {_e(sel['method'])} (seed {_e(sel['seed'])}): "
                      f"{html.escape(cells)}.</p>")
     parts.append(f"<h2>Trade-off: {html.escape(metrics['metric_info'][x_key]['label'])} vs "
                  f"{html.escape(metrics['metric_info'][y_key]['label'])}</h2>")

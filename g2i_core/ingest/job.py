@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterator, NamedTuple
 
 from g2i_core.ingest.parsers import SOURCES
 
@@ -78,11 +78,49 @@ class IngestReport:
     raw_files: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)  # rechunk, parse_and_publish
     live: bool = True  # False: an older logical date than the live run; published by run id only
+    written_nodes: int | None = None  # rows of the nodes table as written (set by check_written)
+    carried_nodes: int = 0  # delta mode: rows of the base version that the delta did not replace
 
     def check_identity(self) -> None:
+        """Every term is counted on its own (lines by the chunker; nodes, duplicates and quarantined from
+        the parsed rows; written rows from the written files), so this fails when one of them is wrong."""
         if self.lines_in != self.nodes_out + self.duplicates + self.quarantined:
             raise RuntimeError(f"accounting broken: lines_in={self.lines_in} != nodes_out={self.nodes_out} + "
                                f"duplicates={self.duplicates} + quarantined={self.quarantined}")
+        if self.written_nodes is not None and self.written_nodes != self.nodes_out + self.carried_nodes:
+            raise RuntimeError(f"accounting broken: wrote {self.written_nodes} node rows, expected nodes_out="
+                               f"{self.nodes_out} + carried_nodes={self.carried_nodes} (rows of the base version "
+                               "kept unchanged, delta mode only)")
+
+
+def check_written(report: IngestReport, written_nodes: int, carried_nodes: int = 0) -> None:
+    """Check the rows actually written to the nodes table, before they are committed: full mode
+    ``written_nodes == nodes_out``; delta mode ``written_nodes == nodes_out + carried_nodes`` (the base
+    version's rows whose ids the delta does not hold, ``count_carried``). Raises RuntimeError."""
+    report.written_nodes, report.carried_nodes = written_nodes, carried_nodes
+    report.check_identity()
+
+
+def count_carried(prev_nodes: "DataFrame", delta_nodes: "DataFrame") -> int:
+    """Delta mode: rows of the previous nodes version that the delta leaves as they are."""
+    return prev_nodes.join(delta_nodes.select("node_id"), "node_id", "left_anti").count()
+
+
+class Outcomes(NamedTuple):
+    """What the parsed rows hold, each term counted directly."""
+
+    lines: int  # parsed rows: one per input line
+    reasons: dict[str, int]  # quarantine reason -> rows
+    ok_rows: int  # rows that parsed into a node, repeated ids included
+    distinct_nodes: int  # distinct node ids among them
+
+    @property
+    def quarantined(self) -> int:
+        return sum(self.reasons.values())
+
+    @property
+    def duplicates(self) -> int:
+        return self.ok_rows - self.distinct_nodes
 
 
 # ---- transformations ----------------------------------------------------------------------------
@@ -227,15 +265,16 @@ def run_ingest(spark: "SparkSession", storage: "Storage", config: IngestConfig) 
     return report
 
 
-def _count_outcomes(parsed: "DataFrame") -> tuple[int, dict[str, int], int]:
-    """(parsed lines, quarantine reasons, distinct node ids) in one pass over the parsed rows."""
+def _count_outcomes(parsed: "DataFrame") -> Outcomes:
+    """Parsed lines, quarantine reasons, node rows and distinct node ids, in one pass over the parsed rows."""
     from pyspark.sql import functions as F
 
     rows = parsed.groupBy("reason").agg(F.count(F.lit(1)).alias("n"),
                                        F.countDistinct("node_id").alias("ids")).collect()
     reasons = {r["reason"]: r["n"] for r in rows if r["reason"] is not None}
     ok = next((r for r in rows if r["reason"] is None), None)
-    return sum(r["n"] for r in rows), dict(sorted(reasons.items())), (ok["ids"] if ok else 0)
+    return Outcomes(sum(r["n"] for r in rows), dict(sorted(reasons.items())), ok["n"] if ok else 0,
+                    ok["ids"] if ok else 0)
 
 
 def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parsed: "DataFrame",
@@ -244,19 +283,18 @@ def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parse
     from pyspark.sql import functions as F
 
     # 3. Account for every line and refuse a broken dump before anything is published.
-    parsed_lines, reasons, distinct_nodes = _count_outcomes(parsed)
-    if parsed_lines != chunks.lines_in:
-        raise RuntimeError(f"parsed {parsed_lines} lines but the dump has {chunks.lines_in}")
-    quarantined = sum(reasons.values())
+    outcomes = _count_outcomes(parsed)
+    if outcomes.lines != chunks.lines_in:
+        raise RuntimeError(f"parsed {outcomes.lines} lines but the dump has {chunks.lines_in}")
+    reasons, quarantined = outcomes.reasons, outcomes.quarantined
     share = quarantined / chunks.lines_in
     if share > cfg.max_quarantine_fraction:
         raise RuntimeError(
             f"{quarantined} of {chunks.lines_in} lines ({share:.1%}) were quarantined, above the limit "
             f"{cfg.max_quarantine_fraction:.1%} (reasons: {reasons}); nothing was published. Is {cfg.raw_uri} "
             f"really a {cfg.source} dump? Raise --max-quarantine-fraction only if this is expected.")
-    report = IngestReport(cfg.run_id, cfg.source, cfg.mode, chunks.lines_in, distinct_nodes,
-                          chunks.lines_in - quarantined - distinct_nodes, quarantined, reasons,
-                          raw_files=chunks.lines_by_source)
+    report = IngestReport(cfg.run_id, cfg.source, cfg.mode, chunks.lines_in, outcomes.distinct_nodes,
+                          outcomes.duplicates, quarantined, reasons, raw_files=chunks.lines_by_source)
     report.check_identity()
 
     # 4. Resolve duplicates; build the three tables (merged into the previous version in delta mode).
@@ -286,9 +324,11 @@ def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parse
     report.edges_by_relation = dict(sorted((r["relation"], r["count"]) for r in
                                            written_edges.groupBy("relation").count().collect()))
     _write(storage, attempts, "nodes", cfg.run_id, nodes)
+    carried = count_carried(prev_nodes, winners) if cfg.mode == "delta" else 0
     winners.unpersist()
     report.base_run_id = base_run
     report.total_nodes = _footer_rows(storage, attempts[-1])
+    check_written(report, report.total_nodes, carried)  # the rows on disk, not a derived number
     extra = {"report": asdict(report), "config": asdict(cfg)}
     manifests = storage.commit(attempts, extra={a.table: extra for a in attempts}, logical_date=cfg.logical_date,
                                force=cfg.force)

@@ -3,6 +3,17 @@
 ``parse_line(source, raw_bytes, line_no)`` returns one flat dict: either a node (``reason`` is None)
 or a quarantine row (``reason`` set). The Spark job calls it on executors inside ``mapInArrow``; the
 benchmark and unit tests call it directly.
+
+``parse_line`` never raises for a record, whatever the line holds. Quarantine reasons:
+
+* ``parse_error``, ``not_an_object``, ``encoding_error``, ``missing_id``: the line is not a usable record;
+* ``bad_field``: a field the extractor reads has the wrong type or shape; ``detail`` names the field
+  (``authors is int, expected a list``, ``related.also_bought[2] is dict, expected a string``).
+  Only obviously safe coercions are made: integers for ids and strings (``"book_id": 42`` -> ``"42"``),
+  finite numbers for text, tuples (Python literals) for lists. Nesting is bounded by the shapes;
+* ``line_too_long``: over ``MAX_LINE_BYTES`` (the chunker marks such lines without reading them whole);
+* ``record_error:<ExceptionType>`` (``detail`` "<ExceptionType>: message"): the safety net for any other
+  exception while handling one record, so a parser bug quarantines the record instead of failing the job.
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import ast
 import hashlib
 import html
 import json
+import math
 import re
 import unicodedata
 from typing import Any, Callable
@@ -25,6 +37,10 @@ RELATIONS = {
 MAX_LINE_BYTES = 1 << 20  # a "line" this long is a broken dump (missing newlines), not a record
 RAW_KEEP_CHARS = 2000  # how much of a bad line the quarantine table keeps
 NOPHOTO_MARKERS = ("/nophoto/", "no-img", "no_image")
+# The chunker replaces a line over MAX_LINE_BYTES by MARK + b"<bytes>\x00" + its first RAW_KEEP_CHARS bytes.
+# No record can start with a NUL byte (neither JSON nor a Python literal may), so a dump that forges the mark
+# only relabels a line that would be quarantined as parse_error anyway.
+LINE_TOO_LONG_MARK = b"\x00g2i:line_too_long\x00"
 
 _TAG = re.compile(r"<[^>]{0,200}>")
 _SPACE = re.compile(r"\s+")
@@ -53,57 +69,173 @@ def is_real_image(url: str | None) -> bool:
     return bool(url) and not any(m in url for m in NOPHOTO_MARKERS)
 
 
-def _id_list(rec: dict, key: str) -> list[str]:
-    value = rec.get(key) or []
-    if not isinstance(value, list):
-        raise RecordError("bad_field", f"{key} is {type(value).__name__}, expected a list")
-    return [str(v).strip() for v in value if v is not None and str(v).strip()]
+# ---- typed field access: the right shape, an obviously safe coercion, or RecordError("bad_field") ----------
+def _bad(name: str, value: Any, expected: str) -> RecordError:
+    return RecordError("bad_field", f"{name} is {type(value).__name__}, expected {expected}")
 
 
-def _first_url(value: Any) -> str | None:
-    if isinstance(value, list):
-        value = next((v for v in value if v), None)
-    return str(value).strip() or None if value else None
+def _printable_int(value: int, name: str) -> int:
+    try:
+        str(value)  # CPython refuses to print ints over 4,300 digits (a Python literal can hold one in hex)
+    except ValueError:
+        raise RecordError("bad_field", f"{name} is an int of {value.bit_length()} bits, too large") from None
+    return value
+
+
+def _number(value: Any, name: str) -> int | float:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _printable_int(value, name)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise RecordError("bad_field", f"{name} is {value}, expected a finite number")
+        return value
+    raise _bad(name, value, "a number")
+
+
+def _text(value: Any, name: str, numbers: bool = True) -> str | None:
+    """A string; integers (and finite floats when ``numbers``) as their decimal spelling; None for missing."""
+    if value is None or type(value) is str:
+        return value
+    if isinstance(value, str):  # a str subclass (never from the decoders)
+        return str(value)
+    if isinstance(value, int) and not isinstance(value, bool) or numbers and isinstance(value, float):
+        return str(_number(value, name))
+    raise _bad(name, value, "a string")
+
+
+def _get_id(rec: dict, key: str) -> str | None:
+    return _text(rec.get(key), key, numbers=False)
+
+
+def _get_text(rec: dict, key: str, paragraphs: bool = False) -> str | None:
+    """Text field; with ``paragraphs`` a list of strings is joined (Amazon 2018 descriptions)."""
+    value = rec.get(key)
+    if paragraphs and isinstance(value, (list, tuple)):
+        return " ".join(p for p in _texts(value, key) if p)
+    return _text(value, key)
+
+
+def _get_list(container: dict, key: str, name: str | None = None) -> list:
+    """A list (a tuple in a Python literal counts); missing, null or "" is empty; anything else is bad."""
+    value = container.get(key)
+    if type(value) is list:
+        return value
+    if value is None or value == "":
+        return []
+    if not isinstance(value, (list, tuple)):
+        raise _bad(name or key, value, "a list")
+    return list(value)
+
+
+def _texts(values: list, name: str, numbers: bool = True) -> list[str | None]:
+    """``_text`` of every element (the element's name is only spelled out for an error: this is hot)."""
+    return [v if v is None or type(v) is str else _text(v, f"{name}[{i}]", numbers) for i, v in enumerate(values)]
+
+
+def _get_id_list(container: dict, key: str, name: str | None = None) -> list[str]:
+    name = name or key
+    ids = _texts(_get_list(container, key, name), name, numbers=False)
+    return [t for t in (v.strip() for v in ids if v is not None) if t]
+
+
+def _get_sub_ids(rec: dict, key: str, sub: str) -> list[str | None]:
+    """``sub`` of every object in the list ``key`` (Goodreads authors' author_id, shelves' name)."""
+    out = []
+    for i, item in enumerate(_get_list(rec, key)):
+        if not isinstance(item, dict):
+            raise _bad(f"{key}[{i}]", item, "an object")
+        value = item.get(sub)
+        out.append(value if value is None or type(value) is str else _text(value, f"{key}[{i}].{sub}"))
+    return out
+
+
+def _get_text_tree(rec: dict, key: str) -> list:
+    """A list of strings or of lists of strings (Amazon categories: ``[["Books", "Fiction"], ...]``)."""
+    out: list = []
+    for i, item in enumerate(_get_list(rec, key)):
+        if isinstance(item, (list, tuple)):
+            out.append(_texts(item, f"{key}[{i}]"))
+        else:
+            out.append(_text(item, f"{key}[{i}]"))
+    return out
+
+
+def _get_mapping(rec: dict, key: str) -> dict | None:
+    """An object of numbers or strings (Amazon 2014 salesRank: ``{"Books": 3}``)."""
+    value = rec.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise _bad(key, value, "an object")
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise _bad(f"{key} key", k, "a string")
+        out[k] = v if v is None or isinstance(v, str) else _number(v, f"{key}.{k}")
+    return out
+
+
+def _get_scalar(rec: dict, key: str) -> str | int | float | None:
+    """A string or a number, kept as it is (Amazon prices are numbers in 2014 and strings in 2018)."""
+    value = rec.get(key)
+    return value if value is None or isinstance(value, str) else _number(value, key)
+
+
+def _get_flag(rec: dict, key: str) -> bool:
+    value = rec.get(key)
+    if value is None or isinstance(value, (str, bool)):
+        return value in ("true", True)
+    raise _bad(key, value, "a string")
+
+
+def _get_url(rec: dict, key: str) -> str | None:
+    """A URL string, or the first non-empty one of a list of them."""
+    value = rec.get(key)
+    if isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            if v is not None and not isinstance(v, str):
+                raise _bad(f"{key}[{i}]", v, "a string")
+        value = next((v for v in value if v and v.strip()), None)
+    elif value is not None and not isinstance(value, str):
+        raise _bad(key, value, "a string or a list of strings")
+    return value.strip() or None if value else None
 
 
 # ---- one function per format: raw dict -> (local id, title, description, image_url, attrs, related) ----
+# Every field an extractor reads goes through a typed getter above, so a wrong type is a bad_field row.
 def _goodreads(rec: dict) -> tuple:
-    related = {"similar_books": _id_list(rec, "similar_books")}
-    shelves = rec.get("popular_shelves") or []
-    attrs = {
-        "work_id": rec.get("work_id") or None,
-        "authors": [a.get("author_id") for a in rec.get("authors") or [] if isinstance(a, dict)],
-        "publication_year": rec.get("publication_year") or None,
-        "language_code": rec.get("language_code") or None,
-        "is_ebook": rec.get("is_ebook") == "true",
-        "average_rating": rec.get("average_rating") or None,
-        "ratings_count": rec.get("ratings_count") or None,
-        "num_pages": rec.get("num_pages") or None,
-        "publisher": rec.get("publisher") or None,
-        "shelves": [s.get("name") for s in shelves[:10] if isinstance(s, dict)],
-        "series": rec.get("series") or [],
-    }
-    title = rec.get("title_without_series") or rec.get("title")
-    return rec.get("book_id"), title, rec.get("description"), _first_url(rec.get("image_url")), attrs, related
+    related = {"similar_books": _get_id_list(rec, "similar_books")}
+    text_attrs = ("work_id", "publication_year", "language_code", "average_rating", "ratings_count", "num_pages",
+                  "publisher")
+    attrs: dict[str, Any] = {k: _text(rec.get(k), k) or None for k in text_attrs}
+    attrs.update(authors=_get_sub_ids(rec, "authors", "author_id"), is_ebook=_get_flag(rec, "is_ebook"),
+                 shelves=_get_sub_ids(rec, "popular_shelves", "name")[:10], series=_get_id_list(rec, "series"))
+    short_title, title = _get_text(rec, "title_without_series"), _get_text(rec, "title")
+    return (_get_id(rec, "book_id"), short_title or title, _get_text(rec, "description", paragraphs=True),
+            _get_url(rec, "image_url"), attrs, related)
 
 
 def _amazon2014(rec: dict) -> tuple:
     rel = rec.get("related") or {}
     if not isinstance(rel, dict):
-        raise RecordError("bad_field", f"related is {type(rel).__name__}, expected a dict")
-    related = {r: _id_list(rel, r) for r in RELATIONS["amazon2014"]}
-    attrs = {"price": rec.get("price"), "brand": rec.get("brand") or None, "sales_rank": rec.get("salesRank"),
-             "categories": rec.get("categories") or []}
-    return rec.get("asin"), rec.get("title"), rec.get("description"), _first_url(rec.get("imUrl")), attrs, related
+        raise _bad("related", rel, "an object")
+    related = {r: _get_id_list(rel, r, f"related.{r}") for r in RELATIONS["amazon2014"]}
+    attrs = {"price": _get_scalar(rec, "price"), "brand": _get_text(rec, "brand") or None,
+             "sales_rank": _get_mapping(rec, "salesRank"), "categories": _get_text_tree(rec, "categories")}
+    return (_get_id(rec, "asin"), _get_text(rec, "title"), _get_text(rec, "description", paragraphs=True),
+            _get_url(rec, "imUrl"), attrs, related)
 
 
 def _amazon2018(rec: dict) -> tuple:
-    related = {r: _id_list(rec, r) for r in RELATIONS["amazon2018"]}
-    attrs = {"price": rec.get("price") or None, "brand": clean_text(rec.get("brand")) or None,
-             "category": rec.get("category") or [], "main_cat": rec.get("main_cat") or None,
-             "rank": rec.get("rank") or None}
-    url = _first_url(rec.get("imageURLHighRes")) or _first_url(rec.get("imageURL"))
-    return rec.get("asin"), rec.get("title"), rec.get("description"), url, attrs, related
+    related = {r: _get_id_list(rec, r) for r in RELATIONS["amazon2018"]}
+    rank = rec.get("rank")  # a string, or a list of them in part of the dump: keep the shape
+    rank = _get_text_tree(rec, "rank") if isinstance(rank, (list, tuple)) else _get_text(rec, "rank")
+    attrs = {"price": _get_scalar(rec, "price") or None, "brand": clean_text(_get_text(rec, "brand")) or None,
+             "category": _get_text_tree(rec, "category"), "main_cat": _get_text(rec, "main_cat") or None,
+             "rank": rank or None}
+    high_res, low_res = _get_url(rec, "imageURLHighRes"), _get_url(rec, "imageURL")
+    return (_get_id(rec, "asin"), _get_text(rec, "title"), _get_text(rec, "description", paragraphs=True),
+            high_res or low_res, attrs, related)
 
 
 _EXTRACT: dict[str, Callable[[dict], tuple]] = {"goodreads": _goodreads, "amazon2014": _amazon2014,
@@ -159,11 +291,20 @@ def parse_record(source: str, rec: dict) -> dict:
     }
 
 
+def oversize_marker(n_bytes: int, prefix: bytes) -> bytes:
+    """What the chunker stores instead of a line over MAX_LINE_BYTES: its size and its first bytes."""
+    return LINE_TOO_LONG_MARK + str(n_bytes).encode() + b"\x00" + prefix[:RAW_KEEP_CHARS]
+
+
 def parse_line(source: str, raw: bytes | str, line_no: int) -> dict:
-    """One output row for one input line: a node (``reason`` None) or a quarantine row."""
+    """One output row for one input line: a node (``reason`` None) or a quarantine row. Never raises
+    for the line's content (only for an unknown ``source``)."""
     if source not in _EXTRACT:
         raise ValueError(f"unknown source {source!r}; choose from {SOURCES}")
     try:
+        if isinstance(raw, bytes) and raw.startswith(LINE_TOO_LONG_MARK):
+            size, _, raw = raw[len(LINE_TOO_LONG_MARK):].partition(b"\x00")
+            raise RecordError("line_too_long", f"{size.decode('ascii', 'replace')[:20]} bytes")
         if len(raw) > MAX_LINE_BYTES:
             raise RecordError("line_too_long", f"{len(raw)} bytes")
         try:
@@ -174,6 +315,18 @@ def parse_line(source: str, raw: bytes | str, line_no: int) -> dict:
         row.update(line_no=line_no, reason=None, detail=None, raw=None)
         return row
     except RecordError as exc:
-        shown = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-        return {"line_no": line_no, "reason": exc.reason, "detail": str(exc)[:300],
-                "raw": shown[:RAW_KEEP_CHARS], "edges": []}
+        return _quarantine_row(raw, line_no, exc.reason, str(exc))
+    except Exception as exc:  # the safety net: one record never fails the job
+        kind = type(exc).__name__
+        try:
+            detail = f"{kind}: {exc}"
+        except Exception:  # an exception that cannot even describe itself
+            detail = kind
+        return _quarantine_row(raw, line_no, f"record_error:{kind}", detail)
+
+
+def _quarantine_row(raw: bytes | str | None, line_no: int, reason: str, detail: str) -> dict:
+    head = (raw or b"")[: RAW_KEEP_CHARS * 4]  # a character is at most 4 UTF-8 bytes
+    shown = head.decode("utf-8", "replace") if isinstance(head, bytes) else head
+    return {"line_no": line_no, "reason": reason, "detail": detail[:300], "raw": shown[:RAW_KEEP_CHARS],
+            "edges": []}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import shutil
 import subprocess
@@ -33,7 +35,12 @@ def test_report_renders_in_headless_chromium_with_all_images_loaded(tmp_path):
     doc, grids, guidance = make_report_inputs()
     html = render_report(doc, grids, ["ground truth", "ours"], guidance)
     page = tmp_path / "report.html"
-    page.write_text(html.replace("</body>", PROBE + "</body>"))
+    # The report's CSP blocks every script; the probe (and only the probe) is allowed by its sha256.
+    probe_js = PROBE[len("<script>"):-len("</script>")]
+    digest = base64.b64encode(hashlib.sha256(probe_js.encode()).digest()).decode()
+    assert html.count("script-src 'none'") == 1
+    page.write_text(html.replace("script-src 'none'", f"script-src 'sha256-{digest}'")
+                    .replace("</body>", PROBE + "</body>"))
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
            f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=5000", "--dump-dom", page.as_uri()]

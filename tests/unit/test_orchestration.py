@@ -265,6 +265,9 @@ def test_plan_refresh_errors_teach(tmp_path):
         orch.plan_refresh(settings, ds="2024-01-01", sources=["goodreads"], raw={})
     with pytest.raises(FileNotFoundError, match="raw dump for goodreads not found"):
         orch.plan_refresh(settings, ds="2024-01-01", sources=["goodreads"],
+                          raw={"goodreads": f"file://{tmp_path}/store/raw/missing.json.gz"})
+    with pytest.raises(ValueError, match="outside the allowed prefixes"):  # a trigger user's raw param
+        orch.plan_refresh(settings, ds="2024-01-01", sources=["goodreads"],
                           raw={"goodreads": f"file://{tmp_path}/missing.json.gz"})
 
 
