@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
                 for concurrency in (1, args.concurrency):
                     store = Storage(f"file://{tmp}/store-{latency_ms}-{concurrency}")
                     n = _publish_nodes(store, sample)
-                    cfg = FetchConfig(concurrency=concurrency, per_host_rate=0, timeout_s=1.0, retries=0)
+                    cfg = FetchConfig(concurrency=concurrency, per_host_rate=0, timeout_s=1.0, retries=0,
+                                      allow_hosts=(f"127.0.0.1:{server.port}",))
                     report = fetch_images(store, store, cfg)
                     mib = sum(p.stat().st_size for p in Path(tmp, f"store-{latency_ms}-{concurrency}", "images")
                               .rglob("*") if p.is_file()) / 2**20

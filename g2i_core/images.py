@@ -1,28 +1,39 @@
 """Image fetcher: ``nodes.image_url`` -> content-addressed ``images/`` objects + the ``node_images`` table.
 
-Bounded concurrency (a thread pool: the work is network wait), a per-host rate limit, timeouts, retries
-with exponential backoff for transient failures only, a byte cap while streaming, and validation with
-Pillow where the pixel count is checked from the header *before* decoding, so a decompression bomb
-costs a few bytes of header parsing, not gigabytes of RAM.
+Bounded concurrency (a thread pool: the work is network wait), a per-host rate limit, one total deadline
+per request, retries with exponential backoff for transient failures only, a byte cap while streaming, and
+validation with Pillow where the pixel count is checked from the header *before* decoding, so a
+decompression bomb costs a few bytes of header parsing, not gigabytes of RAM.
 
-Every node gets exactly one ``node_images`` row whose ``status`` is one of ``STATUSES``. Resumable: a
-rerun keeps ``ok`` rows whose URL is unchanged and fetches the rest; while running, finished rows are
-checkpointed under ``_staging/node_images/<run_id>/`` so a killed run restarts where it stopped.
+Image URLs come from untrusted dumps: every request goes through the egress policy of
+:mod:`g2i_core.egress` (http/https only, globally routable addresses only, the checked address is the one
+connected to, every redirect hop re-checked, at most 3; ``allow_hosts`` opens named hosts). A refused URL
+gets status ``blocked`` with the reason and is never retried. Pillow opens only PNG, JPEG, GIF and WEBP
+(no other format's parser ever sees the bytes); while the job runs ``Image.MAX_IMAGE_PIXELS`` is
+``max_pixels``.
+
+Every node gets exactly one ``node_images`` row whose ``status`` is one of ``STATUSES``. Storage errors
+are not row statuses: an exception from storage (an image write, a checkpoint) fails the job and nothing
+is published. Nor is a mostly failed fetch published: when more than ``max_failure_fraction`` of the
+nodes with a real URL end up not ``ok``, the job raises :class:`FetchFailedError`. Resumable: a rerun keeps
+``ok`` rows whose URL is unchanged and fetches the rest; while running, finished rows are checkpointed
+under ``_staging/node_images/<run_id>/`` so a killed or failed run restarts where it stopped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import random
 import threading
 import time
-import urllib.error
-import urllib.request
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterable
 from urllib.parse import urlparse
+
+from g2i_core.egress import EgressPolicy, FetchError, open_url, parse_allow_hosts
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -31,10 +42,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-STATUSES = ("ok", "no_image", "not_found", "http_error", "timeout", "too_large", "too_many_pixels", "corrupt",
-            "error")
-TRANSIENT = frozenset({"timeout", "error", "http_error_retryable"})
-EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "WEBP": "webp", "BMP": "bmp", "TIFF": "tiff"}
+STATUSES = ("ok", "no_image", "blocked", "not_found", "http_error", "timeout", "too_large", "too_many_pixels",
+            "corrupt", "error")
+TRANSIENT = frozenset({"timeout", "error", "http_error_retryable"})  # never "blocked"
+EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "WEBP": "webp"}
+FORMATS = tuple(EXTENSIONS)  # the only Pillow plugins that ever parse fetched bytes
 COLUMNS = ("node_id", "image_url", "image_key", "sha256", "width", "height", "status", "error")
 
 
@@ -43,13 +55,18 @@ class FetchConfig:
     run_id: str = ""  # default: the run id of the nodes table it fetched for
     concurrency: int = 16  # parallel downloads
     per_host_rate: float = 20.0  # requests per second per host; 0 = unlimited
-    timeout_s: float = 10.0  # connect / per-read timeout, and the cap on one whole download
+    timeout_s: float = 10.0  # one deadline per request: DNS, connect, headers, body and redirects together
     retries: int = 2  # extra attempts for timeouts, connection errors, 429 and 5xx
     backoff_s: float = 0.5  # first retry delay; doubles per attempt, with jitter
     max_bytes: int = 20 << 20  # larger downloads are cut off: status too_large
     max_pixels: int = 40_000_000  # width*height above this is refused before decoding: too_many_pixels
     checkpoint_every: int = 1000  # finished rows between checkpoints
     user_agent: str = "g2i-image-fetcher/0.1"
+    allow_hosts: tuple[str, ...] = ()  # `host` / `host:port` reachable even on loopback/private addresses
+    max_failure_fraction: float = 0.2  # more non-ok rows among real URLs than this: fail, publish nothing
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allow_hosts", parse_allow_hosts(self.allow_hosts))
 
     def check(self) -> "FetchConfig":
         for name in ("concurrency", "max_bytes", "max_pixels", "checkpoint_every"):
@@ -58,7 +75,13 @@ class FetchConfig:
         if self.timeout_s <= 0 or self.retries < 0 or self.per_host_rate < 0:
             raise ValueError(f"timeout_s must be > 0, retries and per_host_rate >= 0; got timeout_s={self.timeout_s}"
                              f", retries={self.retries}, per_host_rate={self.per_host_rate}")
+        if not 0 <= self.max_failure_fraction <= 1:
+            raise ValueError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
         return self
+
+    @property
+    def policy(self) -> EgressPolicy:
+        return EgressPolicy(allow_hosts=self.allow_hosts)
 
 
 @dataclass
@@ -72,10 +95,8 @@ class FetchReport:
     seconds: float = 0.0
 
 
-class FetchError(Exception):
-    def __init__(self, status: str, detail: str):
-        super().__init__(detail)
-        self.status = status
+class FetchFailedError(RuntimeError):
+    """Too many nodes with a real URL failed to fetch: the job fails and publishes nothing."""
 
 
 class HostRateLimiter:
@@ -99,41 +120,37 @@ class HostRateLimiter:
 
 # ---- one image --------------------------------------------------------------------------------------
 def download(url: str, cfg: FetchConfig) -> bytes:
-    """The body of ``url``; raises FetchError(status) — ``http_error_retryable`` marks 429/5xx."""
-    request = urllib.request.Request(url, headers={"User-Agent": cfg.user_agent})
-    deadline = time.monotonic() + cfg.timeout_s
-    try:
-        with urllib.request.urlopen(request, timeout=cfg.timeout_s) as resp:
+    """The body of ``url`` under the egress policy and one ``timeout_s`` deadline; raises FetchError(status):
+    ``blocked`` for a refused URL or redirect, ``http_error_retryable`` marks 429/5xx."""
+    with open_url(url, cfg.policy, cfg.timeout_s, {"User-Agent": cfg.user_agent, "Accept": "image/*"}) as resp:
+        if resp.status in (404, 410):
+            raise FetchError("not_found", f"HTTP {resp.status}")
+        if not 200 <= resp.status < 300:  # includes a redirect without a Location
+            status = "http_error_retryable" if resp.status == 429 or resp.status >= 500 else "http_error"
+            raise FetchError(status, f"HTTP {resp.status}")
+        try:
             declared = int(resp.headers.get("Content-Length") or 0)
-            if declared > cfg.max_bytes:
-                raise FetchError("too_large", f"Content-Length {declared} > max_bytes {cfg.max_bytes}")
-            chunks, size = [], 0
-            while chunk := resp.read(1 << 16):
-                size += len(chunk)
-                if size > cfg.max_bytes:
-                    raise FetchError("too_large", f"body exceeds max_bytes {cfg.max_bytes}")
-                if time.monotonic() > deadline:  # a server trickling bytes must not hold a worker forever
-                    raise FetchError("timeout", f"download took longer than {cfg.timeout_s}s")
-                chunks.append(chunk)
-            return b"".join(chunks)
-    except urllib.error.HTTPError as exc:
-        if exc.code in (404, 410):
-            raise FetchError("not_found", f"HTTP {exc.code}") from None
-        status = "http_error_retryable" if exc.code == 429 or exc.code >= 500 else "http_error"
-        raise FetchError(status, f"HTTP {exc.code}") from None
-    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-            raise FetchError("timeout", f"no response within {cfg.timeout_s}s") from None
-        raise FetchError("error", f"{type(reason).__name__}: {reason}"[:200]) from None
+        except ValueError:
+            declared = 0
+        if declared > cfg.max_bytes:
+            raise FetchError("too_large", f"Content-Length {declared} > max_bytes {cfg.max_bytes}")
+        chunks, size = [], 0
+        while chunk := resp.read(1 << 16):  # every read runs under the request's deadline
+            size += len(chunk)
+            if size > cfg.max_bytes:
+                raise FetchError("too_large", f"body exceeds max_bytes {cfg.max_bytes}")
+            chunks.append(chunk)
+        return b"".join(chunks)
 
 
 def validate_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
-    """(extension, width, height) of a decodable image; the pixel limit is checked from the header only."""
+    """(extension, width, height) of a decodable PNG, JPEG, GIF or WEBP; the pixel limit is checked from the
+    header only. Other formats are refused as ``corrupt`` without their Pillow plugin ever seeing the bytes."""
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data)) as im:  # lazy: parses the header, decodes nothing yet
+        # formats=: only these plugins parse the header; lazy: decodes nothing yet
+        with Image.open(io.BytesIO(data), formats=FORMATS) as im:
             width, height = im.size
             if width * height > max_pixels:
                 raise FetchError("too_many_pixels", f"{width}x{height} exceeds max_pixels {max_pixels}")
@@ -141,16 +158,34 @@ def validate_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
             im.load()  # full decode: truncated or corrupt bytes fail here
     except Image.DecompressionBombError as exc:
         raise FetchError("too_many_pixels", str(exc)[:200]) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+    except UnidentifiedImageError:
+        raise FetchError("corrupt", f"not a {', '.join(FORMATS)} image (unsupported format or corrupt bytes)") \
+            from None
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:
         raise FetchError("corrupt", f"{type(exc).__name__}: {exc}"[:200]) from None
     if fmt not in EXTENSIONS:
         raise FetchError("corrupt", f"unsupported image format {fmt!r}")
     return EXTENSIONS[fmt], width, height
 
 
+@contextlib.contextmanager
+def pillow_pixel_limit(max_pixels: int):
+    """Pillow's own bomb guard (``Image.MAX_IMAGE_PIXELS``, process-wide) at ``max_pixels`` while the job
+    runs: it also covers what the header check cannot see, such as GIF frames larger than the canvas."""
+    from PIL import Image
+
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
 def fetch_one(node_id: str, url: str, storage: "Storage", cfg: FetchConfig,
               limiter: HostRateLimiter) -> tuple[dict, bool]:
-    """(node_images row, whether a new object was stored) for one node; never raises."""
+    """(node_images row, whether a new object was stored) for one node. A failed download or validation
+    becomes the row's status; a storage error propagates (it must fail the job, not become a row)."""
     row = {"node_id": node_id, "image_url": url, "image_key": None, "sha256": None, "width": None,
            "height": None, "status": "ok", "error": None}
     host = urlparse(url).netloc
@@ -158,20 +193,20 @@ def fetch_one(node_id: str, url: str, storage: "Storage", cfg: FetchConfig,
         try:
             limiter.wait(host)
             data = download(url, cfg)
-            ext, row["width"], row["height"] = validate_image(data, cfg.max_pixels)
-            ref = storage.put_content_addressed(data, prefix="images", ext=ext, content_type=f"image/{ext}")
-            row.update(image_key=ref.key, sha256=ref.sha256)
-            return row, ref.created
+            ext, width, height = validate_image(data, cfg.max_pixels)
         except FetchError as exc:
             if exc.status in TRANSIENT and attempt < cfg.retries:
                 time.sleep(cfg.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0))
                 continue
             status = "http_error" if exc.status == "http_error_retryable" else exc.status
-            row.update(status=status, error=f"{exc} (attempt {attempt + 1})", width=None, height=None)
+            row.update(status=status, error=f"{exc} (attempt {attempt + 1})")
             return row, False
-        except Exception as exc:  # noqa: BLE001 - one bad node (or storage hiccup) must not stop the run
+        except Exception as exc:  # noqa: BLE001 - one unparseable node must not stop the run
             row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:300])
             return row, False
+        ref = storage.put_content_addressed(data, prefix="images", ext=ext, content_type=f"image/{ext}")
+        row.update(image_key=ref.key, sha256=ref.sha256, width=width, height=height)
+        return row, ref.created
     raise AssertionError("unreachable")
 
 
@@ -201,7 +236,10 @@ def _previous_rows(storage: "Storage", staging: str) -> dict[str, dict]:
 
 
 def fetch_images(nodes_storage: "Storage", storage: "Storage", cfg: FetchConfig) -> FetchReport:
-    """Fetch images for every node of ``nodes_storage``'s ``nodes``; publish ``node_images`` under ``storage``."""
+    """Fetch images for every node of ``nodes_storage``'s ``nodes``; publish ``node_images`` under ``storage``.
+
+    Raises (and publishes nothing) on any storage error, and with :class:`FetchFailedError` when the share
+    of non-``ok`` rows among nodes with a real URL exceeds ``cfg.max_failure_fraction``."""
     cfg = cfg.check()
     started = time.monotonic()
     # 1. Read what to fetch, and what earlier runs already fetched.
@@ -222,15 +260,25 @@ def fetch_images(nodes_storage: "Storage", storage: "Storage", cfg: FetchConfig)
     reused = sum(1 for r in rows if r["status"] == "ok")
     log.info("fetch-images run=%s: %d nodes, %d to fetch, %d already fetched, %d without a real image",
              run_id, len(nodes), len(todo), reused, len(rows) - reused)
-    # 2. Download with bounded concurrency, checkpointing as rows finish.
-    fetched, stored_new = _fetch_all(todo, storage, cfg, staging)
+    # 2. Download with bounded concurrency, checkpointing as rows finish (a storage error ends the job here).
+    with pillow_pixel_limit(cfg.max_pixels):
+        fetched, stored_new, checkpointed = _fetch_all(todo, storage, cfg, staging)
     rows.extend(fetched)
-    # 3. Publish one row per node.
     report = FetchReport(run_id, len(nodes), len(todo), reused, stored_new=stored_new)
     for r in rows:
         report.by_status[r["status"]] = report.by_status.get(r["status"], 0) + 1
     report.by_status = dict(sorted(report.by_status.items()))
     report.seconds = round(time.monotonic() - started, 3)
+    # 3. Refuse to publish a mostly failed fetch (an outage, a dead host, a hostile dump).
+    real = [r for r in rows if r["status"] != "no_image"]
+    failed = sum(r["status"] != "ok" for r in real)
+    if real and failed / len(real) > cfg.max_failure_fraction:
+        _checkpoint(storage, staging, fetched, checkpointed)  # a rerun keeps what did succeed
+        raise FetchFailedError(
+            f"fetch-images run={run_id}: {failed} of {len(real)} nodes with an image URL failed "
+            f"({failed / len(real):.1%} > max_failure_fraction {cfg.max_failure_fraction:.1%}); "
+            f"status {report.by_status}; node_images not published (ok rows are kept for a rerun)")
+    # 4. Publish one row per node.
     storage.publish_table("node_images", node_images_table(rows), run_id,
                           extra={"report": asdict(report), "config": asdict(cfg)})
     storage.delete_prefix(staging)
@@ -239,7 +287,8 @@ def fetch_images(nodes_storage: "Storage", storage: "Storage", cfg: FetchConfig)
 
 
 def _fetch_all(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig,
-               staging: str) -> tuple[list[dict], int]:
+               staging: str) -> tuple[list[dict], int, int]:
+    """(rows, objects newly stored, rows already checkpointed); any storage error propagates at once."""
     if storage.scheme == "s3":
         _ = storage.s3  # create the (thread-safe) client once, before the threads race to do it
     limiter = HostRateLimiter(cfg.per_host_rate)
@@ -249,27 +298,37 @@ def _fetch_all(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig
     started = time.monotonic()
     queue = iter(todo)
     with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="fetch") as pool:
-        while True:
-            # keep a bounded window of work in flight: millions of URLs never become millions of futures
-            for node_id, url in queue:
-                pending.add(pool.submit(fetch_one, node_id, url, storage, cfg, limiter))
-                if len(pending) >= cfg.concurrency * 4:
+        try:
+            while True:
+                # keep a bounded window of work in flight: millions of URLs never become millions of futures
+                for node_id, url in queue:
+                    pending.add(pool.submit(fetch_one, node_id, url, storage, cfg, limiter))
+                    if len(pending) >= cfg.concurrency * 4:
+                        break
+                if not pending:
                     break
-            if not pending:
-                break
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for f in finished:
-                row, created = f.result()
-                results.append(row)
-                stored_new += created
-            if len(results) - checkpointed >= cfg.checkpoint_every:
-                part = f"{staging}/checkpoint-{len(results):09d}.parquet"
-                storage.write_parquet(part, node_images_table(results[checkpointed:]))
-                checkpointed = len(results)
-            if time.monotonic() - last_log > 5 or len(results) == len(todo):
-                rate = len(results) / max(time.monotonic() - started, 1e-6)
-                ok = sum(r["status"] == "ok" for r in results)
-                log.info("fetched %d/%d (ok %d), %.1f/s, eta %.0fs", len(results), len(todo), ok, rate,
-                         (len(todo) - len(results)) / max(rate, 1e-6))
-                last_log = time.monotonic()
-    return results, stored_new
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    row, created = f.result()  # re-raises a storage error from the worker
+                    results.append(row)
+                    stored_new += created
+                if len(results) - checkpointed >= cfg.checkpoint_every:
+                    checkpointed = _checkpoint(storage, staging, results, checkpointed)
+                if time.monotonic() - last_log > 5 or len(results) == len(todo):
+                    rate = len(results) / max(time.monotonic() - started, 1e-6)
+                    ok = sum(r["status"] == "ok" for r in results)
+                    log.info("fetched %d/%d (ok %d), %.1f/s, eta %.0fs", len(results), len(todo), ok, rate,
+                             (len(todo) - len(results)) / max(rate, 1e-6))
+                    last_log = time.monotonic()
+        except BaseException:  # a storage error (or a kill): drop the queued work instead of running it
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+    return results, stored_new, checkpointed
+
+
+def _checkpoint(storage: "Storage", staging: str, results: list[dict], checkpointed: int) -> int:
+    """Write ``results[checkpointed:]`` as one staging part; returns the new checkpointed count."""
+    if len(results) > checkpointed:
+        part = f"{staging}/checkpoint-{len(results):09d}.parquet"
+        storage.write_parquet(part, node_images_table(results[checkpointed:]))
+    return len(results)

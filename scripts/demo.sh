@@ -49,6 +49,8 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 echo "image server up (pid $IMAGE_SERVER_PID)"
+# The fetcher refuses loopback and private addresses; this one setting opens the demo's image server only.
+export G2I_FETCH_ALLOW_HOSTS=127.0.0.1:$IMAGE_PORT
 
 # ---- the pipeline, through Airflow (SQLite + LocalExecutor under .local/airflow) ---------------------------
 # Each DAG runs once per logical date with `dag.test()` (python -m g2i_core.orchestration dag-test); a stamp

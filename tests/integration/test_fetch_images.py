@@ -16,11 +16,13 @@ FAST = dict(timeout_s=0.5, retries=1, backoff_s=0.05, concurrency=8, per_host_ra
 
 @pytest.fixture(scope="module")
 def served_sample(tmp_path_factory):
-    """A 60-node Goodreads sample whose image URLs point at a live loopback server (slow = 2 s)."""
+    """A 60-node Goodreads sample whose image URLs point at a live loopback server (slow = 2 s), and the
+    allow-list entry that opens that server to the fetcher (loopback is refused otherwise)."""
     out = tmp_path_factory.mktemp("fetch-sample")
     with ImageServer(out, port=0, slow_seconds=2.0) as server:
         generate_sample(out, nodes=60, seed=5, formats=("goodreads",), image_base_url=server.base_url)
-        yield out, json.loads((out / "truth" / "goodreads.json").read_text())
+        allow = (f"127.0.0.1:{server.port}",)
+        yield out, json.loads((out / "truth" / "goodreads.json").read_text()), allow
 
 
 def _publish_nodes(storage, sample):
@@ -49,9 +51,9 @@ def _expected_status(truth):
 
 @pytest.mark.s3
 def test_every_fault_lands_in_node_images_and_rerun_fetches_only_failures(s3_storage, served_sample):
-    sample, truth = served_sample
+    sample, truth, allow = served_sample
     n = _publish_nodes(s3_storage, sample)
-    report = fetch_images(s3_storage, s3_storage, FetchConfig(**FAST))
+    report = fetch_images(s3_storage, s3_storage, FetchConfig(**FAST, allow_hosts=allow))
     rows = {r["node_id"]: r for r in s3_storage.read_table("node_images").to_pylist()}
     assert len(rows) == n == truth["nodes_expected"]
     for node, status in _expected_status(truth).items():
@@ -64,16 +66,16 @@ def test_every_fault_lands_in_node_images_and_rerun_fetches_only_failures(s3_sto
         assert r["image_key"] == f"images/{r['sha256'][:2]}/{r['sha256']}.png" and r["width"] == 64
         assert s3_storage.exists(s3_storage.uri(r["image_key"]))
 
-    again = fetch_images(s3_storage, s3_storage, FetchConfig(**FAST))
+    again = fetch_images(s3_storage, s3_storage, FetchConfig(**FAST, allow_hosts=allow))
     assert again.fetched == len(_expected_status(truth)) and again.reused == len(ok)
     assert again.stored_new == 0 and again.by_status == report.by_status
     assert s3_storage.read_table("node_images").num_rows == n  # replaced, not appended
 
 
 def test_interrupted_run_resumes_from_checkpoints(file_storage, served_sample, monkeypatch):
-    sample, truth = served_sample
+    sample, truth, allow = served_sample
     _publish_nodes(file_storage, sample)
-    cfg = FetchConfig(**FAST, checkpoint_every=5)
+    cfg = FetchConfig(**FAST, allow_hosts=allow, checkpoint_every=5)
 
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed before publishing")
