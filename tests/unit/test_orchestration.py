@@ -219,7 +219,7 @@ def test_stage_process_kill_ends_the_whole_process_group(tmp_path):
 
 def test_run_stage_failure_names_the_stage_and_code(settings, monkeypatch):
     monkeypatch.setitem(orch.STAGES, "boom", orch.Stage("boom", "python", "--x {x}", "test stage"))
-    monkeypatch.setattr(orch, "stage_argv",
+    monkeypatch.setattr(orch.process, "stage_argv",
                         lambda stage, values, s, container=False: [sys.executable, "-c", "raise SystemExit(7)"])
     with pytest.raises(orch.StageFailed, match="g2i boom exited with code 7"):
         orch.run_stage("boom", {"x": 1}, settings, on_line=lambda s: None)

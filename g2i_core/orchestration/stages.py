@@ -1,0 +1,135 @@
+"""The stage table: one ``g2i <stage>`` argument template per stage, and the command lines built from it
+(a ``g2i`` subprocess, ``spark-submit`` for Spark stages, or the argv of a container).
+
+A placeholder token ``{name}`` that is ``None``/``False`` drops itself and the ``--flag`` before it;
+``True`` keeps only the flag; a list expands to several tokens. Every stage takes its dataset's
+storage root as ``--root``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from g2i_core.config import PROJECT_ROOT, Settings
+
+# spark-submit conf keys that carry secrets: never on a command line (visible in `ps` and task logs);
+# the job's own get_spark() sets them from the G2I_* environment instead.
+_SECRET_CONF = ("spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.key")
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str  # the `g2i <name>` subcommand
+    engine: str  # "spark": spark-submit; "python": a subprocess; "gpu": subprocess or a GPU pod
+    args: str  # argument template, see the module docstring
+    doc: str = ""
+
+
+STAGES: dict[str, Stage] = {s.name: s for s in [
+    Stage("ingest", "spark",
+          "--source {source} --raw {raw} --out {graph_root} --mode {mode} --logical-date {ds} --run-id {run_id}",
+          "Spark: raw dump -> `nodes`, `edges`, `quarantine` (full dump or a delta upserted into the last version)."),
+    Stage("fetch-images", "python", "--in {graph_root} --run-id {run_id}",
+          "Downloads `nodes.image_url` with bounded concurrency into content-addressed `images/` + `node_images`."),
+    Stage("build-graph", "spark", "--in {graph_root} --run-id {run_id}",
+          "Spark: cleaned `graph_nodes`, `graph_edges`, split and stats."),
+    Stage("ppr", "python", "--edges {graph_root} --out {graph_root} --run-id {run_id}",
+          "Personalized PageRank top-K candidates per node (`ppr_candidates`; single-machine propagation by default, "
+          "`--method spark-push|graphframes` for the distributed engines)."),
+    Stage("embed", "python", "--root {graph_root} --run-id {run_id}",
+          "Text/image embeddings of every node (`embeddings/<encoder>`)."),
+    Stage("rerank", "python", "--root {graph_root} --run-id {run_id}",
+          "Semantic re-rank of the PPR candidates -> publishes `neighbours` (top-k per node), what the model reads."),
+    Stage("train", "gpu", "--root {graph_root} --run-id {run_id} --preset {preset} --steps {steps} --batch-size {batch_size} "
+          "--resume={resume}",
+          "Trains the graph-conditioned diffusion model -> `models/<run_id>/`."),
+    Stage("generate", "gpu",
+          "--model {model} --run-id {generations} --split {split} --backfill {backfill} --shard {shard} "
+          "--steps {steps} --limit {limit}",
+          "Generates images for one shard (`i/n`) of a node set -> `generations/<run_id>/`."),
+    Stage("evaluate", "gpu", "--run-id {run_id} --generations g2i={generations}",
+          "Evaluation suite -> `reports/<run_id>/` (metrics.json, report.html, grids)."),
+]}
+
+SPARK_JOBS_DIR = PROJECT_ROOT / "jobs"
+
+
+def render_args(template: str, values: Mapping[str, Any], *, stage: str = "?") -> list[str]:
+    """Fill an argument template; see the module docstring for the None/bool/list rules."""
+    out: list[str] = []
+    for token in shlex.split(template):
+        if token.startswith("{") and token.endswith("}") and token.count("{") == 1:
+            key = token[1:-1]
+            if key not in values:
+                raise KeyError(f"stage {stage!r} needs a value for {{{key}}}; given: {sorted(values)}")
+            value = values[key]
+            if value is None or value is False:
+                if out and out[-1].startswith("--"):
+                    out.pop()
+                continue
+            if value is True:
+                continue
+            out.extend(str(v) for v in value) if isinstance(value, (list, tuple)) else out.append(str(value))
+            continue
+        try:
+            out.append(token.format(**values))
+        except KeyError as exc:
+            raise KeyError(f"stage {stage!r} needs a value for {{{exc.args[0]}}}; given: {sorted(values)}") from None
+    return out
+
+
+def venv_bin(name: str) -> str:
+    """An executable next to the running interpreter (the venv's spark-submit, g2i), else on PATH."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def spark_submit_argv(settings: Settings, script: str, args: Sequence[str], *, app_name: str,
+                      deploy_mode: str = "client") -> list[str]:
+    """``spark-submit`` with every project Spark setting (master, memory, jars, s3a), secrets left out."""
+    from g2i_core.spark import spark_conf  # light: pyspark is imported only inside get_spark()
+
+    conf = spark_conf(settings, app_name)
+    argv = [venv_bin("spark-submit"), "--master", conf.pop("spark.master"), "--deploy-mode", deploy_mode,
+            "--name", conf.pop("spark.app.name")]
+    jars = conf.pop("spark.jars", "")
+    if jars:
+        argv += ["--jars", jars]
+    for key in sorted(conf):
+        if key in _SECRET_CONF:
+            continue
+        argv += ["--conf", f"{key}={conf[key]}"]
+    return argv + [script, *args]
+
+
+def spark_entry(stage: str) -> tuple[str, list[str]]:
+    """The script spark-submit runs for a stage: ``jobs/<stage>.py`` when it exists, else the g2i CLI
+    (both take the same flags; the CLI needs the subcommand name first)."""
+    job = SPARK_JOBS_DIR / f"{stage.replace('-', '_')}.py"
+    if job.exists():
+        return str(job), []
+    return str(PROJECT_ROOT / "g2i_core" / "cli.py"), [stage]
+
+
+def stage_argv(stage: str, values: Mapping[str, Any], settings: Settings, *, container: bool = False) -> list[str]:
+    """The full command line of one stage.
+
+    ``container=True`` gives the argv for a pod whose image has ``g2i`` installed (kubernetes profile)."""
+    spec = _stage(stage)
+    args = render_args(spec.args, values, stage=stage)
+    if container:
+        return ["g2i", stage, *args]
+    if spec.engine == "spark":
+        script, prefix = spark_entry(stage)
+        return spark_submit_argv(settings, script, [*prefix, *args], app_name=f"g2i-{stage}-{values.get('run_id', '')}")
+    return [sys.executable, "-m", "g2i_core.cli", stage, *args]
+
+
+def _stage(stage: str) -> Stage:
+    if stage not in STAGES:
+        raise KeyError(f"unknown stage {stage!r}; known stages: {sorted(STAGES)}")
+    return STAGES[stage]
