@@ -86,3 +86,28 @@ def torch_one_thread():
 
 def pytest_configure(config):
     os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+
+
+@pytest.fixture(scope="session")
+def airflow_live(s3_server, tmp_path_factory):
+    """A real Airflow 3 (`g2i airflow up`: api-server, scheduler, dag-processor, triggerer) on a free port,
+    with a private AIRFLOW_HOME and the test S3 server under ``s3://<bucket>/airflow-live``. One instance is
+    shared by every live-scheduler test; ``down`` at session end. ``airflow_live.client()`` is the REST API.
+
+    On start the ``@daily`` mmag_refresh is unpaused and gets its scheduled run at once; with no raw dumps
+    under this root its ``plan`` fails fast (one retry after 1 s), which frees ``max_active_runs=1``."""
+    from g2i_core.airflow_local import LocalAirflow, free_port
+
+    access, secret = s3_server.credentials()
+    home = tmp_path_factory.mktemp("airflow-live")
+    env = {
+        "G2I_STORAGE_ROOT": f"s3://{s3_server.bucket}/airflow-live", "G2I_S3_ENDPOINT": s3_server.endpoint,
+        "G2I_S3_ACCESS_KEY": access, "G2I_S3_SECRET_KEY": secret, "G2I_S3_MAX_ATTEMPTS": "3",
+        "G2I_SPARK_DRIVER_MEMORY": "1g", "G2I_SPARK_SHUFFLE_PARTITIONS": "2",
+        "G2I_SPARK_LOCAL_DIR": str(home / "spark"), "G2I_RETRIES": "1", "G2I_RETRY_DELAY_S": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    af = LocalAirflow(home, port=free_port(), env_overrides=env)
+    af.up(timeout=300)  # stops what it started if it fails
+    yield af
+    af.down()

@@ -1,0 +1,97 @@
+"""`g2i airflow`'s pure parts: the airflow.cfg merge, the environment, pid-file identity, and the CLI's
+import weight."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+
+from g2i_core.airflow_local import LocalAirflow, read_config_value, update_config_text
+
+GENERATED = """[core]
+# The folder where your airflow pipelines live
+dags_folder = /home/u/airflow/dags
+
+# Whether to load the DAG examples
+load_examples = True
+fernet_key = KEEP-ME
+
+[logging]
+base_log_folder = /home/u/airflow/logs
+"""
+
+
+def test_config_merge_replaces_managed_keys_in_place_and_keeps_the_rest():
+    out = update_config_text(GENERATED, {"core": {"dags_folder": "/repo/dags", "load_examples": "False",
+                                                  "executor": "LocalExecutor"},
+                                         "api": {"host": "127.0.0.1"}})
+    assert "# The folder where your airflow pipelines live" in out  # comments stay
+    assert read_config_value(out, "core", "dags_folder") == "/repo/dags"
+    assert read_config_value(out, "core", "load_examples") == "False"
+    assert read_config_value(out, "core", "executor") == "LocalExecutor"  # a new key, in its section
+    assert read_config_value(out, "core", "fernet_key") == "KEEP-ME"
+    assert read_config_value(out, "api", "host") == "127.0.0.1"  # a new section
+    assert read_config_value(out, "logging", "base_log_folder") == "/home/u/airflow/logs"
+    assert out.count("dags_folder") == 1 and out.count("[core]") == 1
+    assert update_config_text(out, {"core": {"dags_folder": "/repo/dags"}}) == out  # idempotent
+
+
+def test_write_config_keeps_secrets_across_ups_and_is_private(tmp_path):
+    af = LocalAirflow(tmp_path / "home", port=18123)
+    af.write_config()
+    first = af.config_file.read_text()
+    fernet = read_config_value(first, "core", "fernet_key")
+    jwt = read_config_value(first, "api_auth", "jwt_secret")
+    assert fernet and jwt
+    assert af.config_file.stat().st_mode & 0o077 == 0
+    af.port = 18124
+    af.write_config()
+    second = af.config_file.read_text()
+    assert read_config_value(second, "core", "fernet_key") == fernet
+    assert read_config_value(second, "api_auth", "jwt_secret") == jwt
+    assert read_config_value(second, "api", "port") == "18124"
+    assert read_config_value(second, "core", "execution_api_server_url") == "http://127.0.0.1:18124/execution/"
+
+
+def test_environment_puts_the_venv_first_and_overrides_a_foreign_airflow_setup(tmp_path):
+    af = LocalAirflow(tmp_path / "home", port=18125, env_overrides={"G2I_STORAGE_ROOT": "s3://b/p"})
+    env = af.environment({"PATH": "/usr/bin", "AIRFLOW_HOME": "/elsewhere", "AIRFLOW_CONFIG": "/x/a.cfg",
+                          "AIRFLOW__CORE__DAGS_FOLDER": "/elsewhere/dags",
+                          "G2I_SPARK_DRIVER_MEMORY": "3g"})
+    assert env["PATH"].split(os.pathsep)[0] == os.path.dirname(sys.executable)
+    assert env["AIRFLOW_HOME"] == str(af.home) and "AIRFLOW_CONFIG" not in env
+    assert env["AIRFLOW__CORE__DAGS_FOLDER"] == str(af.dags_folder)
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
+    assert env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert env["PYSPARK_PYTHON"] == sys.executable
+    assert env["G2I_STORAGE_ROOT"] == "s3://b/p"
+    assert env["G2I_SPARK_DRIVER_MEMORY"] == "3g"  # the caller's value wins over the local default
+    assert env["G2I_SPARK_SHUFFLE_PARTITIONS"] == "4"
+
+
+def test_a_pid_file_names_our_process_only(tmp_path):
+    af = LocalAirflow(tmp_path / "home")
+    af.run_dir.mkdir(parents=True)
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        af.pid_file("scheduler").write_text(f"{proc.pid}\n")
+        assert af.pid("scheduler") == proc.pid
+        # A pid file older than the process it names: the pid was reused, the process is not ours.
+        old = time.time() - 3600
+        os.utime(af.pid_file("scheduler"), (old, old))
+        assert af.pid("scheduler") is None
+    finally:
+        proc.kill()
+        proc.wait()
+    af.pid_file("triggerer").write_text("not a pid")
+    assert af.pid("triggerer") is None and af.pid("dag-processor") is None
+    assert af.down() == []  # nothing of ours runs: nothing is signalled
+
+
+def test_the_cli_module_imports_nothing_heavy():
+    probe = ("import sys, g2i_core.commands.airflow as m, g2i_core.airflow_local; "
+             "print(sorted(k for k in ('airflow', 'torch', 'pyspark') if k in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
