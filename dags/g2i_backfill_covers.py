@@ -1,14 +1,16 @@
 """
 ### g2i_backfill_covers — generate covers for nodes that have none
 
-Runs when a new model is published (**g2i.model**) or by hand.
+Runs when a model is registered (**g2i.model**, whose event names the dataset, the model run id and
+the graph run id it was trained on), or by hand with params.
 
-`plan_shards` resolves the model and the dataset's target set (every node without a usable real
-image) and fans out `generate` over `shards` mapped tasks (dynamic task mapping; each shard is a
-stable hash partition of the target ids, so the shards cover every target exactly once) →
-`check_coverage` asserts exactly that on the published shard manifests. Covers have no ground
-truth, so `generate_sample` + `evaluate_sample` measure the same model and settings on a sample of
-test nodes that do have a real cover (report under `reports/backfill-<YYYYMMDD>-check/`).
+`plan_shards` pins the model and graph version per dataset (events, or `params.dataset` /
+`params.model`, default the registered model now) and fans out `generate` over `shards` mapped tasks
+per dataset (each shard is a stable hash partition of the target ids, so the shards cover every target
+exactly once) → `check_coverage` asserts exactly that on the published shard manifests. Covers have no
+ground truth, so `generate_sample` + `evaluate_sample` measure the same model, graph and settings on a
+sample of test nodes that do have a real cover (report under `reports/backfill-<YYYYMMDD>-check/`).
+All GPU stages go through `gpu_stage_mapped`: GPU pods under the kubernetes profile.
 
 Idempotent: the generation run id is `backfill-<YYYYMMDD>`; a retried or rerun shard skips what it
 already published and only generates the missing requests.
@@ -20,11 +22,9 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
-from g2i_core.airflow_ops import MODEL, REPORT, StageOperator, default_args, gpu_stage_mapped
+from g2i_core.airflow_ops import CFG, MODEL, REPORT, default_args, gpu_stage_mapped
 from g2i_core.ids import OPTIONAL_RUN_ID_PARAM_PATTERN
-from g2i_core.orchestration import SOURCES, OrchestrationConfig
-
-CFG = OrchestrationConfig.from_env()
+from g2i_core.orchestration import SOURCES
 
 
 @dag(
@@ -37,9 +37,10 @@ CFG = OrchestrationConfig.from_env()
     doc_md=__doc__,
     tags=["g2i", "generate", "gpu"],
     params={
-        "dataset": Param("goodreads", enum=list(SOURCES)),
+        "dataset": Param("goodreads", enum=list(SOURCES),
+                         description="manual runs: which dataset (asset runs: the event's)"),
         "model": Param("", type="string", pattern=OPTIONAL_RUN_ID_PARAM_PATTERN,
-                       description="model run id (default: the latest trained model)"),
+                       description="manual runs: model run id (default: the registered model)"),
         "shards": Param(CFG.backfill_shards, type="integer", minimum=1, maximum=1024),
         "steps": Param(20, type="integer", minimum=1, description="denoising steps"),
         "sample": Param(CFG.backfill_sample, type="integer", minimum=2,
@@ -47,16 +48,18 @@ CFG = OrchestrationConfig.from_env()
     },
 )
 def g2i_backfill_covers():
-    @task(doc_md="Resolves the model; returns one values dict per shard (the mapped generate tasks).")
+    @task(doc_md="Pins model and graph run ids per dataset; returns one values dict per (dataset, shard).")
     def plan_shards(params=None, **context) -> list[dict]:
-        from g2i_core.airflow_ops import run_key, task_settings
-        from g2i_core.orchestration import plan_backfill
+        from g2i_core.airflow_ops import event_extras, run_key, task_settings
+        from g2i_core.orchestration import plan_backfill, requests_from_events
 
-        return plan_backfill(task_settings(), dataset=params["dataset"], model=params["model"],
-                             shards=params["shards"], steps=params["steps"], run_id=f"backfill-{run_key(context)}")
+        requests = requests_from_events(event_extras(context, MODEL), "model_run_id") or [
+            {"dataset": params["dataset"], "model_run_id": params["model"]}]
+        return plan_backfill(task_settings(), requests=requests, shards=params["shards"], steps=params["steps"],
+                             run_key=run_key(context))
 
     @task(doc_md="Every target generated exactly once across the shards; returns the quality-check values.")
-    def check_coverage(shards: list[dict], params=None) -> dict:
+    def check_coverage(shards: list[dict], params=None) -> list[dict]:
         from g2i_core.airflow_ops import task_settings
         from g2i_core.orchestration import check_backfill_coverage
 
@@ -66,10 +69,9 @@ def g2i_backfill_covers():
     generated = gpu_stage_mapped("generate", "generate", shards, execution_timeout=dt.timedelta(hours=6))
     checked = check_coverage(shards)
     generated >> checked
-    sample = StageOperator(task_id="generate_sample", stage="generate", values=checked,
-                           execution_timeout=dt.timedelta(hours=2))
-    evaluate = StageOperator(task_id="evaluate_sample", stage="evaluate", values=checked, outlets=[REPORT],
-                             execution_timeout=dt.timedelta(hours=2))
+    sample = gpu_stage_mapped("generate_sample", "generate", checked, execution_timeout=dt.timedelta(hours=2))
+    evaluate = gpu_stage_mapped("evaluate_sample", "evaluate", checked, outlets=[REPORT],
+                                execution_timeout=dt.timedelta(hours=2))
     sample >> evaluate
 
 

@@ -1,17 +1,21 @@
 """
 ### g2i_train — train the graph-conditioned diffusion model
 
-Runs when `mmag_refresh` publishes new neighbour tables (**g2i.neighbours**) or by hand with params.
+Runs when `mmag_refresh` publishes a dataset's neighbours (**g2i.neighbours**), or by hand with params.
 
-`prepare` checks that the dataset's graph and neighbours are published and fixes the run id
-(`train-<YYYYMMDD>` of the logical date, or params.run_id) → `train` → emits **g2i.model**
-(which triggers `g2i_backfill_covers`).
+`prepare` decides what to train: one model per dataset named by the triggering events (each event
+carries `dataset` and `graph_run_id`), or `params.dataset` for a manual run. The graph version is pinned
+by run id here, once (`params.graph_run_id`, default: the live neighbours now), and every later task
+reads exactly that version → `train` (mapped over the datasets) → `register` checks the model's commit
+marker, moves `models/_LATEST` forward and emits **g2i.model** with `extra={"dataset", "run_id",
+"graph_run_id"}` (which triggers `g2i_backfill_covers` for that dataset).
 
+* **Run id** `train-<YYYYMMDD>` of the run's logical date (or `params.run_id`): a retry resumes it.
 * **Execution profile** (`G2I_PROFILE`): `local` runs `g2i train` as a subprocess on the worker (the
   tiny preset trains on CPU in minutes); `kubernetes` runs it in the trainer image on the GPU node
   pool (`nvidia.com/gpu` request), same command.
-* **Resume**: `resume=true` continues from the run's latest `checkpoint-<step>`; a retried task
-  resumes too, so a lost pod costs at most one checkpoint interval.
+* **Steps**: `params.steps`; the Airflow Variable `g2i_train_steps`, when set, overrides it for every
+  run (the live-scheduler test uses it for a short run).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import datetime as dt
 
 from airflow.sdk import Param, dag, task
 
-from g2i_core.airflow_ops import MODEL, NEIGHBOURS, default_args, gpu_stage
+from g2i_core.airflow_ops import MODEL, NEIGHBOURS, default_args, gpu_stage_mapped
 from g2i_core.ids import OPTIONAL_RUN_ID_PARAM_PATTERN
 from g2i_core.orchestration import SOURCES
 
@@ -35,7 +39,10 @@ from g2i_core.orchestration import SOURCES
     doc_md=__doc__,
     tags=["g2i", "model", "gpu"],
     params={
-        "dataset": Param("goodreads", enum=list(SOURCES), description="which source's MMAG to train on"),
+        "dataset": Param("goodreads", enum=list(SOURCES),
+                         description="manual runs: which source's MMAG to train on (asset runs: the event's)"),
+        "graph_run_id": Param("", type="string", pattern=OPTIONAL_RUN_ID_PARAM_PATTERN,
+                              description="manual runs: the MMAG run id to train on (default: the live one)"),
         "preset": Param("tiny", enum=["tiny", "sd15"], description="tiny: CPU, random init; sd15: real weights"),
         "steps": Param(300, type="integer", minimum=1, description="optimizer steps"),
         "batch_size": Param(0, type="integer", minimum=0, description="images per step (0 = the trainer's default)"),
@@ -45,25 +52,32 @@ from g2i_core.orchestration import SOURCES
     },
 )
 def g2i_train():
-    @task(doc_md="Checks the inputs are published; returns the train stage's values (paths, run id).")
-    def prepare(params=None, **context) -> dict:
-        from g2i_core.airflow_ops import run_key, task_settings
-        from g2i_core.orchestration import prepare_train
+    @task(doc_md="Which datasets to train (events or params), each with its graph run id pinned; "
+                 "returns the train stage's values per dataset (paths and run ids).")
+    def prepare(params=None, **context) -> list[dict]:
+        from g2i_core.airflow_ops import event_extras, run_key, task_settings, variable_int
+        from g2i_core.orchestration import prepare_train, requests_from_events
 
-        return prepare_train(task_settings(), dataset=params["dataset"], preset=params["preset"],
-                             steps=params["steps"], resume=params["resume"], batch_size=params["batch_size"],
-                             run_id=params["run_id"] or f"train-{run_key(context)}")
+        requests = requests_from_events(event_extras(context, NEIGHBOURS), "graph_run_id") or [
+            {"dataset": params["dataset"], "graph_run_id": params["graph_run_id"]}]
+        return prepare_train(task_settings(), requests=requests, preset=params["preset"],
+                             steps=variable_int("g2i_train_steps", params["steps"]), resume=params["resume"],
+                             batch_size=params["batch_size"], run_key=run_key(context), run_id=params["run_id"])
 
-    @task(outlets=[MODEL], doc_md="Points models/_LATEST at the finished run (the default for generation).")
-    def register(values: dict) -> dict:
+    @task(outlets=[MODEL], doc_md="Checks the model committed; moves models/_LATEST forward; emits g2i.model.")
+    def register(values: dict, **context) -> dict:
         from g2i_core.airflow_ops import task_settings
         from g2i_core.orchestration import register_model
 
-        return register_model(task_settings(), values)
+        registered = register_model(task_settings(), values)
+        context["outlet_events"][MODEL].extra = {
+            "dataset": registered["source"], "graph_root": registered["graph_root"],
+            "model_run_id": registered["model_run_id"], "graph_run_id": registered["graph_run_id"]}
+        return registered
 
     values = prepare()
-    trained = gpu_stage("train", "train", values, execution_timeout=dt.timedelta(hours=24))
-    trained >> register(values)
+    trained = gpu_stage_mapped("train", "train", values, execution_timeout=dt.timedelta(hours=24))
+    trained >> register.expand(values=values)
 
 
 g2i_train()

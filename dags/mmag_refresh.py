@@ -8,9 +8,14 @@ For every source whose raw input changed, one mapped chain (a task group per sou
 
 * **Incremental**: `plan` fingerprints each raw dump. Unchanged sources are skipped; a delta dump
   dropped under `raw/delta/<source>/<YYYYMMDD>/` is upserted into the last version (`--mode delta`).
-* **Idempotent**: run ids are `<source>-<YYYYMMDD>` of the logical date; every table is published
-  atomically (`_LATEST` flips last), so a rerun or a retried task replaces and never duplicates.
-* Params: `sources`, `raw` (source → dump URI or prefix), `force` (re-ingest unchanged dumps).
+* **Idempotent and pinned**: run ids are `<source>-<YYYYMMDD>` of the run's logical date (`run_key`);
+  every stage reads the tables of exactly that run (`--graph-run-id`), and every table is committed
+  atomically (a retry writes a new attempt; `_LATEST` moves last and only forward), so a rerun or a
+  cleared old run reproduces its own outputs and never moves readers back.
+* Emits **g2i.neighbours** per dataset with `extra={"dataset", "graph_root", "graph_run_id"}`: only that
+  dataset's model is retrained.
+* Params: `sources`, `raw` (source → dump under the storage root's `raw/`, as `raw/...` or a full
+  URI; other prefixes only via `G2I_RAW_ALLOW_PREFIXES`), `force` (re-ingest unchanged dumps).
 * Storage root and S3 endpoint are configuration (`G2I_*` env or the `g2i_s3` connection).
 """
 
@@ -21,7 +26,6 @@ import datetime as dt
 from airflow.sdk import Param, dag, task, task_group
 
 from g2i_core.airflow_ops import GRAPH, NEIGHBOURS, StageOperator, default_args, task_settings
-from g2i_core.config import Settings
 from g2i_core.ids import RAW_URI_PARAM_PATTERN
 from g2i_core.orchestration import SOURCES, raw_defaults
 
@@ -42,7 +46,7 @@ HOUR = dt.timedelta(hours=1)
         "sources": Param(list(SOURCES), type="array", items={"type": "string", "enum": list(SOURCES)},
                          description="sources to refresh"),
         # Where a dump may be read from (<storage_root>/raw/ or G2I_RAW_ALLOW_PREFIXES) is checked by `plan`.
-        "raw": Param(raw_defaults(Settings.load().storage_root), type="object",
+        "raw": Param(raw_defaults(), type="object",
                      propertyNames={"enum": list(SOURCES)},
                      additionalProperties={"type": "string", "pattern": RAW_URI_PARAM_PATTERN},
                      description="source -> raw dump URI (file or prefix) under the storage root's raw/"),
@@ -51,10 +55,11 @@ HOUR = dt.timedelta(hours=1)
 )
 def mmag_refresh():
     @task(doc_md="Fingerprints raw dumps and delta drops; returns the values of each source to refresh.")
-    def plan(params=None, ds=None) -> list[dict]:
+    def plan(params=None, **context) -> list[dict]:
+        from g2i_core.airflow_ops import run_day
         from g2i_core.orchestration import plan_refresh
 
-        return plan_refresh(task_settings(), ds=ds, sources=params["sources"], raw=params["raw"],
+        return plan_refresh(task_settings(), ds=run_day(context), sources=params["sources"], raw=params["raw"],
                             force=params["force"])
 
     @task_group(group_id="refresh")

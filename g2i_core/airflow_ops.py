@@ -1,9 +1,11 @@
-"""The Airflow side of g2i's orchestration: one operator that runs a stage, the GPU-profile switch,
-default task arguments, and the Assets the DAGs publish.
+"""The Airflow side of g2i's orchestration: one operator that runs a stage, the GPU-profile switch (the
+only place a ``KubernetesPodOperator`` is built), default task arguments, and the Assets the DAGs
+publish, whose events say which dataset and which run ids changed.
 
-Imports only ``airflow.sdk`` and ``g2i_core.orchestration`` at module level (no torch/pyspark), so DAG
-files that import it parse fast. The pure logic (command lines, planning, shards) lives in
-``g2i_core.orchestration`` and is unit-tested there.
+Imports only ``airflow.sdk`` and ``g2i_core.orchestration`` at module level (no torch/pyspark), and
+reads no settings file while a DAG is parsed: asset names are constants, deployment knobs come from
+``G2I_*`` environment variables, storage settings are resolved inside tasks (``task_settings``). The
+pure logic (command lines, planning, shards) lives in ``g2i_core.orchestration``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ from typing import Any, Mapping
 
 from airflow.sdk import Asset, BaseOperator, XComArg
 
-from g2i_core.config import Settings
 from g2i_core.orchestration import (
     STAGES,
     OrchestrationConfig,
@@ -23,7 +24,6 @@ from g2i_core.orchestration import (
     ds_nodash,
     kubernetes_pod_spec,
     run_stage,
-    settings_with_connection,
 )
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,17 @@ CFG = OrchestrationConfig.from_env()
 
 
 # ---- Assets -----------------------------------------------------------------------------------------
+# One asset per kind of output, for every dataset: each event's ``extra`` names the dataset and the run
+# ids it produced ({"dataset", "graph_root", "graph_run_id"[, "model_run_id"]}), and consumers read them
+# from ``triggering_asset_events`` (docs/orchestration.md says why this rather than one asset per source).
 def _asset(name: str, what: str) -> Asset:
-    root = Settings.load().storage_root.rstrip("/")
-    return Asset(name=f"g2i.{name}", uri=f"{root}/_assets/{name}", group="g2i", extra={"what": what})
+    return Asset(name=f"g2i.{name}", uri=f"g2i://{name}", group="g2i", extra={"what": what})
 
 
-GRAPH = _asset("graph", "published graph_nodes/graph_edges of every refreshed source")
-NEIGHBOURS = _asset("neighbours", "published neighbours tables (semantic PPR top-k per node)")
-MODEL = _asset("model", "a trained graph-conditioned diffusion model under models/<run_id>/")
-REPORT = _asset("report", "an evaluation report under reports/<run_id>/")
+GRAPH = _asset("graph", "published graph_nodes/graph_edges of a refreshed dataset")
+NEIGHBOURS = _asset("neighbours", "published neighbours table of a refreshed dataset (the model's input)")
+MODEL = _asset("model", "a trained graph-conditioned diffusion model under <dataset root>/models/<run_id>/")
+REPORT = _asset("report", "an evaluation report under <dataset root>/reports/<run_id>/")
 
 
 # ---- task defaults ----------------------------------------------------------------------------------
@@ -57,10 +59,13 @@ def default_args(**overrides: Any) -> dict[str, Any]:
     return args
 
 
-def task_settings() -> Settings:
+def task_settings():
     """Settings for a running task: ``G2I_*`` environment, then the ``g2i_s3`` Airflow connection when
     one is defined (``AIRFLOW_CONN_G2I_S3`` or the metadata DB): login/password = S3 keys,
     extra ``endpoint_url`` / ``region_name``."""
+    from g2i_core.config import Settings
+    from g2i_core.orchestration import settings_with_connection
+
     settings = Settings.load()
     try:
         from airflow.sdk import BaseHook
@@ -78,6 +83,30 @@ def run_key(context: Mapping[str, Any]) -> str:
     the run was scheduled for (``run_after``), so reruns of a run keep their ids."""
     when = context.get("logical_date") or context["dag_run"].run_after
     return ds_nodash(when)
+
+
+def run_day(context: Mapping[str, Any]) -> str:
+    """``YYYY-MM-DD`` of ``run_key``: the logical date every DAG keys its run ids by."""
+    key = run_key(context)
+    return f"{key[:4]}-{key[4:6]}-{key[6:]}"
+
+
+def event_extras(context: Mapping[str, Any], asset: Asset) -> list[dict]:
+    """The ``extra`` of every ``asset`` event that triggered this run, oldest first ([] for a manual run)."""
+    events = context.get("triggering_asset_events") or {}
+    found = []
+    for key, evs in events.items():
+        if getattr(key, "name", None) == asset.name:
+            found += [(ev.timestamp, dict(ev.extra or {})) for ev in evs]
+    return [extra for _, extra in sorted(found, key=lambda t: t[0])]
+
+
+def variable_int(name: str, default: int) -> int:
+    """An Airflow Variable as an integer (e.g. ``g2i_train_steps`` caps asset-triggered training)."""
+    from airflow.sdk import Variable
+
+    value = Variable.get(name, default=None)
+    return int(value) if value not in (None, "") else int(default)
 
 
 # ---- the stage operator ------------------------------------------------------------------------------
@@ -108,8 +137,7 @@ class StageOperator(BaseOperator):
         run_stage(self.stage, values, settings, on_line=self.log.info, on_start=self._remember)
         for asset in self.outlets or []:
             if isinstance(asset, Asset):
-                context["outlet_events"][asset].extra = {
-                    k: values[k] for k in ("source", "graph_root", "run_id") if k in values}
+                context["outlet_events"][asset].extra = stage_event_extra(self.stage, values)
         return values
 
     def _remember(self, proc: StageProcess) -> None:
@@ -120,54 +148,35 @@ class StageOperator(BaseOperator):
             self._proc.kill()
 
 
-def gpu_stage(task_id: str, stage: str, values: XComArg, **kwargs: Any) -> BaseOperator:
-    """A GPU stage under the configured execution profile (``G2I_PROFILE``).
+def stage_event_extra(stage: str, values: Mapping[str, Any]) -> dict[str, Any]:
+    """What an asset event of ``stage`` tells its consumers: the dataset and the run ids it produced."""
+    extra = {"dataset": values.get("source"), "graph_root": values.get("graph_root"), "stage": stage}
+    if stage in {"build-graph", "rerank"}:  # the refresh chain: its run id is the graph version
+        extra["graph_run_id"] = values.get("run_id")
+    else:
+        extra["graph_run_id"] = values.get("graph_run_id")
+        extra["run_id"] = values.get("run_id")
+    return extra
 
-    ``local`` (default): ``StageOperator`` on the worker. ``kubernetes``: a ``KubernetesPodOperator`` in
-    the trainer image with a GPU request on the GPU node pool (``orchestration.kubernetes_pod_spec``).
-    ``values`` is the output of the task that prepared the stage's values."""
+
+def gpu_stage(task_id: str, stage: str, values: XComArg, **kwargs: Any) -> BaseOperator:
+    """A GPU stage for one values dict (the output of ``values``' task) under the configured execution
+    profile (``G2I_PROFILE``): ``local`` runs ``StageOperator`` on the worker; ``kubernetes`` runs the
+    same command in a GPU pod (``orchestration.kubernetes_pod_spec``)."""
     if CFG.profile == "local":
         return StageOperator(task_id=task_id, stage=stage, values=values, **kwargs)
-    # Imported only with the kubernetes profile, so the local profile never pays for it at parse time.
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from airflow.providers.cncf.kubernetes.secret import Secret
-    from kubernetes.client import models as k8s
-
     source_task = values.operator.task_id
-    spec = kubernetes_pod_spec(stage, f"{{{{ ti.xcom_pull(task_ids='{source_task}') | tojson }}}}",
-                               Settings.load(), CFG)
-    kwargs.update(_models_volume(spec, k8s))
-    kwargs.setdefault("doc_md", f"**g2i {stage}** on a GPU pod ({spec['image']}). {STAGES[stage].doc}")
-    pod = KubernetesPodOperator(
-        task_id=task_id,
-        name=spec["name"],
-        namespace=spec["namespace"],
-        image=spec["image"],
-        cmds=spec["cmds"],
-        arguments=spec["arguments"],
-        env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in spec["env"].items()],
-        secrets=[Secret("env", None, spec["secret"])],
-        container_resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": spec["gpu"]},
-                                                       requests={"nvidia.com/gpu": spec["gpu"]}),
-        node_selector=spec["node_selector"],
-        tolerations=[k8s.V1Toleration(**t) for t in spec["tolerations"]],
-        get_logs=True,
-        do_xcom_push=False,
-        on_finish_action="delete_succeeded_pod",
-        **kwargs,
-    )
+    pod = _PodFactory(stage, **kwargs).single(
+        task_id=task_id, arguments=["--values", f"{{{{ ti.xcom_pull(task_ids='{source_task}') | tojson }}}}"])
     values >> pod
     return pod
 
 
 def gpu_stage_mapped(task_id: str, stage: str, values: XComArg, **kwargs: Any) -> BaseOperator:
-    """Like ``gpu_stage`` but mapped: one task (or pod) per values dict in ``values`` (a list XCom)."""
+    """Like ``gpu_stage`` but mapped: one task (or GPU pod) per values dict in ``values`` (a list XCom)."""
     if CFG.profile == "local":
         return StageOperator.partial(task_id=task_id, stage=stage, **kwargs).expand(values=values)
-    from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
-    from airflow.providers.cncf.kubernetes.secret import Secret
     from airflow.sdk import task
-    from kubernetes.client import models as k8s
 
     @task(task_id=f"{task_id}_arguments")
     def as_arguments(items: list[dict]) -> list[list[str]]:
@@ -175,17 +184,37 @@ def gpu_stage_mapped(task_id: str, stage: str, values: XComArg, **kwargs: Any) -
 
         return [["--values", json.dumps(item)] for item in items]
 
-    spec = kubernetes_pod_spec(stage, "", Settings.load(), CFG)
-    kwargs.update(_models_volume(spec, k8s))
-    return KubernetesPodOperator.partial(
-        task_id=task_id, name=spec["name"], namespace=spec["namespace"], image=spec["image"], cmds=spec["cmds"],
-        env_vars=[k8s.V1EnvVar(name=k, value=v) for k, v in spec["env"].items()],
-        secrets=[Secret("env", None, spec["secret"])],
-        container_resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": spec["gpu"]},
-                                                       requests={"nvidia.com/gpu": spec["gpu"]}),
-        node_selector=spec["node_selector"], tolerations=[k8s.V1Toleration(**t) for t in spec["tolerations"]],
-        get_logs=True, do_xcom_push=False, on_finish_action="delete_succeeded_pod", **kwargs,
-    ).expand(arguments=as_arguments(values))
+    return _PodFactory(stage, **kwargs).mapped(task_id=task_id, arguments=as_arguments(values))
+
+
+class _PodFactory:
+    """The one place a ``KubernetesPodOperator`` is built (kubernetes profile): trainer image, GPU request
+    on the GPU node pool, settings from the ConfigMap, S3 keys from the Secret, the weights PVC."""
+
+    def __init__(self, stage: str, **kwargs: Any):
+        # Imported only with the kubernetes profile, so the local profile never pays for it at parse time.
+        from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+        from airflow.providers.cncf.kubernetes.secret import Secret
+        from kubernetes.client import models as k8s
+
+        spec = kubernetes_pod_spec(stage, "", CFG)
+        kwargs.update(_models_volume(spec, k8s))
+        kwargs.setdefault("doc_md", f"**g2i {stage}** on a GPU pod ({spec['image']}). {STAGES[stage].doc}")
+        self.operator = KubernetesPodOperator
+        self.common = dict(
+            name=spec["name"], namespace=spec["namespace"], image=spec["image"], cmds=spec["cmds"],
+            env_from=[k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=spec["configmap"]))],
+            secrets=[Secret("env", None, spec["secret"])],
+            container_resources=k8s.V1ResourceRequirements(limits={"nvidia.com/gpu": spec["gpu"]},
+                                                           requests={"nvidia.com/gpu": spec["gpu"]}),
+            node_selector=spec["node_selector"], tolerations=[k8s.V1Toleration(**t) for t in spec["tolerations"]],
+            get_logs=True, do_xcom_push=False, on_finish_action="delete_succeeded_pod", **kwargs)
+
+    def single(self, *, task_id: str, arguments: list[str]) -> BaseOperator:
+        return self.operator(task_id=task_id, arguments=arguments, **self.common)
+
+    def mapped(self, *, task_id: str, arguments: XComArg) -> BaseOperator:
+        return self.operator.partial(task_id=task_id, **self.common).expand(arguments=arguments)
 
 
 def _models_volume(spec: dict, k8s: Any) -> dict[str, Any]:

@@ -232,6 +232,7 @@ def _node_images(storage: "Storage") -> list[tuple[str, str, str]]:
 
 
 def _previous_vectors(storage: "Storage") -> dict[tuple[str, str, str], list[float]]:
+    storage = storage.unpinned  # a cache keyed by content hash: any published version will do
     if not storage.is_published(TABLE):
         return {}
     table = storage.read_table(TABLE, columns=["kind", "encoder", "content_hash", "vector"])

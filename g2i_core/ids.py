@@ -26,7 +26,7 @@ RUN_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 OPTIONAL_RUN_ID_PARAM_PATTERN = r"^(?!.*\n)(?!.*\.\.)(" + RUN_ID_PATTERN[1:-1] + r")?$"
 # A raw dump URI as a Param value: s3:// or file://, no '?', '#', '\', '%' or control character, no ".."
 # segment. Where it may point is checked by check_raw_uri in the plan task (the root is a worker setting).
-RAW_URI_PARAM_PATTERN = r"^(?!.*(/|^)\.\.(/|$))(s3|file)://[^?#%\\\x00-\x1f]+(?!\n)$"
+RAW_URI_PARAM_PATTERN = r"^(?!.*(/|^)\.\.(/|$))((s3|file)://|raw/)[^?#%\\\x00-\x1f]+(?!\n)$"
 
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _BAD_URI_CHARS = re.compile(r"[?#%\\\x00-\x1f\x7f]")
@@ -77,6 +77,14 @@ def raw_prefixes(settings: "Settings") -> list[str]:
     for prefix in [f"{settings.storage_root.rstrip('/')}/raw/", *extra]:
         out.append(_normalised(prefix, what="raw_allow_prefixes entry").rstrip("/") + "/")
     return out
+
+
+def resolve_raw_uri(uri: str, settings: "Settings") -> str:
+    """A ``raw/...`` path relative to the storage root (the DAG's defaults: no settings are read at parse
+    time) as a full URI; a full ``s3://`` / ``file://`` URI as given. Checked by ``check_raw_uri``."""
+    if isinstance(uri, str) and uri.startswith("raw/"):
+        uri = f"{settings.storage_root.rstrip('/')}/{uri}"
+    return check_raw_uri(uri, settings)
 
 
 def check_raw_uri(uri: str, settings: "Settings") -> str:

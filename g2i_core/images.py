@@ -243,8 +243,12 @@ def fetch_images(nodes_storage: "Storage", storage: "Storage", cfg: FetchConfig)
     cfg = cfg.check()
     started = time.monotonic()
     # 1. Read what to fetch, and what earlier runs already fetched.
-    nodes = nodes_storage.read_table("nodes", columns=["node_id", "image_url", "has_real_image"]).to_pylist()
-    run_id = cfg.run_id or nodes_storage.manifest("nodes")["run_id"]
+    # The nodes of the run being fetched for (its own ingest run when published, else the live one).
+    pinned = cfg.run_id if cfg.run_id and nodes_storage.is_published("nodes", cfg.run_id) else None
+    nodes_manifest = nodes_storage.manifest("nodes", pinned)
+    nodes = nodes_storage.read_table("nodes", columns=["node_id", "image_url", "has_real_image"],
+                                     manifest=nodes_manifest).to_pylist()
+    run_id = cfg.run_id or nodes_manifest["run_id"]
     staging = storage.uri("_staging", "node_images", run_id)
     done = _previous_rows(storage, staging)
     rows: list[dict] = []
@@ -280,6 +284,7 @@ def fetch_images(nodes_storage: "Storage", storage: "Storage", cfg: FetchConfig)
             f"status {report.by_status}; node_images not published (ok rows are kept for a rerun)")
     # 4. Publish one row per node.
     storage.publish_table("node_images", node_images_table(rows), run_id,
+                          logical_date=nodes_manifest.get("logical_date"),
                           extra={"report": asdict(report), "config": asdict(cfg)})
     storage.delete_prefix(staging)
     log.info("fetch-images run=%s done in %.1fs: %s", run_id, report.seconds, report.by_status)

@@ -122,6 +122,25 @@ class Storage:
     def child(self, *parts: str) -> "Storage":
         return Storage(self.uri(*parts), settings=self._settings, s3_client=self._client)
 
+    _pin: str | None = None
+
+    def pinned(self, run_id: str | None) -> "Storage":
+        """A view of this root that reads run ``run_id`` of every table whenever a caller asks for the
+        live one: a task reads exactly the version it was given, never what ``_LATEST`` says at the
+        time (a cleared old run reproduces its outputs). ``None`` or "" gives this storage unchanged.
+        A table without that run is reported as not published. Writes are unaffected."""
+        if not run_id:
+            return self
+        _check_run_id(run_id)
+        view = Storage(self.root, settings=self._settings, s3_client=self._client)
+        view._pin = run_id
+        return view
+
+    @property
+    def unpinned(self) -> "Storage":
+        """This root's live view (for caches, which may read any version)."""
+        return self if self._pin is None else Storage(self.root, settings=self._settings, s3_client=self._client)
+
     def spark_uri(self, uri: str) -> str:
         """The URI Spark's Hadoop filesystem understands (s3a:// for S3)."""
         return "s3a://" + uri[len("s3://"):] if uri.startswith("s3://") else uri
@@ -447,7 +466,7 @@ class Storage:
         finally:
             try:
                 if json.loads(self.get_bytes(uri)).get("owner") == token:
-                    self._delete(uri)
+                    self.delete(uri)
             except FileNotFoundError:
                 pass
 
@@ -523,7 +542,8 @@ class Storage:
             return None
         return f"{st.st_mtime_ns}-{st.st_size}"
 
-    def _delete(self, uri: str) -> None:
+    def delete(self, uri: str) -> None:
+        """Remove one object (no error when it is absent)."""
         if self._is_s3(uri):
             bucket, key = self._split_s3(uri)
             with_retries(lambda: self.s3.delete_object(Bucket=bucket, Key=key), attempts=self._attempts,
@@ -538,6 +558,7 @@ class Storage:
             return None
 
     def manifest(self, name: str, run_id: str | None = None) -> dict:
+        run_id = run_id or self._pin
         if run_id is None:
             pointer, _ = self._pointer(name)
             if pointer is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 
+from g2i_core.commands import add_graph_run_arg
 from g2i_core.ids import optional_run_id_arg
 
 NAME = "build-graph"
@@ -21,11 +22,11 @@ SUMMARY = "nodes + edges + node_images -> graph_nodes, graph_edges, stats (Spark
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--in", dest="inp", default=None, help="storage root holding nodes/edges (default: settings)")
-    p.add_argument("--out", default=None, help="storage root for the graph tables (default: --in)")
+    p.add_argument("--root", "--in", dest="inp", default=None,
+                   help="the dataset's storage root holding nodes/edges (default: settings.storage_root)")
+    p.add_argument("--out", default=None, help="storage root for the graph tables (default: --root)")
     p.add_argument("--run-id", default="", type=optional_run_id_arg, help="default: the nodes run id (a rerun replaces it)")
-    p.add_argument("--input-run-id", default="", type=optional_run_id_arg,
-                   help="ingest run to build from (default: the --run-id's own ingest run if published, else the live one)")
+    add_graph_run_arg(p, "the ingest commit to build from (default: --run-id's own if published, else the live one)")
     p.add_argument("--force", action="store_true",
                    help="make this run live even when a newer logical date is live (moves _LATEST back)")
     p.add_argument("--symmetrize", action="store_true", help="add the reverse of every edge")
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from g2i_core.storage import Storage
 
     settings = Settings.load()
-    cfg = BuildConfig(run_id=args.run_id, input_run_id=args.input_run_id, force=args.force, symmetrize=args.symmetrize,
+    cfg = BuildConfig(run_id=args.run_id, input_run_id=args.graph_run_id, force=args.force, symmetrize=args.symmetrize,
                       relations=tuple(r.strip() for r in args.relations.split(",") if r.strip()),
                       train_fraction=args.train_fraction, val_fraction=args.val_fraction).check()
     storage = Storage.from_settings(settings, root=args.inp)

@@ -15,12 +15,14 @@ SUMMARY = "text/image embeddings of every node, cached by content hash (embeddin
 
 import argparse  # noqa: E402
 
+from g2i_core.commands import add_graph_run_arg  # noqa: E402
 from g2i_core.ids import optional_run_id_arg  # noqa: E402
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="storage root with graph_nodes/node_images (default: storage_root)")
     p.add_argument("--run-id", default=None, type=optional_run_id_arg)
+    add_graph_run_arg(p, "graph_nodes/node_images to embed")
     p.add_argument("--text-encoder", default="minilm-l6-v2", choices=["minilm-l6-v2", "clip"])
     p.add_argument("--image-encoder", default="colorhist-v1", choices=["colorhist-v1", "clip", "none"])
     p.add_argument("--clip-path", default=None, help="local CLIP directory (default: settings.clip_vision_path)")
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from g2i_core.storage import Storage
 
     settings = Settings.load()
-    storage = Storage.from_settings(settings, root=args.root)
+    storage = Storage.from_settings(settings, root=args.root).pinned(args.graph_run_id)
     config = EmbedConfig(text_encoder=args.text_encoder, image_encoder=args.image_encoder,
                          clip_path=args.clip_path or settings.clip_vision_path, batch_size=args.batch_size,
                          device=args.device)

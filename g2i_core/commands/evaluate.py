@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 
+from g2i_core.commands import add_graph_run_arg
 from g2i_core.ids import run_id_arg
 
 NAME = "evaluate"
@@ -34,6 +35,8 @@ def _pair(text: str) -> tuple[str, str]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", required=True, type=run_id_arg, help="report run id (reports/<run-id>/)")
+    p.add_argument("--root", default=None, help="the dataset's storage root (default: settings.storage_root)")
+    add_graph_run_arg(p, "graph_nodes/node_images the generations are scored against")
     p.add_argument("--generations", type=_pair, action="append", default=[], help="NAME=GENERATION_RUN_ID")
     p.add_argument("--labels", default="", help="CSV node_id,community (gzip ok) for the community metrics")
     p.add_argument("--clusters", type=int, default=8, help="k-means pseudo-labels when no labels exist")
@@ -62,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from g2i_core.storage import Storage
 
     settings = Settings.load()
-    storage = Storage.from_settings(settings)
+    settings = settings.replace(storage_root=args.root) if args.root else settings
+    storage = Storage.from_settings(settings).pinned(args.graph_run_id)
     encoders = tuple(e for e in args.encoders.split(",") if e)
     if args.suite:
         from pathlib import Path

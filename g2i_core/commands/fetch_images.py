@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 
+from g2i_core.commands import add_graph_run_arg
 from g2i_core.ids import optional_run_id_arg
 
 NAME = "fetch-images"
@@ -29,8 +30,10 @@ SUMMARY = "download node images (bounded concurrency, retries, bomb-safe validat
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--in", dest="inp", default=None, help="storage root holding nodes (default: settings)")
-    p.add_argument("--out", default=None, help="storage root for images and node_images (default: --in)")
+    p.add_argument("--root", "--in", dest="inp", default=None,
+                   help="the dataset's storage root holding nodes (default: settings.storage_root)")
+    p.add_argument("--out", default=None, help="storage root for images and node_images (default: --root)")
+    add_graph_run_arg(p, "the nodes to fetch for (default: --run-id's own ingest run if published, else the live one)")
     p.add_argument("--run-id", default="", type=optional_run_id_arg, help="default: the nodes run id (a rerun replaces it)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--per-host-rate", type=float, default=20.0, help="requests/s per host; 0 = unlimited")
@@ -53,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from g2i_core.storage import Storage
 
     settings = Settings.load()
-    nodes_storage = Storage.from_settings(settings, root=args.inp)
+    nodes_storage = Storage.from_settings(settings, root=args.inp).pinned(args.graph_run_id)
     out = Storage.from_settings(settings, root=args.out or nodes_storage.root)
     cfg = FetchConfig(run_id=args.run_id, concurrency=args.concurrency, per_host_rate=args.per_host_rate,
                       timeout_s=args.timeout, retries=args.retries, max_bytes=args.max_bytes,

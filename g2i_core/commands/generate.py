@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from g2i_core.commands import add_graph_run_arg
 from g2i_core.ids import location_arg, run_id_arg
 
 NAME = "generate"
@@ -40,6 +41,8 @@ def _mix(text: str) -> tuple[str, float]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, type=location_arg, help="model folder: <root>/models/<run> URI or a local path")
     p.add_argument("--run-id", required=True, type=run_id_arg, help="generation run id (generations/<run-id>/)")
+    p.add_argument("--root", default=None, help="the dataset's storage root (default: settings.storage_root)")
+    add_graph_run_arg(p, "graph_nodes/node_images/neighbours")
     which = p.add_mutually_exclusive_group(required=True)
     which.add_argument("--split", help="nodes of this split of the nodes table (e.g. test)")
     which.add_argument("--ids", help="comma-separated node ids")
@@ -84,6 +87,8 @@ def run(args: argparse.Namespace) -> int:
         import torch
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    summary = generate(Storage.from_settings(settings), cfg, settings=settings, device=device)
+    settings = settings.replace(storage_root=args.root) if args.root else settings
+    storage = Storage.from_settings(settings).pinned(args.graph_run_id)
+    summary = generate(storage, cfg, settings=settings, device=device)
     print(json.dumps(summary))
     return 0

@@ -30,11 +30,15 @@ SUMMARY = "personalized PageRank top-K candidates for every node (ppr_candidates
 
 import argparse  # noqa: E402
 
+from g2i_core.commands import add_graph_run_arg  # noqa: E402
 from g2i_core.ids import optional_run_id_arg  # noqa: E402
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--edges", required=True,
+    p.add_argument("--root", default=None,
+                   help="the dataset's storage root: reads its graph_edges and publishes ppr_candidates there")
+    add_graph_run_arg(p, "graph_edges/graph_nodes under --root")
+    p.add_argument("--edges", default=None,
                    help="Parquet edges file/prefix (src, dst[, weight]) or a storage root with graph_edges")
     p.add_argument("--out", default=None, help="storage root to publish ppr_candidates under (default: storage_root)")
     p.add_argument("--nodes", default=None, help="restrict sources to the node_id column of this Parquet/table URI")
@@ -70,9 +74,13 @@ def run(args: argparse.Namespace) -> int:
                        sweeps=args.sweeps, refine_eps=args.refine_eps, partitions=args.partitions,
                        iterations=args.iterations, tol=args.tol, batch_size=args.batch_size,
                        use_weights=not args.ignore_weights, seed=args.seed)
-    manifest = run_ppr(settings, config, edges_uri=args.edges, out_uri=args.out or settings.storage_root,
+    edges = args.edges or args.root
+    if not edges:
+        raise SystemExit("g2i ppr: give --root (a storage root with graph_edges) or --edges")
+    out = args.out or args.root or settings.storage_root
+    manifest = run_ppr(settings, config, edges_uri=edges, out_uri=out, graph_run_id=args.graph_run_id or None,
                        nodes_uri=args.nodes, run_id=args.run_id or settings.run_id or "manual",
                        previous_edges_uri=args.previous_edges, changed_uri=args.changed,
                        refresh_tol=args.refresh_tol)
-    print(f"ppr_candidates: {manifest['rows']} rows, run {manifest['run_id']} under {args.out or settings.storage_root}")
+    print(f"ppr_candidates: {manifest['rows']} rows, run {manifest['run_id']} under {out}")
     return 0

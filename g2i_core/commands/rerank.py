@@ -16,12 +16,14 @@ SUMMARY = "semantic re-ranking of PPR candidates into the final neighbours table
 
 import argparse  # noqa: E402
 
+from g2i_core.commands import add_graph_run_arg  # noqa: E402
 from g2i_core.ids import optional_run_id_arg  # noqa: E402
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="storage root with ppr_candidates + embeddings")
     p.add_argument("--run-id", default=None, type=optional_run_id_arg)
+    add_graph_run_arg(p, "ppr_candidates and embeddings")
     p.add_argument("--strategy", default="semantic_ppr", choices=["semantic_ppr", "ppr", "semantic", "random"])
     p.add_argument("--k", type=int, default=5)
     p.add_argument("--ppr-weight", type=_weight, default=0.5,
@@ -47,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     from g2i_core.storage import Storage
 
     settings = Settings.load()
-    storage = Storage.from_settings(settings, root=args.root)
+    storage = Storage.from_settings(settings, root=args.root).pinned(args.graph_run_id)
     tune = args.ppr_weight == "auto"
     config = RerankConfig(strategy=args.strategy, k=args.k, ppr_weight=0.5 if tune else args.ppr_weight,
                           neighbour_kind=args.neighbour_kind, seed=args.seed, tune_ppr_weight=tune,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 
+from g2i_core.commands import add_graph_run_arg
 from g2i_core.ids import run_id_arg
 
 NAME = "train"
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("--root", default="", help="storage root holding the tables (default: settings.storage_root)")
     p.add_argument("--run-id", required=True, type=run_id_arg, help="models/<run-id>/ under the root")
+    add_graph_run_arg(p, "graph_nodes/node_images/neighbours to train on")
     p.add_argument("--preset", default="", choices=["", "tiny", "sd15"], help="default: settings.model_preset")
     p.add_argument("--graph-mode", default="qformer", choices=GRAPH_MODES)
     p.add_argument("--nodes-table", default="graph_nodes", help="falls back to 'nodes' (default %(default)s)")
@@ -76,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         p_drop_graph=args.p_drop_graph, p_drop_both=args.p_drop_both, mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
         checkpoints_keep=args.checkpoints_keep, resume=args.resume, log_every=args.log_every,
-        num_threads=args.threads)
+        num_threads=args.threads, graph_run_id=args.graph_run_id)
     result = train(cfg, settings)
     last = result.losses[max(result.losses)] if result.losses else None
     print(json.dumps({"model_uri": result.model_uri, "steps": cfg.steps, "resumed_from": result.resumed_from,

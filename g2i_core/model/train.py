@@ -10,6 +10,8 @@ Object store layout (under ``<root>/models/<run_id>/``)::
     checkpoint-<step>/model.safetensors, config.json, optimizer.safetensors, optimizer.json,
                       trainer_state.json     <- written last: a checkpoint without it is ignored
     config.json, model.safetensors, train_config.json, metrics.json   <- the final model
+    _COMMITTED.json                      <- written last (names the graph run it trained on): a run
+                                            without it is not a finished model
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import re
 import sys
 import tempfile
@@ -42,6 +45,8 @@ log = logging.getLogger(__name__)
 
 
 LR_SCHEDULES = ("cosine", "constant")
+WEIGHTS_FILE = "model.safetensors"
+COMMIT_FILE = "_COMMITTED.json"  # written after every other file of the final model
 
 
 def learning_rate(cfg: "TrainConfig", step: int) -> float:
@@ -90,6 +95,7 @@ class TrainConfig:
     log_every: int = 50
     prefetch: int = 4  # batches built ahead on a worker thread
     num_threads: int = 0  # torch CPU threads; 0 = torch's default (1 is much faster on an oversubscribed CPU)
+    graph_run_id: str = ""  # the MMAG version (run id of graph_nodes/node_images/neighbours); "" = the live one
     model_overrides: dict = field(default_factory=dict)  # extra G2IConfig fields
 
     def __post_init__(self) -> None:
@@ -258,8 +264,11 @@ def train(cfg: TrainConfig, settings: "Settings", *, on_step: Callable[[int, flo
         torch.set_num_threads(cfg.num_threads)
     storage = Storage.from_settings(settings, root=cfg.storage_root or None)
     run_uri = storage.uri("models", cfg.run_id)
+    if int(os.environ.get("RANK", "0")) == 0:
+        # A retried run rewrites the final files: until it commits again, the run is not a finished model.
+        storage.delete(f"{run_uri}/{COMMIT_FILE}")
     mcfg = model_config_for(cfg, settings)
-    records = load_records(storage, nodes_table=cfg.nodes_table, images_table=cfg.images_table,
+    records = load_records(storage.pinned(cfg.graph_run_id), nodes_table=cfg.nodes_table, images_table=cfg.images_table,
                            neighbours_table=cfg.neighbours_table, max_neighbours=cfg.max_neighbours, split=cfg.split)
     if not records:
         raise ValueError(f"no training nodes: {cfg.nodes_table}/{cfg.images_table} under {storage.root} have no "
@@ -362,6 +371,12 @@ def train(cfg: TrainConfig, settings: "Settings", *, on_step: Callable[[int, flo
             "steps_per_s": ran / seconds if ran else 0.0, "images_per_s": ran * cfg.batch_size / seconds if ran else 0.0,
             "train_seconds": seconds, "device": str(device), "processes": world, "mixed_precision": mp,
             "model_config": json.loads(mcfg.to_json())})
+        graph = storage.pinned(cfg.graph_run_id).manifest(cfg.neighbours_table)
+        # The commit marker, written last: a model is finished exactly when this file exists.
+        storage.put_json(f"{run_uri}/{COMMIT_FILE}", {
+            "run_id": cfg.run_id, "files": [WEIGHTS_FILE, "config.json", "train_config.json", "metrics.json"],
+            "graph_run_id": graph["run_id"], "steps": cfg.steps,
+            "committed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     accelerator.wait_for_everyone()
     return TrainResult(run_uri, dict(sorted(losses.items())), ran / seconds if ran else 0.0,
                        ran * cfg.batch_size / seconds if ran else 0.0, seconds, start)

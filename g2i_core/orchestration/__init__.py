@@ -47,9 +47,10 @@ from g2i_core.orchestration.stages import (
     venv_bin,
 )
 from g2i_core.orchestration.tasks import (
-    FINAL_MODEL_FILE,
+    MODEL_COMMIT_FILE,
     check_backfill_coverage,
     headline_metrics,
+    live_run_id,
     plan_backfill,
     plan_refresh,
     prepare_evaluate,
@@ -57,15 +58,17 @@ from g2i_core.orchestration.tasks import (
     publish_report,
     record_refresh,
     register_model,
+    requests_from_events,
     resolve_model,
 )
 
 __all__ = [
-    "FINAL_MODEL_FILE", "PROFILES", "SOURCES", "SPARK_JOBS_DIR", "STAGES", "OrchestrationConfig", "SourceState",
+    "MODEL_COMMIT_FILE", "PROFILES", "SOURCES", "SPARK_JOBS_DIR", "STAGES", "OrchestrationConfig", "SourceState",
     "Stage", "StageFailed", "StageProcess", "check_backfill_coverage", "coerce_values", "coverage_report",
     "delta_uri", "ds_nodash", "fingerprint", "graph_root", "headline_metrics", "kubernetes_pod_spec",
-    "plan_backfill", "plan_refresh", "plan_source", "prepare_evaluate", "prepare_train", "publish_report",
-    "raw_defaults", "record_refresh", "redact_argv", "register_model", "render_args", "resolve_model", "run_id_for", "run_stage",
-    "settings_env", "settings_with_connection", "spark_entry", "spark_submit_argv", "stage_argv", "stage_env",
-    "state_uri", "venv_bin",
+    "live_run_id", "plan_backfill", "plan_refresh", "plan_source", "prepare_evaluate", "prepare_train",
+    "publish_report", "raw_defaults", "record_refresh", "redact_argv", "register_model", "render_args",
+    "requests_from_events", "resolve_model", "run_id_for", "run_stage", "settings_env",
+    "settings_with_connection", "spark_entry", "spark_submit_argv", "stage_argv", "stage_env", "state_uri",
+    "venv_bin",
 ]

@@ -7,8 +7,6 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Mapping
 
-from g2i_core.config import SECRET_FIELDS, Settings
-from g2i_core.orchestration.process import settings_env
 from g2i_core.orchestration.stages import _stage
 
 PROFILES = ("local", "kubernetes")
@@ -25,6 +23,7 @@ class OrchestrationConfig:
     gpu_count: int = 1
     gpu_node_selector: str = "g2i.io/pool=gpu"  # key=value of the GPU node pool
     k8s_secret: str = "g2i-s3"  # Kubernetes Secret holding G2I_S3_ACCESS_KEY / G2I_S3_SECRET_KEY
+    k8s_configmap: str = "g2i-settings"  # ConfigMap with the non-secret G2I_* settings (infra/k8s/g2i-base.yaml)
     models_pvc: str = ""  # PVC with sd15/CLIP/DINOv2 weights, mounted read-only at /models in GPU pods
     retries: int = 2
     retry_delay_s: int = 60  # first retry delay; doubles each retry (exponential backoff)
@@ -59,21 +58,20 @@ class OrchestrationConfig:
         return {key: value} if key else {}
 
 
-def kubernetes_pod_spec(stage: str, values_template: str, settings: Settings,
-                        cfg: OrchestrationConfig) -> dict[str, Any]:
+def kubernetes_pod_spec(stage: str, values_template: str, cfg: OrchestrationConfig) -> dict[str, Any]:
     """What a GPU pod for one stage needs: the trainer image runs
     ``python -m g2i_core.orchestration stage <stage> --values <json>`` (the same command table as the
-    local profile), asks for ``cfg.gpu_count`` GPUs on the GPU node pool, gets non-secret settings as
-    env values and the S3 keys from the ``cfg.k8s_secret`` Secret."""
+    local profile), asks for ``cfg.gpu_count`` GPUs on the GPU node pool, gets the non-secret settings
+    from the ``cfg.k8s_configmap`` ConfigMap and the S3 keys from the ``cfg.k8s_secret`` Secret. Nothing
+    here reads settings: the spec is built while the DAG file is parsed."""
     _stage(stage)
-    secret_env = {f"G2I_{n.upper()}" for n in SECRET_FIELDS}
     return {
         "namespace": cfg.k8s_namespace,
         "image": cfg.trainer_image,
         "name": f"g2i-{stage}",
         "cmds": ["python", "-m", "g2i_core.orchestration", "stage", stage],
         "arguments": ["--values", values_template],
-        "env": {k: v for k, v in settings_env(settings).items() if k not in secret_env},
+        "configmap": cfg.k8s_configmap,
         "secret": cfg.k8s_secret,
         "gpu": str(cfg.gpu_count),
         "node_selector": cfg.node_selector(),

@@ -29,9 +29,10 @@ def graph_root(storage_root: str, source: str) -> str:
     return f"{storage_root.rstrip('/')}/mmag/{source}"
 
 
-def raw_defaults(storage_root: str) -> dict[str, str]:
-    """The sample dumps `g2i sample --upload` puts in storage, per source."""
-    base = f"{storage_root.rstrip('/')}/raw/sample"
+def raw_defaults() -> dict[str, str]:
+    """The sample dumps `g2i sample --upload` puts in storage, per source, relative to the storage root
+    (resolved by the task at run time, so parsing the DAG reads no settings)."""
+    base = "raw/sample"
     return {"goodreads": f"{base}/goodreads_books.json.gz", "amazon2014": f"{base}/meta_Books_2014.json.gz",
             "amazon2018": f"{base}/meta_Books_2018.json.gz"}
 

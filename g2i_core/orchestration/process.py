@@ -123,14 +123,10 @@ def coerce_values(values: Mapping[str, Any]) -> dict[str, Any]:
 def run_stage(stage: str, values: Mapping[str, Any], settings: Settings, *,
               on_line: Callable[[str], None] = print, on_start: Callable[[StageProcess], None] | None = None,
               timeout_s: float | None = None) -> None:
-    """Run one stage to completion; raise ``StageFailed`` (with the exit code) when it fails.
-
-    The stage's storage root is the dataset's graph root (``values['graph_root']``), so stages that take
-    no root flag (generate, evaluate) read and write the same MMAG as the others."""
+    """Run one stage to completion; raise ``StageFailed`` (with the exit code) when it fails. Every
+    stage gets its dataset's root as ``--root {graph_root}`` from its template."""
     if stage == "ingest":  # the DAG path reads only the storage root's raw/ or the allow-list (g2i_core.ids)
         check_raw_uri(str(values.get("raw", "")), settings)
-    if values.get("graph_root"):
-        settings = settings.replace(storage_root=values["graph_root"])
     argv = stage_argv(stage, coerce_values(values), settings)
     on_line(f"[g2i] {redact_argv(argv, settings)}")
     proc = StageProcess(argv, stage_env(settings), on_line=on_line)

@@ -31,27 +31,29 @@ class Stage:
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("ingest", "spark",
-          "--source {source} --raw {raw} --out {graph_root} --mode {mode} --logical-date {ds} --run-id {run_id}",
+          "--source {source} --raw {raw} --root {graph_root} --mode {mode} --logical-date {ds} --run-id {run_id}",
           "Spark: raw dump -> `nodes`, `edges`, `quarantine` (full dump or a delta upserted into the last version)."),
-    Stage("fetch-images", "python", "--in {graph_root} --run-id {run_id}",
+    Stage("fetch-images", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Downloads `nodes.image_url` with bounded concurrency into content-addressed `images/` + `node_images`."),
-    Stage("build-graph", "spark", "--in {graph_root} --run-id {run_id}",
+    Stage("build-graph", "spark", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Spark: cleaned `graph_nodes`, `graph_edges`, split and stats."),
-    Stage("ppr", "python", "--edges {graph_root} --out {graph_root} --run-id {run_id}",
+    Stage("ppr", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Personalized PageRank top-K candidates per node (`ppr_candidates`; single-machine propagation by default, "
           "`--method spark-push|graphframes` for the distributed engines)."),
-    Stage("embed", "python", "--root {graph_root} --run-id {run_id}",
-          "Text/image embeddings of every node (`embeddings/<encoder>`)."),
-    Stage("rerank", "python", "--root {graph_root} --run-id {run_id}",
+    Stage("embed", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
+          "Text/image embeddings of every node (`embeddings`)."),
+    Stage("rerank", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Semantic re-rank of the PPR candidates -> publishes `neighbours` (top-k per node), what the model reads."),
-    Stage("train", "gpu", "--root {graph_root} --run-id {run_id} --preset {preset} --steps {steps} --batch-size {batch_size} "
-          "--resume={resume}",
+    Stage("train", "gpu",
+          "--root {graph_root} --run-id {run_id} --graph-run-id {graph_run_id} --preset {preset} --steps {steps} "
+          "--batch-size {batch_size} --resume={resume}",
           "Trains the graph-conditioned diffusion model -> `models/<run_id>/`."),
     Stage("generate", "gpu",
-          "--model {model} --run-id {generations} --split {split} --backfill {backfill} --shard {shard} "
-          "--steps {steps} --limit {limit}",
+          "--root {graph_root} --graph-run-id {graph_run_id} --model {model} --run-id {generations} --split {split} "
+          "--backfill {backfill} --shard {shard} --steps {steps} --limit {limit}",
           "Generates images for one shard (`i/n`) of a node set -> `generations/<run_id>/`."),
-    Stage("evaluate", "gpu", "--run-id {run_id} --generations g2i={generations}",
+    Stage("evaluate", "gpu",
+          "--root {graph_root} --graph-run-id {graph_run_id} --run-id {run_id} --generations g2i={generations}",
           "Evaluation suite -> `reports/<run_id>/` (metrics.json, report.html, grids)."),
 ]}
 

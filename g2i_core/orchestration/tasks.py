@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from g2i_core.config import Settings
-from g2i_core.ids import check_raw_uri, check_run_id
+from g2i_core.ids import check_run_id, resolve_raw_uri
 from g2i_core.orchestration.planning import (
     SOURCES,
     SourceState,
@@ -53,15 +53,16 @@ def plan_refresh(settings: Settings, *, ds: str, sources: Sequence[str], raw: Ma
     for source in sources:
         if source not in raw:
             raise ValueError(f"no raw dump URI for source {source!r} in params.raw ({sorted(raw)})")
-        check_raw_uri(raw[source], settings)  # a trigger user's param: only under raw/ or the allow-list
-        facts = _object_facts(storage, raw[source])
+        # a trigger user's param: only under the storage root's raw/ or the allow-list
+        raw_uri = resolve_raw_uri(raw[source], settings)
+        facts = _object_facts(storage, raw_uri)
         if not facts:
-            raise FileNotFoundError(f"raw dump for {source} not found at {raw[source]}")
+            raise FileNotFoundError(f"raw dump for {source} not found at {raw_uri}")
         delta = delta_uri(settings.storage_root, source, ds)
         state_path = state_uri(settings.storage_root, source)
         state = SourceState.from_json(storage.get_json(state_path) if storage.exists(state_path) else None)
         root = graph_root(settings.storage_root, source)
-        item = plan_source(source, ds=ds, raw=raw[source], full_fingerprint=fingerprint(facts),
+        item = plan_source(source, ds=ds, raw=raw_uri, full_fingerprint=fingerprint(facts),
                            delta=delta if _object_facts(storage, delta) else None, state=state,
                            published=Storage.from_settings(settings, root=root).is_published("nodes"), force=force)
         log.info("plan %s: %s", source, item or "nothing new (skipped)")
@@ -84,7 +85,7 @@ def record_refresh(settings: Settings, items: Sequence[Mapping[str, Any]]) -> li
     return done
 
 
-FINAL_MODEL_FILE = "model.safetensors"  # written by `g2i train` after the last step (checkpoints live deeper)
+MODEL_COMMIT_FILE = "_COMMITTED.json"  # = g2i_core.model.train.COMMIT_FILE: written after every other model file
 
 
 def _root_storage(settings: Settings, dataset: str):
@@ -95,80 +96,144 @@ def _root_storage(settings: Settings, dataset: str):
     return Storage.from_settings(settings, root=graph_root(settings.storage_root, dataset))
 
 
-def prepare_train(settings: Settings, *, dataset: str, preset: str, steps: int, resume: bool, run_id: str,
-                  batch_size: int | None = None) -> dict:
-    """Values of the train stage, after checking its inputs are published."""
-    check_run_id(run_id)
-    storage = _root_storage(settings, dataset)
-    for table in ("nodes", "neighbours"):
-        if not storage.is_published(table):
-            raise ValueError(f"{table} is not published under {storage.root}: run mmag_refresh for {dataset} first")
-    return {"source": dataset, "graph_root": storage.root, "run_id": run_id, "preset": preset, "steps": int(steps),
-            "batch_size": int(batch_size) if batch_size else None, "resume": bool(resume)}
+def requests_from_events(events: Sequence[Mapping[str, Any]], key: str) -> list[dict]:
+    """What a run triggered by asset events must do: one request per dataset, from the newest event of
+    each (``events`` are their ``extra`` dicts, oldest first; each names ``dataset`` and ``key``)."""
+    latest: dict[str, dict] = {}
+    for extra in events:
+        if extra.get("dataset") in SOURCES and extra.get(key):
+            latest[extra["dataset"]] = dict(extra)
+    return [latest[d] for d in sorted(latest)]
+
+
+def live_run_id(storage, table: str) -> str:
+    """The run id ``table`` points at now: resolved once, when a run is planned, then passed on by id."""
+    from g2i_core.storage import NotPublishedError
+
+    try:
+        return storage.manifest(table)["run_id"]
+    except NotPublishedError:
+        raise ValueError(f"{table} is not published under {storage.root}: run mmag_refresh for it first") from None
+
+
+def prepare_train(settings: Settings, *, requests: Sequence[Mapping[str, Any]], preset: str, steps: int,
+                  resume: bool, run_key: str, run_id: str = "", batch_size: int | None = None) -> list[dict]:
+    """Values of one train stage per requested dataset, with the graph version pinned by run id.
+
+    A request is ``{"dataset", "graph_run_id"}`` (from a ``g2i.neighbours`` event or the params; an
+    empty graph run id means the live one now, resolved here once)."""
+    out = []
+    for req in requests:
+        storage = _root_storage(settings, req["dataset"])
+        graph_run = req.get("graph_run_id") or live_run_id(storage, "neighbours")
+        check_run_id(graph_run, "graph_run_id")
+        pinned = storage.pinned(graph_run)
+        for table in ("neighbours", "node_images"):
+            if not pinned.is_published(table):
+                raise ValueError(f"{table} run {graph_run} is not published under {storage.root}")
+        model_run = check_run_id(run_id or f"train-{run_key}")
+        out.append({"source": req["dataset"], "graph_root": storage.root, "graph_run_id": graph_run,
+                    "run_id": model_run, "preset": preset, "steps": int(steps),
+                    "batch_size": int(batch_size) if batch_size else None, "resume": bool(resume),
+                    "run_key": run_key})
+    return out
 
 
 def register_model(settings: Settings, values: Mapping[str, Any]) -> dict:
-    """Point ``models/_LATEST`` at a finished training run (the backfill/evaluate default model)."""
+    """Check the training run committed, and move ``models/_LATEST`` to it unless a model of a later
+    run key is registered already (clearing an old run never makes its model the default)."""
     storage = _root_storage(settings, values["source"])
     run_uri = storage.uri("models", values["run_id"])
-    if not storage.exists(f"{run_uri}/{FINAL_MODEL_FILE}"):
-        raise FileNotFoundError(f"training run {values['run_id']} has no final model ({FINAL_MODEL_FILE}) under "
-                                f"{run_uri}: did `g2i train` finish?")
-    storage.put_json(storage.uri("models", "_LATEST"), {"run_id": values["run_id"]})
-    return {**values, "model": run_uri}
+    marker = _model_commit(storage, values["run_id"])
+    pointer_uri = storage.uri("models", "_LATEST")
+    current = storage.get_json(pointer_uri) if storage.exists(pointer_uri) else {}
+    key = values.get("run_key", "")
+    if not current.get("run_key") or not key or key >= current["run_key"]:
+        storage.put_json(pointer_uri, {"run_id": values["run_id"], "run_key": key,
+                                       "graph_run_id": marker["graph_run_id"]})
+    else:
+        log.warning("model %s (run key %s) is older than the registered %s (%s): models/_LATEST unchanged",
+                    values["run_id"], key, current["run_id"], current["run_key"])
+    return {**values, "model": run_uri, "model_run_id": values["run_id"], "graph_run_id": marker["graph_run_id"]}
 
 
-def resolve_model(storage, model: str) -> str:
-    """Model URI for a run id, or for the latest registered model when ``model`` is empty."""
+def _model_commit(storage, model: str) -> dict:
+    check_run_id(model, "model")
+    uri = storage.uri("models", model, MODEL_COMMIT_FILE)
+    if not storage.exists(uri):
+        finished = sorted({u.split("/models/")[1].split("/")[0] for u in storage.list(storage.uri("models"))
+                           if u.endswith("/" + MODEL_COMMIT_FILE)})
+        raise FileNotFoundError(f"model run {model!r} under {storage.uri('models')} is not a finished model (no "
+                                f"{MODEL_COMMIT_FILE}; did `g2i train` finish?); finished runs: {finished}")
+    return storage.get_json(uri)
+
+
+def resolve_model(storage, model: str) -> tuple[str, dict]:
+    """(model URI, its commit marker) for a run id, or for the registered model when ``model`` is
+    empty: resolved once when a run is planned, then passed on by id."""
     if not model:
         pointer = storage.uri("models", "_LATEST")
         if not storage.exists(pointer):
             raise FileNotFoundError(f"no trained model under {storage.uri('models')}: run g2i_train first")
         model = storage.get_json(pointer)["run_id"]
-    uri = storage.uri("models", check_run_id(model, "model"))
-    if not storage.exists(f"{uri}/{FINAL_MODEL_FILE}"):
-        raise FileNotFoundError(f"model run {model!r} has no final model under {uri} (finished runs: "
-                                f"{sorted({u.split('/models/')[1].split('/')[0] for u in storage.list(storage.uri('models')) if u.endswith(FINAL_MODEL_FILE)})})")
-    return uri
+    return storage.uri("models", model), _model_commit(storage, model)
 
 
-def plan_backfill(settings: Settings, *, dataset: str, model: str, shards: int, steps: int, run_id: str) -> list[dict]:
-    """One values dict per shard of the cover backfill (``g2i generate --backfill --shard i``)."""
-    storage = _root_storage(settings, dataset)
-    model_uri = resolve_model(storage, model)
-    base = {"source": dataset, "graph_root": storage.root, "model": model_uri, "split": None, "backfill": True,
-            "steps": int(steps), "limit": None, "generations": run_id}
-    return [{**base, "shard": f"{i}/{int(shards)}"} for i in range(int(shards))]
+def plan_backfill(settings: Settings, *, requests: Sequence[Mapping[str, Any]], shards: int, steps: int,
+                  run_key: str) -> list[dict]:
+    """One values dict per (dataset, shard) of the cover backfill (``g2i generate --backfill --shard i/n``).
+
+    A request is ``{"dataset", "model_run_id"}`` (from a ``g2i.model`` event or the params; an empty
+    model means the registered one now). The graph version is the one the model was trained on."""
+    out = []
+    for req in requests:
+        storage = _root_storage(settings, req["dataset"])
+        model_uri, marker = resolve_model(storage, req.get("model_run_id") or "")
+        base = {"source": req["dataset"], "graph_root": storage.root, "model": model_uri,
+                "graph_run_id": marker["graph_run_id"], "split": None, "backfill": True, "steps": int(steps),
+                "limit": None, "generations": f"backfill-{run_key}"}
+        out += [{**base, "shard": f"{i}/{int(shards)}"} for i in range(int(shards))]
+    return out
 
 
-def check_backfill_coverage(settings: Settings, shards: Sequence[Mapping[str, Any]], *, sample: int) -> dict:
-    """The published shard manifests cover every backfill target exactly once; returns evaluate values."""
+def check_backfill_coverage(settings: Settings, shards: Sequence[Mapping[str, Any]], *, sample: int) -> list[dict]:
+    """Per dataset: the published shard manifests cover every backfill target exactly once. Returns the
+    values of the quality check (generate + evaluate a sample of test nodes), one per dataset."""
     from g2i_core.generate import GenerateConfig, read_manifest, select_nodes
 
-    first = shards[0]
-    storage = _root_storage(settings, first["source"])
-    run_id = first["generations"]
-    generated = read_manifest(storage, run_id).column("node_id").to_pylist()
-    targets = select_nodes(storage, GenerateConfig(run_id=run_id, model_uri=first["model"], backfill=True))
-    problems = coverage_report(targets, generated)
-    if any(problems.values()):
-        raise StageFailed(f"backfill {run_id} does not cover its targets exactly once: "
-                          + ", ".join(f"{len(v)} {k} (e.g. {v[:3]})" for k, v in problems.items() if v))
-    log.info("backfill %s: %d targets covered exactly once by %d shards", run_id, len(targets), len(shards))
-    # Covers have no ground truth, so quality is measured on a sample of test nodes that do have a real
-    # image, generated with the same model and settings as the backfill.
-    check_run = f"{run_id}-check"
-    return {"source": first["source"], "graph_root": storage.root, "model": first["model"], "split": "test",
-            "backfill": False, "shard": None, "steps": first["steps"], "limit": int(sample),
-            "generations": check_run, "run_id": check_run, "targets": len(targets)}
+    by_dataset: dict[str, list[Mapping[str, Any]]] = {}
+    for shard in shards:
+        by_dataset.setdefault(shard["source"], []).append(shard)
+    checks = []
+    for dataset, group in sorted(by_dataset.items()):
+        first = group[0]
+        storage = _root_storage(settings, dataset).pinned(first["graph_run_id"])
+        run_id = first["generations"]
+        generated = read_manifest(storage, run_id).column("node_id").to_pylist()
+        targets = select_nodes(storage, GenerateConfig(run_id=run_id, model_uri=first["model"], backfill=True))
+        problems = coverage_report(targets, generated)
+        if any(problems.values()):
+            raise StageFailed(f"{dataset} backfill {run_id} does not cover its targets exactly once: "
+                              + ", ".join(f"{len(v)} {k} (e.g. {v[:3]})" for k, v in problems.items() if v))
+        log.info("%s backfill %s: %d targets covered exactly once by %d shards", dataset, run_id, len(targets),
+                 len(group))
+        # Covers have no ground truth, so quality is measured on a sample of test nodes that do have a
+        # real image, generated with the same model, graph version and settings as the backfill.
+        check_run = f"{run_id}-check"
+        checks.append({"source": dataset, "graph_root": first["graph_root"], "graph_run_id": first["graph_run_id"],
+                       "model": first["model"], "split": "test", "backfill": False, "shard": None,
+                       "steps": first["steps"], "limit": int(sample), "generations": check_run, "run_id": check_run,
+                       "targets": len(targets), "backfill_run": run_id})
+    return checks
 
 
 def prepare_evaluate(settings: Settings, *, dataset: str, model: str, split: str, steps: int, run_id: str,
                      limit: int = 0) -> dict:
     storage = _root_storage(settings, dataset)
-    return {"source": dataset, "graph_root": storage.root, "model": resolve_model(storage, model), "split": split,
-            "backfill": False, "shard": None, "steps": int(steps), "generations": run_id, "run_id": run_id,
-            "limit": int(limit) if limit else None}
+    model_uri, marker = resolve_model(storage, model)
+    return {"source": dataset, "graph_root": storage.root, "model": model_uri, "graph_run_id": marker["graph_run_id"],
+            "split": split, "backfill": False, "shard": None, "steps": int(steps), "generations": run_id,
+            "run_id": check_run_id(run_id), "limit": int(limit) if limit else None}
 
 
 def publish_report(settings: Settings, values: Mapping[str, Any]) -> dict:

@@ -36,10 +36,12 @@ def read_table_uri(uri: str, table: str, settings: "Settings | None" = None,
                                 f"{table!r} table (run the stage that writes it first)") from None
 
 
-def load_graph(edges_uri: str, settings: "Settings | None" = None, *, use_weights: bool = True) -> CsrGraph:
-    """Edges from ``edges_uri``; when it is a storage root with ``graph_nodes``, isolated nodes too."""
+def load_graph(edges_uri: str, settings: "Settings | None" = None, *, use_weights: bool = True,
+               pin: str | None = None) -> CsrGraph:
+    """Edges from ``edges_uri``; when it is a storage root with ``graph_nodes``, isolated nodes too
+    (of one build-graph commit: the live one, or run ``pin``)."""
     extra: list[str] = []
-    storage = open_storage(edges_uri, settings)
+    storage = open_storage(edges_uri, settings).pinned(pin)
     if not edges_uri.endswith(".parquet") and storage.is_published("graph_nodes"):
         # edges and nodes of one build-graph commit, never the latest of each on its own
         commit = storage.read_commit("graph_nodes")

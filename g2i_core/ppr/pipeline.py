@@ -18,13 +18,13 @@ TABLE = "ppr_candidates"
 
 def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri: str, run_id: str,
             nodes_uri: str | None = None, previous_edges_uri: str | None = None, changed_uri: str | None = None,
-            refresh_tol: float = 1e-3) -> dict:
+            refresh_tol: float = 1e-3, graph_run_id: str | None = None) -> dict:
     """Compute and publish ``ppr_candidates`` under ``out_uri``; returns the manifest."""
     config.check()
     out = open_storage(out_uri, settings)
     started = time.monotonic()
     extra = {"config": config.as_dict(), "edges": edges_uri, "nodes": nodes_uri}
-    logical_date = _graph_logical_date(edges_uri, settings)
+    logical_date = _graph_logical_date(edges_uri, settings, graph_run_id)
     if previous_edges_uri:
         from g2i_core.ppr.incremental import refresh_candidates
 
@@ -33,32 +33,32 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
                                           refresh_tol=refresh_tol, nodes_uri=nodes_uri)
         extra["incremental"] = stats
     elif config.method in SPARK_METHODS:
-        return _run_on_spark(settings, config, out, edges_uri, nodes_uri, run_id, extra, logical_date)
+        return _run_on_spark(settings, config, out, edges_uri, nodes_uri, run_id, extra, logical_date, graph_run_id)
     else:
-        graph = load_graph(edges_uri, settings, use_weights=config.use_weights)
+        graph = load_graph(edges_uri, settings, use_weights=config.use_weights, pin=graph_run_id)
         sources = graph.index_of(load_node_ids(nodes_uri, settings)) if nodes_uri else None
         table = compute_candidates(graph, config, sources).to_arrow(graph)
     extra["seconds"] = round(time.monotonic() - started, 3)
     return out.publish_table(TABLE, table, run_id, extra=extra, logical_date=logical_date)
 
 
-def _graph_logical_date(edges_uri: str, settings: "Settings") -> str | None:
+def _graph_logical_date(edges_uri: str, settings: "Settings", pin: str | None) -> str | None:
     """The logical date of the graph version read (orders ``_LATEST``), when it is a published graph."""
-    storage = open_storage(edges_uri, settings)
+    storage = open_storage(edges_uri, settings).pinned(pin)
     if edges_uri.endswith(".parquet") or not storage.is_published("graph_nodes"):
         return None
     return storage.manifest("graph_nodes").get("logical_date")
 
 
 def _run_on_spark(settings: "Settings", config: PprConfig, out, edges_uri: str, nodes_uri: str | None,
-                  run_id: str, extra: dict, logical_date: str | None) -> dict:
+                  run_id: str, extra: dict, logical_date: str | None, pin: str | None) -> dict:
     from g2i_core.ppr.spark_ppr import spark_candidates
     from g2i_core.spark import get_spark
 
     spark = get_spark(settings, f"g2i-ppr-{config.method}")
     started = time.monotonic()
-    edges = read_spark_table(spark, edges_uri, "graph_edges", settings)
-    nodes = read_spark_table(spark, edges_uri, "graph_nodes", settings, required=False)
+    edges = read_spark_table(spark, edges_uri, "graph_edges", settings, pin=pin)
+    nodes = read_spark_table(spark, edges_uri, "graph_nodes", settings, required=False, pin=pin)
     sources = read_spark_table(spark, nodes_uri, "graph_nodes", settings) if nodes_uri else None
     from g2i_core.storage import new_attempt_id
 
@@ -71,9 +71,10 @@ def _run_on_spark(settings: "Settings", config: PprConfig, out, edges_uri: str, 
     return out.publish_written(attempt, extra=extra, logical_date=logical_date)
 
 
-def read_spark_table(spark, uri: str, table: str, settings: "Settings", required: bool = True):
+def read_spark_table(spark, uri: str, table: str, settings: "Settings", required: bool = True,
+                     pin: str | None = None):
     """Spark DataFrame of a Parquet file/prefix URI or of a published table under a storage root."""
-    storage = open_storage(uri, settings)
+    storage = open_storage(uri, settings).pinned(pin)
     if not uri.endswith(".parquet") and storage.is_published(table):
         return spark.read.parquet(*[storage.spark_uri(u) for u in storage.published_files(table)])
     if not required:

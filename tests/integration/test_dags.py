@@ -38,13 +38,18 @@ out = {
     "heavy": [m for m in %r if m in sys.modules],
     "airflow_import_s": t1 - t0, "dagbag_s": t2 - t1,
     "per_file_s": {s.file: s.duration.total_seconds() for s in bag.dagbag_stats},
-    "dags": {d.dag_id: {t.task_id: type(t).__name__ for t in d.tasks} for d in bag.dags.values()},
+    "dags": {d.dag_id: {t.task_id: t.task_type + ("[]" if type(t).__name__ == "MappedOperator" else "")
+                        for t in d.tasks} for d in bag.dags.values()},
 }
+def pod(t):
+    kw = getattr(t, "partial_kwargs", None) or t.__dict__
+    return {"image": kw.get("image"), "node_selector": kw.get("node_selector"),
+            "limits": getattr(kw.get("container_resources"), "limits", None),
+            "configmap": [e.config_map_ref.name for e in kw.get("env_from") or []],
+            "arguments": kw.get("arguments")}
 if "g2i_train" in bag.dags:
-    t = bag.dags["g2i_train"].task_dict["train"]
-    out["train"] = {"image": getattr(t, "image", None), "node_selector": getattr(t, "node_selector", None),
-                    "limits": getattr(getattr(t, "container_resources", None), "limits", None),
-                    "arguments": getattr(t, "arguments", None)}
+    out["train"] = pod(bag.dags["g2i_train"].task_dict["train"])
+    out["evaluate"] = pod(bag.dags["g2i_evaluate"].task_dict["evaluate"])
 print("PROBE" + json.dumps(out))
 """ % (HEAVY,)
 
@@ -84,13 +89,18 @@ def test_kubernetes_profile_runs_gpu_stages_as_gpu_pods(tmp_path):
                                 G2I_GPU_COUNT="2")
     assert probe["import_errors"] == {}
     assert probe["heavy"] == []
-    assert probe["dags"]["g2i_train"]["train"] == "KubernetesPodOperator"
+    # Every GPU stage of every DAG is a GPU pod (mapped where it runs per dataset or shard) ...
+    assert probe["dags"]["g2i_train"]["train"] == "KubernetesPodOperator[]"
     assert probe["dags"]["g2i_evaluate"]["generate"] == "KubernetesPodOperator"
-    assert probe["dags"]["g2i_backfill_covers"]["generate"] == "MappedOperator"
-    assert probe["train"]["image"] == "registry.example/g2i-trainer:7"
-    assert probe["train"]["limits"] == {"nvidia.com/gpu": "2"}
-    assert probe["train"]["node_selector"] == {"g2i.io/pool": "gpu"}
-    assert "xcom_pull(task_ids='prepare')" in probe["train"]["arguments"][1]
+    assert probe["dags"]["g2i_evaluate"]["evaluate"] == "KubernetesPodOperator"
+    for tid in ("generate", "generate_sample", "evaluate_sample"):
+        assert probe["dags"]["g2i_backfill_covers"][tid] == "KubernetesPodOperator[]", tid
+    for spec in (probe["train"], probe["evaluate"]):
+        assert spec["image"] == "registry.example/g2i-trainer:7"
+        assert spec["limits"] == {"nvidia.com/gpu": "2"}
+        assert spec["node_selector"] == {"g2i.io/pool": "gpu"}
+        assert spec["configmap"] == ["g2i-settings"]  # settings come from the cluster, not the parsing machine
+    assert "xcom_pull(task_ids='prepare')" in probe["evaluate"]["arguments"][1]
     # Spark stages do not change with the GPU profile: they still go through spark-submit.
     assert probe["dags"]["mmag_refresh"]["refresh.ingest"] == "StageOperator"
 
@@ -119,7 +129,7 @@ def test_mmag_refresh_structure(dagbag):
     assert dag.schedule == "@daily" and dag.catchup is False and dag.max_active_runs == 1
     assert set(dag.params) == {"sources", "raw", "force"}
     assert dag.params["sources"] == ["goodreads", "amazon2014", "amazon2018"]
-    assert dag.params["raw"]["goodreads"].endswith("/raw/sample/goodreads_books.json.gz")
+    assert dag.params["raw"]["goodreads"] == "raw/sample/goodreads_books.json.gz"  # resolved by plan at run time
     for task in dag.tasks:
         assert task.retries >= 1 and task.retry_exponential_backoff, task.task_id
         assert task.doc_md, f"{task.task_id} has no doc_md for the UI"
@@ -134,10 +144,12 @@ def test_g2i_train_structure(dagbag):
     assert _edges(dag) == {("prepare", "train"), ("prepare", "register"), ("train", "register")}
     assert [a.name for a in dag.schedule] == ["g2i.neighbours"]  # asset-triggered by mmag_refresh
     assert _assets(dag.task_dict["register"]) == {"g2i.model"}
-    assert type(dag.task_dict["train"]).__name__ == "StageOperator"  # local profile (the default)
-    assert dag.task_dict["train"].execution_timeout.total_seconds() == 24 * 3600
-    assert {k: dag.params[k] for k in ("dataset", "preset", "steps", "batch_size", "resume", "run_id")} == \
-        {"dataset": "goodreads", "preset": "tiny", "steps": 300, "batch_size": 0, "resume": True, "run_id": ""}
+    train = dag.task_dict["train"]
+    assert train.task_type == "StageOperator" and type(train).__name__ == "MappedOperator"  # one per dataset
+    assert train.partial_kwargs["execution_timeout"].total_seconds() == 24 * 3600
+    assert {k: dag.params[k] for k in ("dataset", "graph_run_id", "preset", "steps", "batch_size", "resume",
+                                       "run_id")} == {"dataset": "goodreads", "graph_run_id": "", "preset": "tiny",
+                                                      "steps": 300, "batch_size": 0, "resume": True, "run_id": ""}
 
 
 def test_g2i_backfill_covers_structure(dagbag):

@@ -40,13 +40,24 @@ def test_render_args_names_the_missing_value():
         orch.render_args("--root {root} --run-id {run_id}", {"root": "r"}, stage="ppr")
 
 
-def test_every_stage_template_renders_with_its_dag_values():
-    full = {**INGEST_VALUES, "preset": "tiny", "steps": 5, "batch_size": 8, "resume": False, "model": "m", "split": "test",
-            "backfill": False, "shard": "0/2", "generations": "g", "limit": None}
+FULL_VALUES = {**INGEST_VALUES, "graph_run_id": "goodreads-20240101", "preset": "tiny", "steps": 5, "batch_size": 8,
+               "resume": False, "model": "s3://bucket/mmag/goodreads/models/train-1", "split": "test",
+               "backfill": False, "shard": "0/2", "generations": "g", "limit": None}
+
+
+def test_every_stage_template_parses_with_its_own_command_parser():
+    """Each STAGES template, rendered with DAG values, is a valid command line of that very stage, and
+    every stage takes its dataset root as --root and (except ingest) the graph run it reads by id."""
+    from g2i_core.cli import build_parser
+
     for name, stage in orch.STAGES.items():
-        args = orch.render_args(stage.args, full, stage=name)
-        assert args and all(isinstance(a, str) for a in args)
+        args = orch.render_args(stage.args, FULL_VALUES, stage=name)
         assert stage.engine in {"spark", "python", "gpu"} and stage.doc
+        parsed = build_parser(name).parse_args([name, *args])
+        root = getattr(parsed, "root", None) or getattr(parsed, "inp", None) or getattr(parsed, "out", None)
+        assert root == "s3://bucket/mmag/goodreads", name
+        if name != "ingest":
+            assert parsed.graph_run_id == "goodreads-20240101", name
 
 
 # ---- command lines ---------------------------------------------------------------------------------
@@ -61,7 +72,7 @@ def test_spark_stage_runs_through_spark_submit_with_project_conf_and_no_secrets(
     assert SECRET not in " ".join(argv)
     script = argv[argv.index("--source") - 1]
     assert script.endswith(("jobs/ingest.py", "g2i_core/cli.py"))
-    assert argv[-12:] == ["--source", "goodreads", "--raw", "s3://bucket/raw/g.json.gz", "--out",
+    assert argv[-12:] == ["--source", "goodreads", "--raw", "s3://bucket/raw/g.json.gz", "--root",
                           "s3://bucket/mmag/goodreads", "--mode", "full", "--logical-date", "2024-01-01",
                           "--run-id", "goodreads-20240101"]
 
@@ -72,12 +83,12 @@ def test_cluster_master_comes_from_settings_only(settings):
 
 
 def test_python_and_container_stage_command_lines(settings):
-    values = {"graph_root": "s3://bucket/mmag/goodreads", "run_id": "train-20240101", "preset": "tiny", "steps": 7,
-              "batch_size": None, "resume": True}
+    values = {"graph_root": "s3://bucket/mmag/goodreads", "run_id": "train-20240101", "graph_run_id": "goodreads-1",
+              "preset": "tiny", "steps": 7, "batch_size": None, "resume": True}
     local = orch.stage_argv("train", values, settings)
     assert local[:4] == [sys.executable, "-m", "g2i_core.cli", "train"]
-    assert local[4:] == ["--root", "s3://bucket/mmag/goodreads", "--run-id", "train-20240101", "--preset", "tiny",
-                         "--steps", "7", "--resume=True"]
+    assert local[4:] == ["--root", "s3://bucket/mmag/goodreads", "--run-id", "train-20240101", "--graph-run-id",
+                         "goodreads-1", "--preset", "tiny", "--steps", "7", "--resume=True"]
     assert orch.stage_argv("train", values, settings, container=True)[:2] == ["g2i", "train"]
     with pytest.raises(KeyError, match="unknown stage 'trian'"):
         orch.stage_argv("trian", values, settings)
@@ -162,14 +173,15 @@ def test_orchestration_config_from_env_and_its_errors():
         orch.OrchestrationConfig.from_env({"G2I_RETRIES": "many"})
 
 
-def test_kubernetes_pod_spec_requests_a_gpu_and_keeps_secrets_out(settings):
+def test_kubernetes_pod_spec_requests_a_gpu_and_keeps_settings_out(settings):
     cfg = orch.OrchestrationConfig(profile="kubernetes", gpu_count=2, trainer_image="registry/g2i-trainer:1")
-    spec = orch.kubernetes_pod_spec("train", "{{ values }}", settings, cfg)
+    spec = orch.kubernetes_pod_spec("train", "{{ values }}", cfg)
     assert spec["image"] == "registry/g2i-trainer:1" and spec["gpu"] == "2"
     assert spec["cmds"] == ["python", "-m", "g2i_core.orchestration", "stage", "train"]
     assert spec["arguments"] == ["--values", "{{ values }}"]
-    assert "G2I_S3_SECRET_KEY" not in spec["env"] and "G2I_S3_ACCESS_KEY" not in spec["env"]
-    assert SECRET not in repr(spec) and spec["env"]["G2I_STORAGE_ROOT"] == "s3://bucket"
+    # settings come from the cluster (ConfigMap + Secret), never from the machine that parses the DAG
+    assert spec["configmap"] == "g2i-settings" and spec["secret"] == "g2i-s3"
+    assert SECRET not in repr(spec) and "s3://bucket" not in repr(spec)
     assert spec["tolerations"][0]["key"] == "nvidia.com/gpu"
 
 
@@ -277,29 +289,65 @@ def test_train_inputs_registration_and_model_resolution(tmp_path):
     from g2i_core.storage import Storage
 
     settings = _file_settings(tmp_path)
-    with pytest.raises(ValueError, match="run mmag_refresh for goodreads first"):
-        orch.prepare_train(settings, dataset="goodreads", preset="tiny", steps=3, resume=True, run_id="train-1")
+    request = [{"dataset": "goodreads", "graph_run_id": ""}]
+    with pytest.raises(ValueError, match="run mmag_refresh for it first"):
+        orch.prepare_train(settings, requests=request, preset="tiny", steps=3, resume=True, run_key="20240101")
     root = Storage(orch.graph_root(settings.storage_root, "goodreads"))
-    for table in ("nodes", "neighbours"):
-        root.publish_table(table, pa.table({"node_id": ["a"]}), "r1")
-    values = orch.prepare_train(settings, dataset="goodreads", preset="tiny", steps=3, resume=True, run_id="train-1")
-    assert values == {"source": "goodreads", "graph_root": root.root, "run_id": "train-1", "preset": "tiny",
-                      "steps": 3, "batch_size": None, "resume": True}
+    for run in ("goodreads-20240101", "goodreads-20240102"):
+        for table in ("nodes", "node_images", "neighbours"):
+            root.publish_table(table, pa.table({"node_id": ["a"]}), run)
+    # "" pins the live graph run once, at planning time; a named run is checked to exist
+    [values] = orch.prepare_train(settings, requests=request, preset="tiny", steps=3, resume=True, run_key="20240101")
+    assert values == {"source": "goodreads", "graph_root": root.root, "graph_run_id": "goodreads-20240102",
+                      "run_id": "train-20240101", "preset": "tiny", "steps": 3, "batch_size": None, "resume": True,
+                      "run_key": "20240101"}
+    with pytest.raises(ValueError, match="neighbours run goodreads-2023 is not published"):
+        orch.prepare_train(settings, requests=[{"dataset": "goodreads", "graph_run_id": "goodreads-2023"}],
+                           preset="tiny", steps=3, resume=True, run_key="20240101")
 
     with pytest.raises(FileNotFoundError, match="run g2i_train first"):
         orch.resolve_model(root, "")
-    root.put_bytes(root.uri("models", "train-1", "checkpoint-2", "model.safetensors"), b"partial")
+    # the final weights exist but the commit marker (written last) does not: not a finished model
+    root.put_bytes(root.uri("models", "train-20240101", "model.safetensors"), b"weights")
     with pytest.raises(FileNotFoundError, match="did `g2i train` finish"):
         orch.register_model(settings, values)
-    root.put_bytes(root.uri("models", "train-1", "model.safetensors"), b"weights")
-    assert orch.register_model(settings, values)["model"] == root.uri("models", "train-1")
-    assert orch.resolve_model(root, "") == orch.resolve_model(root, "train-1") == root.uri("models", "train-1")
-    shards = orch.plan_backfill(settings, dataset="goodreads", model="", shards=3, steps=4, run_id="backfill-1")
+    root.put_json(root.uri("models", "train-20240101", orch.MODEL_COMMIT_FILE), {"graph_run_id": "goodreads-20240102"})
+    registered = orch.register_model(settings, values)
+    assert registered["model"] == root.uri("models", "train-20240101")
+    assert registered["graph_run_id"] == "goodreads-20240102"
+    uri, marker = orch.resolve_model(root, "")
+    assert uri == orch.resolve_model(root, "train-20240101")[0] == root.uri("models", "train-20240101")
+    # an older run key registered later does not move models/_LATEST back
+    root.put_json(root.uri("models", "train-20231231", orch.MODEL_COMMIT_FILE), {"graph_run_id": "goodreads-20240101"})
+    orch.register_model(settings, {**values, "run_id": "train-20231231", "run_key": "20231231"})
+    assert orch.resolve_model(root, "")[0] == root.uri("models", "train-20240101")
+
+    shards = orch.plan_backfill(settings, requests=[{"dataset": "goodreads", "model_run_id": ""}], shards=3,
+                                steps=4, run_key="20240103")
     assert [s["shard"] for s in shards] == ["0/3", "1/3", "2/3"]
-    assert all(s["backfill"] is True and s["split"] is None and s["generations"] == "backfill-1" for s in shards)
+    assert all(s["backfill"] is True and s["split"] is None and s["generations"] == "backfill-20240103"
+               and s["graph_run_id"] == "goodreads-20240102" for s in shards)
     argv = orch.stage_argv("generate", shards[1], settings)
-    assert argv[3:] == ["generate", "--model", root.uri("models", "train-1"), "--run-id", "backfill-1", "--backfill",
+    assert argv[3:] == ["generate", "--root", root.root, "--graph-run-id", "goodreads-20240102", "--model",
+                        root.uri("models", "train-20240101"), "--run-id", "backfill-20240103", "--backfill",
                         "--shard", "1/3", "--steps", "4"]
+
+
+def test_requests_from_events_keep_the_newest_per_dataset():
+    events = [{"dataset": "goodreads", "graph_run_id": "goodreads-1"},
+              {"dataset": "amazon2018", "graph_run_id": "amazon2018-1"},
+              {"dataset": "goodreads", "graph_run_id": "goodreads-2"},
+              {"dataset": "../etc", "graph_run_id": "x"}, {"dataset": "goodreads"}]
+    assert orch.requests_from_events(events, "graph_run_id") == [
+        {"dataset": "amazon2018", "graph_run_id": "amazon2018-1"},
+        {"dataset": "goodreads", "graph_run_id": "goodreads-2"}]
+    assert orch.requests_from_events([], "graph_run_id") == []
+
+
+def test_model_commit_file_is_the_one_train_writes():
+    from g2i_core.model.train import COMMIT_FILE
+
+    assert orch.MODEL_COMMIT_FILE == COMMIT_FILE
 
 
 def test_a_job_dies_with_its_task_process_even_on_sigkill():
