@@ -25,8 +25,8 @@ test-fast: setup  ## unit tests only (no JVM, no S3 server)
 bench: setup  ## benchmarks; results written to bench/results/
 	@bash scripts/bench.sh
 
-lint: setup
-	$(VENV)/bin/ruff check g2i_core jobs dags tests
+lint: setup  ## ruff (line length 120, see pyproject.toml)
+	$(VENV)/bin/ruff check g2i_core jobs dags tests bench
 
 constraints:  ## regenerate constraints.txt from the current venv (after a deliberate upgrade)
 	$(VENV)/bin/pip freeze --exclude-editable | grep -v '^g2i' > constraints.txt

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(parents=True, exist_ok=True)
     name = "fetch_quick" if args.quick else "fetch"
     (RESULTS / f"{name}.json").write_text(json.dumps(summary, indent=2))
-    lines = ["| simulated latency (ms) | concurrency | fetches | ok | seconds | fetches/s |", "|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| simulated latency (ms) | concurrency | fetches | ok | seconds | fetches/s |",
+             "|---:|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['latency_ms']:g} | {r['concurrency']} | {r['fetched']} | {r['ok']} | {r['seconds']} | "
               f"{r['fetches_per_s']} |" for r in results]
     md = (f"# Image fetch benchmark\n\nLoopback sample server, {results[0]['nodes']} Goodreads nodes (a few slow, "

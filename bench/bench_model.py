@@ -124,6 +124,7 @@ def main() -> int:
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "model.json").write_text(json.dumps(res, indent=2))
+    three_branch = res['sampling']['images_per_s_three_branch']
     md = f"""# Model benchmarks (tiny preset, CPU)
 
 `{res['command']}` — {res['cpus']} CPUs, {res['threads']} torch threads, load average {res['load_avg_1min']}.
@@ -131,7 +132,7 @@ def main() -> int:
 | measure | value |
 |---|---|
 | training steps/s (batch {train_bs}, {R}px) | {res['train']['steps_per_s']} ({res['train']['images_per_s']} img/s) |
-| sampling images/s, 3-branch graph guidance ({sample_steps} DDIM steps, batch {sample_bs}) | {res['sampling']['images_per_s_three_branch']} |
+| sampling images/s, 3-branch graph guidance ({sample_steps} DDIM steps, batch {sample_bs}) | {three_branch} |
 | sampling images/s, 2-branch text CFG | {res['sampling']['images_per_s_two_branch']} |
 | time per step, 3-branch / 2-branch (whole pipeline) | {res['guidance_cost_ratio_pipeline']} (target ≤ 1.6) |
 | time per UNet call, 3B / 2B batch | {res['guidance_cost_ratio_unet_call']} |

@@ -49,7 +49,8 @@ def main() -> None:
         eg = embed([_decode(st, rows[n]) for n in test])
         fid = frechet_distance(eg, er)
         mean_term = float(((eg.mean(0) - er.mean(0)) ** 2).sum())
-        print(f"| {run} | {fid:.2f} | {mean_term:.2f} | {fid - mean_term:.2f} | {np.trace(np.cov(eg, rowvar=False)):.1f} |")
+        trace = np.trace(np.cov(eg, rowvar=False))
+        print(f"| {run} | {fid:.2f} | {mean_term:.2f} | {fid - mean_term:.2f} | {trace:.1f} |")
 
 
 if __name__ == "__main__":

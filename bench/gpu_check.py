@@ -59,14 +59,16 @@ def main() -> int:
                      image_encoder_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                num_attention_heads=4, image_size=224, patch_size=32, projection_dim=32),
                      vae_config=dict(block_out_channels=(8, 8, 8, 8), norm_num_groups=4, latent_channels=4,
-                                     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+                                     down_block_types=("DownEncoderBlock2D",) * 4,
+                                     up_block_types=("UpDecoderBlock2D",) * 4),
                      unet_config=dict(sample_size=32, in_channels=4, out_channels=4, layers_per_block=1,
                                       block_out_channels=(8, 16), norm_num_groups=4, cross_attention_dim=32,
                                       attention_head_dim=4, down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
                                       up_block_types=("UpBlock2D", "CrossAttnUpBlock2D")))
         B, args.steps, args.sampling_steps = 2, 1, 2
     g = torch.Generator(device="cpu").manual_seed(0)
-    out: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (smoke)", "batch_size": B, "resolution": 256, "dtype": "bf16-autocast"}
+    out: dict = {"device": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu (smoke)", "batch_size": B,
+                 "resolution": 256, "dtype": "bf16-autocast"}
 
     def graph_inputs(b: int, keyed: bool = False) -> GraphInputs:
         keys = tuple(f"image-{i}" for i in range(b * N)) if keyed else None  # content keys: the image cache

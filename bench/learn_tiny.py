@@ -79,9 +79,9 @@ def main() -> int:
         losses = {int(k): v for k, v in storage.get_json(state)["losses"].items()}
         model_uri, steps_per_s, done = args.model, float("nan"), max(losses)
     else:
-        result = train(TrainConfig(run_id=args.run_id or f"learn-{args.steps}", preset="tiny", nodes_table="nodes", steps=args.steps,
-                                   batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=50, checkpoint_every=100,
-                                   log_every=50, seed=0), settings)
+        result = train(TrainConfig(run_id=args.run_id or f"learn-{args.steps}", preset="tiny", nodes_table="nodes",
+                                   steps=args.steps, batch_size=args.batch_size, lr=args.lr, lr_warmup_steps=50,
+                                   checkpoint_every=100, log_every=50, seed=0), settings)
         losses, model_uri, steps_per_s, done = result.losses, result.model_uri, result.steps_per_s, args.steps
     train_s = time.time() - t0
 

@@ -45,8 +45,10 @@ def main() -> int:
     for i, c in enumerate(sorted(by_comm)):
         for j, n in enumerate(by_comm[c][:3]):
             grid.paste(load(real[n]).resize((cell, cell)), (j * cell, i * cell))
-            grid.paste(load(runs["semantic_ppr"][n]).resize((cell, cell), Image.NEAREST), (3 * cell + 8 + j * cell, i * cell))
-            grid.paste(load(runs["text_only"][n]).resize((cell, cell), Image.NEAREST), (6 * cell + 16 + j * cell, i * cell))
+            grid.paste(load(runs["semantic_ppr"][n]).resize((cell, cell), Image.NEAREST),
+                       (3 * cell + 8 + j * cell, i * cell))
+            grid.paste(load(runs["text_only"][n]).resize((cell, cell), Image.NEAREST),
+                       (6 * cell + 16 + j * cell, i * cell))
     grid.save(OUT)
     print(OUT)
     return 0

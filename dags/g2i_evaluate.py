@@ -2,10 +2,11 @@
 ### g2i_evaluate — evaluation report for a model
 
 Run by hand (or from CI) for a model: `prepare` pins the model (default: the registered one) and
-the graph version it was trained on, by run id → `generate` images for the test nodes → `evaluate` (CLIP / DINOv2 / FID with the sd15 preset,
-the offline style space and feature-FID with the tiny preset; the report says which encoder made each
-number) → `publish_report` points `reports/_LATEST` at the report and returns its location and
-headline metrics (shown in the task's XCom). Emits **g2i.report**.
+the graph version it was trained on, by run id → `generate` images for the test nodes → `evaluate`
+(CLIP / DINOv2 / FID with the sd15 preset, the offline style space and feature-FID with the tiny
+preset; the report says which encoder made each number) → `publish_report` points `reports/_LATEST`
+at the report and returns its location and headline metrics (shown in the task's XCom). Emits
+**g2i.report**.
 """
 
 from __future__ import annotations

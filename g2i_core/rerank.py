@@ -89,7 +89,8 @@ def select_neighbours(candidates: "pa.Table", text: VectorIndex, others: dict[st
     config.check()
     _check_spaces(text, others, config)
     by_node: dict[str, list[tuple[str, float]]] = {}
-    for nid, nbr, score in zip(*(candidates.column(c).to_pylist() for c in ("node_id", "neighbour_id", "ppr_score")), strict=False):
+    columns = (candidates.column(c).to_pylist() for c in ("node_id", "neighbour_id", "ppr_score"))
+    for nid, nbr, score in zip(*columns, strict=False):
         by_node.setdefault(nid, []).append((nbr, score))
     out: dict[str, list] = {c: [] for c in ("node_id", "rank", "neighbour_id", "ppr_score", "semantic_score", "score")}
     if config.strategy in ("semantic_ppr", "ppr"):

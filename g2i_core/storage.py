@@ -651,7 +651,8 @@ class _S3RangeFile(io.RawIOBase):
         if n <= 0:
             return 0
         rng = f"bytes={self._pos}-{self._pos + n - 1}"
-        data = with_retries(lambda: self._client.get_object(Bucket=self._bucket, Key=self._key, Range=rng)["Body"].read(),
+        data = with_retries(lambda: self._client.get_object(Bucket=self._bucket, Key=self._key,
+                                                             Range=rng)["Body"].read(),
                             attempts=self._attempts, what=f"GET {self._key} {rng}")
         buffer[: len(data)] = data
         self._pos += len(data)

@@ -25,7 +25,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", "--in", dest="inp", default=None,
                    help="the dataset's storage root holding nodes/edges (default: settings.storage_root)")
     p.add_argument("--out", default=None, help="storage root for the graph tables (default: --root)")
-    p.add_argument("--run-id", default="", type=optional_run_id_arg, help="default: the nodes run id (a rerun replaces it)")
+    p.add_argument("--run-id", default="", type=optional_run_id_arg,
+                   help="default: the nodes run id (a rerun replaces it)")
     add_graph_run_arg(p, "the ingest commit to build from (default: --run-id's own if published, else the live one)")
     p.add_argument("--force", action="store_true",
                    help="make this run live even when a newer logical date is live (moves _LATEST back)")

@@ -83,11 +83,12 @@ def run(args: argparse.Namespace) -> int:
                 generate_sample(sample, nodes=args.sample_nodes, seed=0, formats=("goodreads",))
             print(json.dumps(publish_benchmark_tables(storage, sample)))
         ints = lambda s: tuple(int(x) for x in s.split(",") if x)  # noqa: E731
-        scales = {k: v for k, v in (("text_scale", args.text_scale), ("graph_scale", args.graph_scale)) if v is not None}
+        given = (("text_scale", args.text_scale), ("graph_scale", args.graph_scale))
+        scales = {k: v for k, v in given if v is not None}
         if args.graph_scale is not None:
             scales["graph_scale_candidates"] = ()  # a given s_G is used as is
-        cfg = SuiteConfig(run_id=args.run_id, seeds=ints(args.seeds), ablation_seeds=ints(args.ablation_seeds), **scales,
-                          steps=args.steps, lr_schedule=args.lr_schedule, max_test_nodes=args.max_test_nodes,
+        cfg = SuiteConfig(run_id=args.run_id, seeds=ints(args.seeds), ablation_seeds=ints(args.ablation_seeds),
+                          **scales, steps=args.steps, lr_schedule=args.lr_schedule, max_test_nodes=args.max_test_nodes,
                           encoders=encoders,
                           methods=tuple(m for m in args.methods.split(",") if m) or
                           tuple(m.name for m in PAPER_METHODS))

@@ -34,7 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the dataset's storage root holding nodes (default: settings.storage_root)")
     p.add_argument("--out", default=None, help="storage root for images and node_images (default: --root)")
     add_graph_run_arg(p, "the nodes to fetch for (default: --run-id's own ingest run if published, else the live one)")
-    p.add_argument("--run-id", default="", type=optional_run_id_arg, help="default: the nodes run id (a rerun replaces it)")
+    p.add_argument("--run-id", default="", type=optional_run_id_arg,
+                   help="default: the nodes run id (a rerun replaces it)")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--per-host-rate", type=float, default=20.0, help="requests/s per host; 0 = unlimited")
     p.add_argument("--timeout", type=float, default=10.0,

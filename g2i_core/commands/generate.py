@@ -39,7 +39,8 @@ def _mix(text: str) -> tuple[str, float]:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, type=location_arg, help="model folder: <root>/models/<run> URI or a local path")
+    p.add_argument("--model", required=True, type=location_arg,
+                   help="model folder: <root>/models/<run> URI or a local path")
     p.add_argument("--run-id", required=True, type=run_id_arg, help="generation run id (generations/<run-id>/)")
     p.add_argument("--root", default=None, help="the dataset's storage root (default: settings.storage_root)")
     add_graph_run_arg(p, "graph_nodes/node_images/neighbours")

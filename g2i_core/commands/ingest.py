@@ -27,7 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "<storage_root>/raw/ or G2I_RAW_ALLOW_PREFIXES (checked by its plan task)")
     p.add_argument("--root", "--out", dest="out", default=None,
                    help="the dataset's storage root to publish under (default: settings.storage_root)")
-    p.add_argument("--run-id", default="", type=optional_run_id_arg, help="default: <source>-<logical date>; a rerun replaces it")
+    p.add_argument("--run-id", default="", type=optional_run_id_arg,
+                   help="default: <source>-<logical date>; a rerun replaces it")
     p.add_argument("--logical-date", default="", help="YYYY-MM-DD (default: today, UTC); sets ingested_at")
     p.add_argument("--mode", default="full", choices=["full", "delta"],
                    help="full: the dump is the whole dataset; delta: upsert it into the latest version")

@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="Parquet edges file/prefix (src, dst[, weight]) or a storage root with graph_edges")
     p.add_argument("--out", default=None, help="storage root to publish ppr_candidates under (default: storage_root)")
     p.add_argument("--nodes", default=None, help="restrict sources to the node_id column of this Parquet/table URI")
-    p.add_argument("--method", default="auto", choices=["auto", "push", "propagate", "exact", "spark-push", "graphframes"])
+    p.add_argument("--method", default="auto",
+                   choices=["auto", "push", "propagate", "exact", "spark-push", "graphframes"])
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--alpha", type=float, default=0.15, help="restart probability (default %(default)s)")
     p.add_argument("--eps", type=float, default=1e-6, help="push: residual threshold (default %(default)s)")
@@ -56,7 +57,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="sources per batch for exact/graphframes")
     p.add_argument("--ignore-weights", action="store_true", help="treat every edge as weight 1")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--run-id", default=None, type=optional_run_id_arg, help="run id of the output (default: settings.run_id or 'manual')")
+    p.add_argument("--run-id", default=None, type=optional_run_id_arg,
+                   help="run id of the output (default: settings.run_id or 'manual')")
     p.add_argument("--previous-edges", default=None, help="incremental: the edges the previous run used")
     p.add_argument("--changed", default=None,
                    help="incremental: Parquet/table URI with node_id of changed/new nodes (default: diff of edges)")

@@ -74,11 +74,11 @@ def run(args: argparse.Namespace) -> int:
         run_id=args.run_id, preset=args.preset, graph_mode=args.graph_mode, storage_root=args.root,
         nodes_table=args.nodes_table, images_table=args.images_table, neighbours_table=args.neighbours_table,
         split=args.split, resolution=args.resolution, max_neighbours=args.max_neighbours, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed, p_drop_text=args.p_drop_text,
-        p_drop_graph=args.p_drop_graph, p_drop_both=args.p_drop_both, mixed_precision=args.mixed_precision,
-        gradient_checkpointing=args.gradient_checkpointing, checkpoint_every=args.checkpoint_every,
-        checkpoints_keep=args.checkpoints_keep, resume=args.resume, log_every=args.log_every,
-        num_threads=args.threads, graph_run_id=args.graph_run_id)
+        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
+        p_drop_text=args.p_drop_text, p_drop_graph=args.p_drop_graph, p_drop_both=args.p_drop_both,
+        mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
+        checkpoint_every=args.checkpoint_every, checkpoints_keep=args.checkpoints_keep, resume=args.resume,
+        log_every=args.log_every, num_threads=args.threads, graph_run_id=args.graph_run_id)
     result = train(cfg, settings)
     last = result.losses[max(result.losses)] if result.losses else None
     print(json.dumps({"model_uri": result.model_uri, "steps": cfg.steps, "resumed_from": result.resumed_from,

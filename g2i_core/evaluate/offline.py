@@ -121,8 +121,8 @@ def offline_metrics(space: StyleSpace, gen: np.ndarray, real: np.ndarray, labels
     point = class_frechet_distance(eg, er, labels)
     if np.isfinite(point):
         # resampled sets can leave a community short; those draws fall back to the point value
-        out["community_fid"] = bootstrap_set(lambda i: _finite_or(class_frechet_distance(eg[i], er[i], labels[i]), point),
-                                             len(gen), seed=seed)
+        out["community_fid"] = bootstrap_set(
+            lambda i: _finite_or(class_frechet_distance(eg[i], er[i], labels[i]), point), len(gen), seed=seed)
     return out
 
 

@@ -173,8 +173,8 @@ def render_report(metrics: dict, grids: list[dict] | None = None, grid_columns: 
                      f"{html.escape(metrics.get('label_source', '?'))}. Its classifier's accuracy on "
                      f"{_e(space['n_holdout'])} held-out real images is <b>{acc['mean']:.3f}</b> "
                      f"[{acc['lo']:.3f}, {acc['hi']:.3f}] against a chance (majority) rate of {space['chance']:.3f} "
-                     f"over {_e(space['classes'])} classes — the ceiling for the community accuracy of generated images."
-                     f"</p>")
+                     f"over {_e(space['classes'])} classes — the ceiling for the community accuracy of "
+                     f"generated images.</p>")
     parts.append("<h2>Metrics</h2>")
     parts.append("<p class=note>± is the standard deviation across training seeds; [lo, hi] a 95% bootstrap "
                  "interval over nodes. Under each metric: the encoder that produced it.</p>")

@@ -3,8 +3,8 @@
 Graph guidance s_G is chosen first, on the val split (the lowest FID of ours among
 ``graph_scale_candidates``). Every method is trained (tiny preset, through the model's ``train``),
 generates the test nodes with a fixed generator seed (through ``g2i_core.generate``), and is scored
-by the offline evaluator (plus CLIP/DINOv2 when configured). Headline methods run with several training seeds, so each number
-carries a seed spread. Everything is stored under the suite's run id and reused on a rerun: trained
+by the offline evaluator (plus CLIP/DINOv2 when configured). Headline methods run with several training seeds,
+so each number carries a seed spread. Everything is stored under the suite's run id and reused on a rerun: trained
 models, published generations; a killed suite resumes where it stopped.
 
     methods      graph condition                           neighbours table
@@ -188,7 +188,8 @@ def generate_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, 
     from g2i_core.generate import GenerateConfig, generate, read_manifest
 
     gcfg = GenerateConfig(run_id=generation_run_id(cfg, m, seed, test), model_uri=model_uri, node_ids=tuple(test),
-                          batch_size=32, seeds=(cfg.gen_seed,), text_scale=cfg.text_scale, graph_scale=cfg.graph_scale, steps=cfg.gen_steps,
+                          batch_size=32, seeds=(cfg.gen_seed,), text_scale=cfg.text_scale, graph_scale=cfg.graph_scale,
+                          steps=cfg.gen_steps,
                           neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}")
     generate(storage, gcfg, settings=settings.replace(storage_root=storage.root))
     rows = read_manifest(storage, gcfg.run_id).to_pylist()

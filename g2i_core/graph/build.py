@@ -136,7 +136,8 @@ def graph_stats(graph_nodes: "DataFrame", graph_edges: "DataFrame", dropped: dic
     comps = graph_nodes.select("component", "component_size").distinct()
     largest = [r["component_size"] for r in comps.orderBy(F.desc("component_size")).limit(10).collect()]
     images = total("image_status")
-    edges_by_relation = dict(sorted((r["relation"], r["count"]) for r in graph_edges.groupBy("relation").count().collect()))
+    relation_counts = graph_edges.groupBy("relation").count().collect()
+    edges_by_relation = dict(sorted((r["relation"], r["count"]) for r in relation_counts))
     return {
         "nodes": n_nodes,
         "edges": sum(edges_by_relation.values()),

@@ -199,7 +199,8 @@ def check_local_dir(setting: str, path: str, subfolders: tuple[str, ...]) -> Pat
                                 f"directory; the sd15 preset never downloads weights")
     p = Path(path).expanduser()
     if not p.is_dir():
-        raise FileNotFoundError(f"{setting}={path!r} is not a local directory (the sd15 preset never downloads weights)")
+        raise FileNotFoundError(f"{setting}={path!r} is not a local directory "
+                                f"(the sd15 preset never downloads weights)")
     missing = [s for s in subfolders if not (p / s).is_dir()]
     if missing:
         raise FileNotFoundError(f"{setting}={path!r} lacks subfolders {missing}; expected a diffusers-layout "

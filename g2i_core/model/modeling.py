@@ -207,8 +207,8 @@ class G2IModel(nn.Module):
             self.graph_tokens = GraphTokens(cfg, image_dim, dim, dim)
         self.qformer = None
         if cfg.uses_qformer:
-            self.qformer = GraphQFormer(text_encoder, cfg.qformer_num_layers, cfg.qformer_cross_every, cfg.qformer_heads,
-                                        cfg.qformer_zero_init)
+            self.qformer = GraphQFormer(text_encoder, cfg.qformer_num_layers, cfg.qformer_cross_every,
+                                        cfg.qformer_heads, cfg.qformer_zero_init)
             self.qformer.requires_grad_(True)
             self.qformer.embeddings.requires_grad_(False)  # token/position tables stay the text encoder's
         self.text_cache_size = 0  # frozen-encoder outputs kept per distinct token row (0 = no cache)
@@ -349,7 +349,8 @@ class G2IModel(nn.Module):
             image_embeds = self.embed_neighbour_images(graph.pixels.flatten(0, 1), graph.image_mask.flatten(),
                                                        graph.image_keys).view(B, N, -1)  # (B, N, E)
         if self.config.uses_texts:
-            text_embeds = self.pool_text(graph.text_ids.flatten(0, 1), graph.text_attention.flatten(0, 1)).view(B, N, -1)
+            text_embeds = self.pool_text(graph.text_ids.flatten(0, 1),
+                                         graph.text_attention.flatten(0, 1)).view(B, N, -1)
         tokens, mask = self.graph_tokens(image_embeds, graph.image_mask, text_embeds, graph.text_mask)  # (B, G, D)
         if self.qformer is None:  # no_qformer: graph tokens straight into the context
             return tokens, mask

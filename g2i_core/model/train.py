@@ -175,7 +175,8 @@ class BatchMaker:
         for p in range((step - 1) * self.batch_size, step * self.batch_size):
             epoch, j = divmod(p, n)
             if epoch not in self._perms:
-                self._perms[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+                gen = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+                self._perms[epoch] = torch.randperm(n, generator=gen)
             out.append(int(self._perms[epoch][j]))
         return out[self.rank::self.world]
 
@@ -251,7 +252,8 @@ def load_checkpoint(storage: "Storage", run_uri: str, step: int, model: G2IModel
 # ---------------------------------------------------------------------------------------------
 # The training loop
 # ---------------------------------------------------------------------------------------------
-def train(cfg: TrainConfig, settings: "Settings", *, on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+def train(cfg: TrainConfig, settings: "Settings", *,
+          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
     """Train (or resume) run ``cfg.run_id``; returns the final model's URI and the loss curve.
     ``on_step(step, loss)`` is called after every step (tests use it to simulate a crash)."""
     from accelerate import Accelerator
@@ -306,7 +308,8 @@ def train(cfg: TrainConfig, settings: "Settings", *, on_step: Callable[[int, flo
 
     # 4. Loop
     log.info("training %s: %d nodes, preset %s, graph_mode %s, %d trainable params, steps %d..%d",
-             cfg.run_id, len(records), mcfg.preset, mcfg.graph_mode, sum(p.numel() for p in params), start + 1, cfg.steps)
+             cfg.run_id, len(records), mcfg.preset, mcfg.graph_mode, sum(p.numel() for p in params), start + 1,
+             cfg.steps)
     loss_module.train()
     bar = tqdm(total=cfg.steps, initial=start, disable=not sys.stderr.isatty(), desc=f"train {cfg.run_id}")
     t0, t_log, window = time.perf_counter(), time.perf_counter(), []
@@ -343,7 +346,8 @@ def train(cfg: TrainConfig, settings: "Settings", *, on_step: Callable[[int, flo
             if step % cfg.log_every == 0 or step == cfg.steps:
                 dt = time.perf_counter() - t_log
                 log.info("step %d/%d loss %.4f (mean of last %d) lr %.2e %.2f steps/s %.1f img/s", step, cfg.steps,
-                         sum(window) / len(window), len(window), lr, len(window) / dt, len(window) * cfg.batch_size / dt)
+                         sum(window) / len(window), len(window), lr, len(window) / dt,
+                         len(window) * cfg.batch_size / dt)
                 bar.set_postfix(loss=f"{sum(window) / len(window):.4f}")
                 t_log, window = time.perf_counter(), []
             if step % cfg.checkpoint_every == 0 and step < cfg.steps and accelerator.is_main_process:
@@ -368,7 +372,8 @@ def train(cfg: TrainConfig, settings: "Settings", *, on_step: Callable[[int, flo
         storage.put_json(f"{run_uri}/train_config.json", dataclasses.asdict(cfg))
         storage.put_json(f"{run_uri}/metrics.json", {
             "losses": {str(k): v for k, v in sorted(losses.items())}, "steps": cfg.steps, "resumed_from": start,
-            "steps_per_s": ran / seconds if ran else 0.0, "images_per_s": ran * cfg.batch_size / seconds if ran else 0.0,
+            "steps_per_s": ran / seconds if ran else 0.0,
+            "images_per_s": ran * cfg.batch_size / seconds if ran else 0.0,
             "train_seconds": seconds, "device": str(device), "processes": world, "mixed_precision": mp,
             "model_config": json.loads(mcfg.to_json())})
         graph = storage.pinned(cfg.graph_run_id).manifest(cfg.neighbours_table)

@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 def changed_nodes(old: CsrGraph, new: CsrGraph) -> list[str]:
     """Ids whose out-edges (targets or transition probabilities) differ, plus added and removed ids."""
     def out_edges(g: CsrGraph) -> dict[str, set[tuple[str, float]]]:
-        return {g.ids[u]: {(g.ids[v], round(float(w), 12)) for v, w in
-                           zip(g.indices[g.indptr[u]:g.indptr[u + 1]], g.probs[g.indptr[u]:g.indptr[u + 1]], strict=False)}
-                for u in range(g.num_nodes)}
+        rows = (slice(g.indptr[u], g.indptr[u + 1]) for u in range(g.num_nodes))
+        return {g.ids[u]: {(g.ids[v], round(float(w), 12)) for v, w in zip(g.indices[r], g.probs[r], strict=False)}
+                for u, r in enumerate(rows)}
 
     a, b = out_edges(old), out_edges(new)
     return sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))

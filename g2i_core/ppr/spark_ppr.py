@@ -113,8 +113,8 @@ class _PartitionPush:
                 empty = np.zeros(0, np.int64)
                 _WORKER_GRAPHS[self.staging_root] = _csr(ids, empty, empty, np.zeros(0))
             else:
-                _WORKER_GRAPHS[self.staging_root] = _csr(ids, table.column("s").to_numpy(), table.column("d").to_numpy(),
-                                                         table.column("w").to_numpy())
+                _WORKER_GRAPHS[self.staging_root] = _csr(ids, table.column("s").to_numpy(),
+                                                         table.column("d").to_numpy(), table.column("w").to_numpy())
         return _WORKER_GRAPHS[self.staging_root]
 
 

@@ -139,8 +139,8 @@ def _titles(rng: np.random.Generator, community: np.ndarray) -> list[str]:
     for c in community:
         topic = TOPIC_WORDS[int(c) % len(TOPIC_WORDS)].split()
         k = int(rng.integers(2, 5))
-        words = [topic[rng.integers(len(topic))] if rng.random() < 0.35 else GENERIC_WORDS[rng.integers(len(GENERIC_WORDS))]
-                 for _ in range(k)]
+        words = [topic[rng.integers(len(topic))] if rng.random() < 0.35
+                 else GENERIC_WORDS[rng.integers(len(GENERIC_WORDS))] for _ in range(k)]
         titles.append("The " + " ".join(w.capitalize() for w in words))
     return titles
 

@@ -120,7 +120,8 @@ def test_mmag_refresh_structure(dagbag):
         "ingest", "fetch_images", "build_graph", "ppr", "embed", "rerank")}
     stages = ("ingest", "fetch_images", "build_graph", "ppr", "embed", "rerank")
     # plan feeds every task of the mapped group (its values are the group's mapped argument)
-    assert {("plan", g + t) for t in stages} | {(g + "ingest", g + "fetch_images"), (g + "fetch_images", g + "build_graph"),
+    assert {("plan", g + t) for t in stages} | {
+            (g + "ingest", g + "fetch_images"), (g + "fetch_images", g + "build_graph"),
             (g + "build_graph", g + "ppr"), (g + "build_graph", g + "embed"), (g + "ppr", g + "rerank"),
             (g + "embed", g + "rerank"), (g + "rerank", "record_state"),
             ("plan", "record_state")} == _edges(dag)

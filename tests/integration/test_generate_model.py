@@ -35,7 +35,8 @@ def publish(storage, n: int = 9) -> list[str]:
         ref = storage.put_content_addressed(encode_png(render(styles[i % 3], i, 32)), prefix="images", ext="png")
         images.append({"node_id": nid, "image_key": ref.key, "status": "ok"})
     storage.publish_table("graph_nodes", pa.table({"node_id": ids, "text": [f"The Dragon Castle {i}" for i in range(n)],
-                                                   "split": ["train"] * n, "has_real_image": [i < n - 2 for i in range(n)]}),
+                                                   "split": ["train"] * n,
+                                                   "has_real_image": [i < n - 2 for i in range(n)]}),
                           "r1")
     storage.publish_table("node_images", pa.Table.from_pylist(images), "r1")
     rows = [{"node_id": a, "rank": r + 1, "neighbour_id": ids[(i + r + 1) % (n - 2)], "ppr_score": 0.1,

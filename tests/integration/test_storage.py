@@ -126,7 +126,8 @@ def test_transient_errors_are_retried_then_surface(s3_storage):
         def put_object(self, **kw):
             if failures["n"] < 2:
                 failures["n"] += 1
-                raise ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}}, "PutObject")
+                raise ClientError({"Error": {"Code": "SlowDown"}, "ResponseMetadata": {"HTTPStatusCode": 503}},
+                                  "PutObject")
             return real.put_object(**kw)
 
     flaky = Storage(s3_storage.root, s3_client=FlakyClient())

@@ -41,7 +41,8 @@ def test_suite_trains_selects_scores_and_resumes(s3_storage, s3_settings, bench_
     assert [c["claim"].split(" ")[0] for c in doc["checks"]] == ["graph-conditioned", "semantic-PPR"]
     for m in doc["methods"]:
         assert 0 <= m["summary"]["community_acc"]["mean"] <= 1 and m["summary"]["style_fid"]["mean"] >= 0
-    stored_objects = set(s3_storage.list(s3_storage.uri("models"))) | set(s3_storage.list(s3_storage.uri("generations")))
+    stored_objects = (set(s3_storage.list(s3_storage.uri("models")))
+                      | set(s3_storage.list(s3_storage.uri("generations"))))
     models = {m.group(1) for p in stored_objects if (m := re.search(r"/models/([^/]+)/model\.safetensors$", p))}
     assert len(models) == 7  # 3 headline methods x 2 seeds + ppr x 1
     report = s3_storage.get_bytes(s3_storage.uri("reports", "t", "report.html")).decode()

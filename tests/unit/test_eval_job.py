@@ -20,14 +20,16 @@ def test_cli_evaluate_ranks_a_faithful_generator_above_a_wrong_one(file_storage,
     rows = [{"node_id": n, "image_key": file_storage.put_content_addressed(encode_png(pictures[n]), prefix="images",
                                                                            ext="png").key, "status": "ok"} for n in ids]
     file_storage.publish_table("node_images", pa.Table.from_pylist(rows), "r")
-    file_storage.publish_table("graph_nodes", pa.table({"node_id": ids, "text": ids, "community": [community[n] for n in ids],
-                                                        "split": ["test" if i < 20 else "train" for i in range(80)]}), "r")
+    file_storage.publish_table("graph_nodes", pa.table({
+        "node_id": ids, "text": ids, "community": [community[n] for n in ids],
+        "split": ["test" if i < 20 else "train" for i in range(80)]}), "r")
 
     def faithful(prompts, graphs, seeds, cfg):  # the node's own style, a fresh rendering
         return [render(styles[community[p]], 10_000 + s % 1000, 32) for p, s in zip(prompts, seeds, strict=True)]
 
     def wrong(prompts, graphs, seeds, cfg):  # the next community's style
-        return [render(styles[(community[p] + 1) % 4], 10_000 + s % 1000, 32) for p, s in zip(prompts, seeds, strict=True)]
+        return [render(styles[(community[p] + 1) % 4], 10_000 + s % 1000, 32)
+                for p, s in zip(prompts, seeds, strict=True)]
 
     def as_text(nodes):
         return list(nodes), None, [[] for _ in nodes]

@@ -36,7 +36,8 @@ def make_report_inputs():
     doc = evaluate_methods(methods, real, labels, space, run_id="unit-report", label_source="test labels",
                            descriptions={"ours": "graph-conditioned"})
     doc["checks"].append(compare(doc, "ours", "blurry", "ours beats blurry", strict=True))
-    grids = [{"node_id": n, "text": "The Dragon Castle", "images": {"ground truth": real[n], "ours": methods["ours"][0][n]},
+    grids = [{"node_id": n, "text": "The Dragon Castle",
+              "images": {"ground truth": real[n], "ours": methods["ours"][0][n]},
               "neighbours": [real[ids[k]] for k in range(3)]} for n in test[:3]]
     guidance = [{"node_id": test[0], "text_scales": [1.0, 3.0], "graph_scales": [0.0, 1.5],
                  "images": {(t, g): rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for t in (1.0, 3.0)

@@ -188,7 +188,8 @@ def test_kubernetes_pod_spec_requests_a_gpu_and_keeps_settings_out(settings):
 def test_airflow_connection_overrides_endpoint_and_keys(settings):
     got = orch.settings_with_connection(settings, {"login": "AK", "password": "SK",
                                                    "extra": '{"endpoint_url": "https://s3.eu", "region_name": "eu-1"}'})
-    assert (got.s3_access_key, got.s3_secret_key, got.s3_endpoint, got.s3_region) == ("AK", "SK", "https://s3.eu", "eu-1")
+    got_fields = (got.s3_access_key, got.s3_secret_key, got.s3_endpoint, got.s3_region)
+    assert got_fields == ("AK", "SK", "https://s3.eu", "eu-1")
     assert orch.settings_with_connection(settings, None) is settings
 
 

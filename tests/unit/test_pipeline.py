@@ -91,8 +91,8 @@ def test_multi_graph_with_one_graph_equals_single_graph(pipe):
 
 
 def test_two_graph_mixing_matches_direct_computation(pipe):
-    mixed = pipe(PROMPTS, [[a, b] for a, b in zip(sets(0), sets(150), strict=True)], text_scale=2.0, graph_scale=[1.0, 0.5],
-                 num_inference_steps=1, output_type="pt", seed=0)
+    mixed = pipe(PROMPTS, [[a, b] for a, b in zip(sets(0), sets(150), strict=True)], text_scale=2.0,
+                 graph_scale=[1.0, 0.5], num_inference_steps=1, output_type="pt", seed=0)
     want = direct_one_step(pipe, 2.0, [1.0, 0.5], [sets(0), sets(150)])
     torch.testing.assert_close(mixed, want, rtol=0, atol=2e-5)
 

@@ -17,7 +17,7 @@ def test_cosine_warms_up_linearly_then_decays_to_zero_at_the_last_step():
     assert learning_rate(cfg, 550) == pytest.approx(5e-4)  # half-way through the decay
     assert learning_rate(cfg, 1000) == pytest.approx(0.0, abs=1e-12)
     after = [learning_rate(cfg, s) for s in range(100, 1001)]
-    assert all(a >= b for a, b in zip(after, after[1:]))  # never rises after the warmup
+    assert all(a >= b for a, b in zip(after, after[1:], strict=False))  # never rises after the warmup
     assert learning_rate(cfg, 1200) == pytest.approx(0.0, abs=1e-12)  # past the end (a longer resume) stays at 0
 
 
