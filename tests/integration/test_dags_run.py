@@ -73,7 +73,8 @@ class Airflow:
             proc = subprocess.Popen([sys.executable, "-m", "g2i_core.orchestration", "dag-test", dag_id,
                                      "--logical-date", day, "--conf", json.dumps(conf)],
                                     env=self.env, cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
-            killer = threading.Thread(target=_kill_when, args=(proc, logf, killed, *kill), daemon=True) if kill else None
+            killer = (threading.Thread(target=_kill_when, args=(proc, logf, killed, *kill), daemon=True)
+                      if kill else None)
             if killer:
                 killer.start()
             try:
@@ -177,8 +178,9 @@ def test_mmag_refresh_publishes_every_table_and_recovers_from_a_killed_job(airfl
     keys = [(r["node_id"], r["rank"]) for r in neighbours]
     assert len(keys) == len(set(keys)) and {r["node_id"] for r in neighbours} <= set(nodes)
     assert {name for name, _ in first_run.assets} >= {"g2i.graph", "g2i.neighbours"}
-    assert ("g2i.neighbours", {"graph_root": g.root, "run_id": f"{SOURCE}-20240101", "source": SOURCE}) \
-        in first_run.assets
+    # the event names the dataset and the graph run it produced: consumers train that dataset at that run
+    assert ("g2i.neighbours", {"dataset": SOURCE, "graph_root": g.root, "graph_run_id": f"{SOURCE}-20240101",
+                               "stage": "rerank"}) in first_run.assets
     state = airflow.storage.get_json(airflow.storage.uri("_state", "mmag_refresh", f"{SOURCE}.json"))
     assert state["logical_date"] == DAY1 and state["mode"] == "full"
 
@@ -218,7 +220,9 @@ def test_train_then_backfill_shards_cover_every_target_exactly_once(airflow, fir
     assert train.rc == 0 and train.state == "success", train.log[-5000:]
     assert [name for name, _ in train.assets] == ["g2i.model"]
     g = graph(airflow)
-    assert g.get_json(g.uri("models", "_LATEST")) == {"run_id": "train-20240101"}
+    assert g.get_json(g.uri("models", "_LATEST")) == {"run_id": "train-20240101", "run_key": "20240101",
+                                                       "graph_run_id": f"{SOURCE}-20240101"}
+    assert g.exists(g.uri("models", "train-20240101", "_COMMITTED.json"))  # written last by g2i train
 
     shards = 3
     backfill = airflow.run("g2i_backfill_covers", DAY1, {"dataset": SOURCE, "shards": shards, "steps": 2, "sample": 8})
@@ -226,11 +230,12 @@ def test_train_then_backfill_shards_cover_every_target_exactly_once(airflow, fir
           + ", ".join(f"{k} {v['s']:.0f}s" for k, v in backfill.tasks.items()))
     assert backfill.rc == 0 and backfill.state == "success", backfill.log[-5000:]
     assert {k for k in backfill.tasks if k.startswith("generate[")} == {f"generate[{i}]" for i in range(shards)}
-    assert all(backfill.tasks[t]["state"] == "success" for t in ("check_coverage", "generate_sample",
-                                                                   "evaluate_sample"))
+    # the quality check runs per dataset (mapped), like every GPU stage
+    assert all(backfill.tasks[t]["state"] == "success" for t in ("check_coverage", "generate_sample[0]",
+                                                                   "evaluate_sample[0]"))
     assert g.exists(g.uri("reports", "backfill-20240101-check", "report.html"))
-    assert ("g2i.report", {"graph_root": g.root, "run_id": "backfill-20240101-check", "source": SOURCE}) \
-        in backfill.assets
+    assert ("g2i.report", {"dataset": SOURCE, "graph_root": g.root, "graph_run_id": f"{SOURCE}-20240101",
+                           "run_id": "backfill-20240101-check", "stage": "evaluate"}) in backfill.assets
 
     # Independently of the DAG's own check: the union of the shard manifests is the target set, once each.
     generated = read_manifest(g, "backfill-20240101").to_pylist()
