@@ -404,7 +404,16 @@ class Storage:
             rel = uri[len(attempt.uri) + 1:]
             if not uri.endswith(".parquet") or any(p.startswith(("_", ".")) for p in rel.split("/")):
                 continue  # Spark's _temporary/ and hidden files are not data
-            files.append({"uri": uri, "rows": pq.read_metadata(self.parquet_footer_source(uri)).num_rows})
+            try:
+                rows = pq.read_metadata(self.parquet_footer_source(uri)).num_rows
+            except Exception as exc:  # noqa: BLE001 - only a vanished file is re-raised as a conflict
+                if not _is_missing(exc):
+                    raise
+                raise PublishConflictError(
+                    f"{attempt.table} run {attempt.run_id} attempt {attempt.attempt}: its files vanished while it was "
+                    "being published: a newer attempt of this run was published and removed older ones; this "
+                    "attempt is superseded and publishes nothing") from None
+            files.append({"uri": uri, "rows": rows})
         return files
 
     def _remove_old_attempts(self, attempt: "Attempt", keep: set) -> None:
@@ -657,6 +666,15 @@ class _S3RangeFile(io.RawIOBase):
         buffer[: len(data)] = data
         self._pos += len(data)
         return len(data)
+
+
+def _is_missing(exc: BaseException) -> bool:
+    """A file or object that is not there (local FileNotFoundError, S3 404/NoSuchKey)."""
+    if isinstance(exc, FileNotFoundError):
+        return True
+    response = getattr(exc, "response", None) or {}
+    code = str(response.get("Error", {}).get("Code", ""))
+    return code in {"404", "NoSuchKey", "NotFound"}
 
 
 def _check_run_id(run_id: str) -> None:

@@ -48,7 +48,7 @@ CLI_FLAGS = [
     (["ingest", "--source", "goodreads", "--raw", "file:///tmp/x.json.gz"], "--run-id", True),
     (["fetch-images"], "--run-id", True),
     (["build-graph"], "--run-id", True),
-    (["build-graph"], "--input-run-id", True),
+    (["build-graph"], "--graph-run-id", True),
     (["ppr", "--edges", "file:///tmp/e"], "--run-id", True),
     (["embed"], "--run-id", True),
     (["rerank"], "--run-id", True),
