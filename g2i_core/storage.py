@@ -53,6 +53,9 @@ class PublishConflictError(StorageError):
 
 
 DEFAULT_LEASE_SECONDS = 600.0  # a killed publisher's lease expires after this
+# An unpublished attempt younger than this may still be writing (an ingest of a large dump takes hours),
+# so cleanup leaves it; it fails as superseded when it tries to commit, and a later commit removes it.
+ATTEMPT_GRACE_SECONDS = 24 * 3600.0
 
 
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500", "Throttling"}
@@ -105,6 +108,7 @@ class Storage:
         self._settings = settings
         self._client = s3_client
         self._attempts = settings.s3_max_attempts if settings else 6
+        self.attempt_grace_s = ATTEMPT_GRACE_SECONDS
 
     @classmethod
     def from_settings(cls, settings: "Settings", root: str | None = None) -> "Storage":
@@ -344,12 +348,13 @@ class Storage:
         extra, rows, schemas = extra or {}, rows or {}, schemas or {}
         primary = attempts[-1]
         manifests: dict[str, dict] = {}
+        short: list[str] = []
         for a in attempts:  # listing and footers first: nothing is locked while we read
             files = self._attempt_files(a)
             total = sum(f["rows"] for f in files)
             if a.table in rows and rows[a.table] != total:
-                raise StorageError(f"{a.table} run {a.run_id} attempt {a.attempt}: the writer reported "
-                                   f"{rows[a.table]} rows but its files hold {total}")
+                short.append(f"{a.table} run {a.run_id} attempt {a.attempt}: the writer reported "
+                             f"{rows[a.table]} rows but its files hold {total}")
             manifests[a.table] = {
                 "table": a.table, "run_id": a.run_id, "attempt": a.attempt, "logical_date": logical_date,
                 "files": [f["uri"][len(self.root) + 1:] for f in files],  # relative: the root may move
@@ -366,6 +371,8 @@ class Storage:
                     raise PublishConflictError(
                         f"{a.table} run {a.run_id}: a newer attempt ({prev_attempt}) is already published; this "
                         f"attempt ({a.attempt}) is superseded and publishes nothing")
+            if short:  # checked after "superseded": a newer attempt's cleanup may have removed our files
+                raise StorageError("; ".join(short))
             live, live_etag = self._pointer(primary.table)
             stale = bool(live and logical_date and live.get("logical_date") and live["run_id"] != primary.run_id
                          and logical_date < live["logical_date"])
@@ -417,17 +424,18 @@ class Storage:
         return files
 
     def _remove_old_attempts(self, attempt: "Attempt", keep: set) -> None:
-        """Delete this run's attempts older than the one just published, except those in ``keep``.
+        """Delete this run's attempts older than the one just published, except those in ``keep`` and
+        those started less than ``attempt_grace_s`` ago.
 
         The attempt published just before stays, so a reader that resolved it a moment ago can still
-        finish; newer attempts (another writer still at work) are never touched, and an older writer
-        still at work finds its data gone and then fails at publish as superseded."""
+        finish; newer attempts are never touched; a recent older one may be a writer still at work: it
+        is left alone, fails at commit as superseded, and a later commit removes it."""
         run_prefix = self.uri(attempt.table, f"run={attempt.run_id}")
         for uri in self.list(run_prefix):
             part = uri[len(run_prefix) + 1:].split("/", 1)[0]
             if part.startswith("attempt="):
                 found = part[len("attempt="):]
-                if found not in keep and found < attempt.attempt:
+                if found not in keep and found < attempt.attempt and attempt_age_s(found) >= self.attempt_grace_s:
                     self.delete_prefix(f"{run_prefix}/{part}")
                     keep.add(found)  # deleted once; list() still names its other files
 
@@ -632,6 +640,17 @@ def new_attempt_id() -> str:
     """Sortable by start time (UTC, microseconds), unique by a random suffix."""
     now = time.time()
     return time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now % 1 * 1e6):06d}Z-{uuid.uuid4().hex[:8]}"
+
+
+def attempt_age_s(attempt: str) -> float:
+    """Seconds since an attempt started (from its id); infinite for an id we cannot read."""
+    import calendar
+
+    try:
+        start = calendar.timegm(time.strptime(attempt[:15], "%Y%m%dT%H%M%S")) + int(attempt[15:21]) / 1e6
+    except ValueError:
+        return float("inf")
+    return time.time() - start
 
 
 class _S3RangeFile(io.RawIOBase):
