@@ -9,7 +9,10 @@ the graph run id it was trained on), or by hand with params.
 per dataset (each shard is a stable hash partition of the target ids, so the shards cover every target
 exactly once) → `check_coverage` asserts exactly that on the published shard manifests. Covers have no
 ground truth, so `generate_sample` + `evaluate_sample` measure the same model, graph and settings on a
-sample of test nodes that do have a real cover (report under `reports/backfill-<YYYYMMDD>-check/`).
+sample of test nodes that do have a real cover, against the text-only baseline (`generate_sample_text_only`:
+the same model with graph guidance 0). The report (`reports/backfill-<YYYYMMDD>-check/`) shows the
+backfill gallery: every new cover with its title and neighbours, also written as
+`generations/backfill-<YYYYMMDD>/backfill.html`.
 All GPU stages go through `gpu_stage_mapped`: GPU pods under the kubernetes profile.
 
 Idempotent: the generation run id is `backfill-<YYYYMMDD>`; a retried or rerun shard skips what it
@@ -23,7 +26,7 @@ import datetime as dt
 from airflow.sdk import Param, dag, task
 
 from g2i_core.airflow_ops import CFG, MODEL, REPORT, default_args, gpu_stage_mapped
-from g2i_core.ids import OPTIONAL_RUN_ID_PARAM_PATTERN
+from g2i_core.ids import OPTIONAL_RAW_URI_PARAM_PATTERN, OPTIONAL_RUN_ID_PARAM_PATTERN
 from g2i_core.orchestration import SOURCES
 
 
@@ -45,6 +48,10 @@ from g2i_core.orchestration import SOURCES
         "steps": Param(20, type="integer", minimum=1, description="denoising steps"),
         "sample": Param(CFG.backfill_sample, type="integer", minimum=2,
                         description="test nodes (with a real cover) generated and scored as the quality check"),
+        "text_scale": Param(7.5, type="number", minimum=0, description="text guidance s_T"),
+        "graph_scale": Param(1.5, type="number", minimum=0, description="graph guidance s_G"),
+        "labels": Param("", type="string", pattern=OPTIONAL_RAW_URI_PARAM_PATTERN,
+                        description="node_id,community CSV under the storage root's raw/ for the quality check"),
     },
 )
 def g2i_backfill_covers():
@@ -56,23 +63,33 @@ def g2i_backfill_covers():
         requests = requests_from_events(event_extras(context, MODEL), "model_run_id") or [
             {"dataset": params["dataset"], "model_run_id": params["model"]}]
         return plan_backfill(task_settings(), requests=requests, shards=params["shards"], steps=params["steps"],
-                             run_key=run_key(context))
+                             run_key=run_key(context), text_scale=params.get("text_scale"),
+                             graph_scale=params.get("graph_scale"))
 
     @task(doc_md="Every target generated exactly once across the shards; returns the quality-check values.")
     def check_coverage(shards: list[dict], params=None) -> list[dict]:
         from g2i_core.airflow_ops import task_settings
         from g2i_core.orchestration import check_backfill_coverage
 
-        return check_backfill_coverage(task_settings(), shards, sample=params["sample"])
+        return check_backfill_coverage(task_settings(), shards, sample=params["sample"],
+                                       labels=params.get("labels") or "")
+
+    @task(doc_md="The text-only baseline of each quality check: the same model and nodes, graph guidance 0.")
+    def text_only(checks: list[dict]) -> list[dict]:
+        from g2i_core.orchestration import text_only_values
+
+        return [text_only_values(c) for c in checks]
 
     shards = plan_shards()
     generated = gpu_stage_mapped("generate", "generate", shards, execution_timeout=dt.timedelta(hours=6))
     checked = check_coverage(shards)
     generated >> checked
     sample = gpu_stage_mapped("generate_sample", "generate", checked, execution_timeout=dt.timedelta(hours=2))
+    sample_text = gpu_stage_mapped("generate_sample_text_only", "generate", text_only(checked),
+                                   execution_timeout=dt.timedelta(hours=2))
     evaluate = gpu_stage_mapped("evaluate_sample", "evaluate", checked, outlets=[REPORT],
                                 execution_timeout=dt.timedelta(hours=2))
-    sample >> evaluate
+    [sample, sample_text] >> evaluate
 
 
 g2i_backfill_covers()

@@ -7,8 +7,9 @@ Runs when `mmag_refresh` publishes a dataset's neighbours (**g2i.neighbours**), 
 carries `dataset` and `graph_run_id`), or `params.dataset` for a manual run. The graph version is pinned
 by run id here, once (`params.graph_run_id`, default: the live neighbours now), and every later task
 reads exactly that version → `train` (mapped over the datasets) → `register` checks the model's commit
-marker, moves `models/_LATEST` forward and emits **g2i.model** with `extra={"dataset", "run_id",
-"graph_run_id"}` (which triggers `g2i_backfill_covers` for that dataset).
+marker, moves `models/_LATEST` forward and emits **g2i.model** with `extra={"dataset", "model_run_id",
+"graph_run_id"}` (which triggers `g2i_backfill_covers` for that dataset). A model older (by run key) than
+the registered one stays off: `register` is skipped and emits no event, so no backfill runs with it.
 
 * **Run id** `train-<YYYYMMDD>` of the run's logical date (or `params.run_id`): a retry resumes it.
 * **Execution profile** (`G2I_PROFILE`): `local` runs `g2i train` as a subprocess on the worker (the
@@ -43,7 +44,9 @@ from g2i_core.orchestration import SOURCES
                          description="manual runs: which source's MMAG to train on (asset runs: the event's)"),
         "graph_run_id": Param("", type="string", pattern=OPTIONAL_RUN_ID_PARAM_PATTERN,
                               description="manual runs: the MMAG run id to train on (default: the live one)"),
-        "preset": Param("tiny", enum=["tiny", "sd15"], description="tiny: CPU, random init; sd15: real weights"),
+        "preset": Param("tiny", enum=["tiny", "tiny16", "sd15"],
+                        description="tiny: CPU, random init; tiny16: tiny at 16 px, lr 1e-3 (the demo's); "
+                                    "sd15: real weights"),
         "steps": Param(300, type="integer", minimum=1, description="optimizer steps"),
         "batch_size": Param(0, type="integer", minimum=0, description="images per step (0 = the trainer's default)"),
         "resume": Param(True, type="boolean", description="continue from the run's latest checkpoint"),
@@ -64,12 +67,18 @@ def g2i_train():
                              steps=variable_int("g2i_train_steps", params["steps"]), resume=params["resume"],
                              batch_size=params["batch_size"], run_key=run_key(context), run_id=params["run_id"])
 
-    @task(outlets=[MODEL], doc_md="Checks the model committed; moves models/_LATEST forward; emits g2i.model.")
+    @task(outlets=[MODEL], doc_md="Checks the model committed; moves models/_LATEST forward; emits "
+                                  "g2i.model. Skipped (no event) when a later run key's model is registered.")
     def register(values: dict, **context) -> dict:
+        from airflow.sdk.exceptions import AirflowSkipException
+
         from g2i_core.airflow_ops import task_settings
         from g2i_core.orchestration import register_model
 
         registered = register_model(task_settings(), values)
+        if not registered["live"]:  # a skipped task emits no asset event: no backfill with a superseded model
+            raise AirflowSkipException(f"{registered['model_run_id']} is older than the registered model: "
+                                       "models/_LATEST unchanged, no g2i.model event")
         context["outlet_events"][MODEL].extra = {
             "dataset": registered["source"], "graph_root": registered["graph_root"],
             "model_run_id": registered["model_run_id"], "graph_run_id": registered["graph_run_id"]}

@@ -227,6 +227,26 @@ class AirflowClient:
                 f"/xcomEntries/{key}")
         return self.request("GET", path, params={"map_index": map_index})["value"]
 
+    def upstream_asset_events(self, dag_id: str, run_id: str) -> list[dict]:
+        """The asset events that triggered an asset-triggered run (each with ``extra``, ``source_dag_id``,
+        ``source_run_id``); [] for other runs."""
+        path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/upstreamAssetEvents"
+        return self.request("GET", path)["asset_events"]
+
+    def asset_events(self, **filters: Any) -> list[dict]:
+        """Asset events, filtered by ``source_dag_id``, ``source_run_id``, ``source_task_id``..."""
+        return self.request("GET", "/api/v2/assets/events", params={"limit": 1000, **filters})["asset_events"]
+
+    def set_variable(self, key: str, value: str, description: str | None = None) -> dict:
+        """Create or replace an Airflow Variable (``g2i_train_steps``, for instance)."""
+        body = {"key": key, "value": value, "description": description}
+        try:
+            return self.request("POST", "/api/v2/variables", body)
+        except AirflowError as exc:
+            if "HTTP 409" not in str(exc):
+                raise
+            return self.request("PATCH", f"/api/v2/variables/{urllib.parse.quote(key, safe='')}", body)
+
     def clear(self, dag_id: str, run_id: str, *, only_failed: bool = False) -> Any:
         """Clear a run's task instances so the scheduler runs them again (the run goes back to queued)."""
         path = f"/api/v2/dags/{dag_id}/dagRuns/{urllib.parse.quote(run_id, safe='')}/clear"

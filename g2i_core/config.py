@@ -49,7 +49,8 @@ class Settings:
     jars_dir: str = field(default_factory=lambda: _local_dir("jars"))
     spark_local_dir: str = field(default_factory=lambda: _local_dir("spark"))
 
-    # Model preset: "tiny" (CPU, random init + offline MiniLM) or "sd15" (local checkpoints).
+    # Model preset: "tiny" (CPU, random init + offline MiniLM), "tiny16" (the same at 16 px, what the demo
+    # trains) or "sd15" (local checkpoints).
     model_preset: str = "tiny"
     sd15_path: str = ""
     clip_vision_path: str = ""
@@ -94,8 +95,8 @@ class Settings:
     def validate(self) -> None:
         if not (self.storage_root.startswith("s3://") or self.storage_root.startswith("file://")):
             raise ValueError(f"storage_root must start with s3:// or file://, got {self.storage_root!r}")
-        if self.model_preset not in {"tiny", "sd15"}:
-            raise ValueError(f"model_preset must be 'tiny' or 'sd15', got {self.model_preset!r}")
+        if self.model_preset not in {"tiny", "tiny16", "sd15"}:
+            raise ValueError(f"model_preset must be 'tiny', 'tiny16' or 'sd15', got {self.model_preset!r}")
         if self.spark_shuffle_partitions < 1:
             raise ValueError(f"spark_shuffle_partitions must be >= 1, got {self.spark_shuffle_partitions}")
 

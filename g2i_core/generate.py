@@ -81,6 +81,12 @@ class GenerateConfig:
             raise ValueError(f"run_id must be a non-empty name without '/', got {self.run_id!r}")
 
     @property
+    def text_only(self) -> bool:
+        """Graph guidance 0 and no mixing: the guidance formula's graph term is 0, so the images are the
+        model's text-only ones (ε(∅,∅) + s_T·[ε(c_T,∅_G) − ε(∅,∅)]) and the graph branch is skipped."""
+        return self.graph_scale == 0 and not self.mix
+
+    @property
     def shard_name(self) -> str:
         return f"shard-{self.shard:04d}-of-{self.num_shards:04d}"
 
@@ -342,8 +348,8 @@ def graph_loader(storage: "Storage", cfg: GenerateConfig, uses_graph: bool):
             raise KeyError(f"{len(unknown)} nodes are not in the nodes table, e.g. {unknown[:3]}")
         texts = [records[n].text for n in node_ids]
         nbr_ids = [records[n].neighbour_ids for n in node_ids]
-        if not uses_graph:
-            return texts, None, nbr_ids
+        if not uses_graph:  # no neighbours were used: a text-only generation records none
+            return texts, None, [[] for _ in node_ids] if cfg.text_only else nbr_ids
         mixed = [condition_of(records[m], cache).neighbours for m, _ in cfg.mix]
         graphs = [[condition_of(records[n], cache).neighbours, *mixed] for n in node_ids]
         return texts, graphs, nbr_ids
@@ -357,4 +363,4 @@ def generate(storage: "Storage", cfg: GenerateConfig, settings=None, device: str
 
     pipe = G2IPipeline.from_pretrained(cfg.model_uri, settings=settings, device=device)
     gen = PipelineGenerator(pipe)
-    return run_shard(storage, cfg, gen, graph_loader(storage, cfg, gen.uses_graph))
+    return run_shard(storage, cfg, gen, graph_loader(storage, cfg, gen.uses_graph and not cfg.text_only))

@@ -27,6 +27,9 @@ OPTIONAL_RUN_ID_PARAM_PATTERN = r"^(?!.*\n)(?!.*\.\.)(" + RUN_ID_PATTERN[1:-1] +
 # A raw dump URI as a Param value: s3:// or file://, no '?', '#', '\', '%' or control character, no ".."
 # segment. Where it may point is checked by check_raw_uri in the plan task (the root is a worker setting).
 RAW_URI_PARAM_PATTERN = r"^(?!.*(/|^)\.\.(/|$))((s3|file)://|raw/)[^?#%\\\x00-\x1f]+(?!\n)$"
+# The same, or "" (an optional file under raw/, e.g. the labels of g2i_evaluate); "^(?![\s\S])" matches the
+# empty string only (unlike "^$", which also accepts "\n").
+OPTIONAL_RAW_URI_PARAM_PATTERN = r"^(?![\s\S])|" + RAW_URI_PARAM_PATTERN
 
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _BAD_URI_CHARS = re.compile(r"[?#%\\\x00-\x1f\x7f]")

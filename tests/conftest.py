@@ -89,13 +89,29 @@ def pytest_configure(config):
 
 
 @pytest.fixture(scope="session")
-def airflow_live(s3_server, tmp_path_factory):
+def live_images(tmp_path_factory):
+    """A loopback image server for the sample dumps the live-scheduler tests upload. It starts before
+    ``airflow_live`` because the Airflow processes' environment is fixed at ``up``: they get its host in
+    ``G2I_FETCH_ALLOW_HOSTS`` (the fetcher refuses loopback otherwise). It serves whatever is written under
+    ``live_images.directory``, so a test renders its sample there later, with ``live_images.base_url``."""
+    from g2i_core.sample.server import ImageServer
+
+    directory = tmp_path_factory.mktemp("live-images")
+    server = ImageServer(directory, port=0, slow_seconds=0.5).start()
+    server.directory = directory
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def airflow_live(s3_server, live_images, tmp_path_factory):
     """A real Airflow 3 (`g2i airflow up`: api-server, scheduler, dag-processor, triggerer) on a free port,
     with a private AIRFLOW_HOME and the test S3 server under ``s3://<bucket>/airflow-live``. One instance is
     shared by every live-scheduler test; ``down`` at session end. ``airflow_live.client()`` is the REST API.
 
-    On start the ``@daily`` mmag_refresh is unpaused and gets its scheduled run at once; with no raw dumps
-    under this root its ``plan`` fails fast (one retry after 1 s), which frees ``max_active_runs=1``."""
+    On start the ``@daily`` mmag_refresh is unpaused and gets its scheduled run at once; with no amazon2014
+    dump under this root (test_airflow_chain.py uploads goodreads and amazon2018 only) its ``plan`` fails
+    fast (one retry after 1 s), which frees ``max_active_runs=1``."""
     from g2i_core.airflow_local import LocalAirflow, free_port
 
     access, secret = s3_server.credentials()
@@ -105,7 +121,8 @@ def airflow_live(s3_server, tmp_path_factory):
         "G2I_S3_ACCESS_KEY": access, "G2I_S3_SECRET_KEY": secret, "G2I_S3_MAX_ATTEMPTS": "3",
         "G2I_SPARK_DRIVER_MEMORY": "1g", "G2I_SPARK_SHUFFLE_PARTITIONS": "2",
         "G2I_SPARK_LOCAL_DIR": str(home / "spark"), "G2I_RETRIES": "1", "G2I_RETRY_DELAY_S": "1",
-        "OMP_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1", "G2I_FETCH_ALLOW_HOSTS": f"127.0.0.1:{live_images.port}",
+        "G2I_BACKFILL_SHARDS": "2", "G2I_BACKFILL_SAMPLE": "8",  # the asset-triggered backfill's defaults
     }
     af = LocalAirflow(home, port=free_port(), env_overrides=env)
     af.up(timeout=300)  # stops what it started if it fails

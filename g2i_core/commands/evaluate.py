@@ -10,8 +10,8 @@ images, colour distance. Paper metrics (CLIP / DINOv2 score, FID via torchmetric
 clip,dinov2 when G2I_CLIP_EVAL_PATH / G2I_DINOV2_PATH point at local checkpoints.
 
 Examples:
-  g2i evaluate --run-id eval1 --generations ours=gen-ours --generations text=gen-text \\
-      --labels sample/truth/goodreads_communities.csv.gz
+  g2i evaluate --run-id eval1 --generations ours=gen-ours --generations text_only=gen-text \\
+      --labels sample/truth/goodreads_communities.csv.gz --backfill-run backfill-20240101
   g2i evaluate --suite paper --run-id paper --prepare-sample .local/bench/sample --seeds 0,1,2
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 from g2i_core.commands import add_graph_run_arg
-from g2i_core.ids import run_id_arg
+from g2i_core.ids import location_arg, optional_run_id_arg, run_id_arg
 
 NAME = "evaluate"
 SUMMARY = "score generations against ground truth (or --suite paper) and write the HTML report"
@@ -38,7 +38,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default=None, help="the dataset's storage root (default: settings.storage_root)")
     add_graph_run_arg(p, "graph_nodes/node_images the generations are scored against")
     p.add_argument("--generations", type=_pair, action="append", default=[], help="NAME=GENERATION_RUN_ID")
-    p.add_argument("--labels", default="", help="CSV node_id,community (gzip ok) for the community metrics")
+    p.add_argument("--labels", default="", type=lambda v: v and location_arg(v),
+                   help="CSV node_id,community (gzip ok) for the community metrics: a local path or an s3:// / "
+                        "file:// URI (e.g. the sample's truth file uploaded under raw/)")
+    p.add_argument("--backfill-run", default="", type=optional_run_id_arg,
+                   help="a backfill generation run: its covers as a gallery in the report, also written as "
+                        "generations/<run>/backfill.html")
+    p.add_argument("--grid-nodes", type=int, default=8, help="nodes shown side by side in the report")
+    p.add_argument("--gallery-nodes", type=int, default=48, help="backfill covers shown in the gallery")
     p.add_argument("--clusters", type=int, default=8, help="k-means pseudo-labels when no labels exist")
     p.add_argument("--encoders", default="", help="comma list of clip,dinov2 (local paths from settings)")
     p.add_argument("--suite", choices=["paper"], help="train, generate and score the paper's methods")
@@ -97,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
         from g2i_core.evaluate.job import evaluate_generations
 
         doc = evaluate_generations(storage, settings, args.run_id, dict(args.generations), labels_csv=args.labels,
-                                   clusters=args.clusters, encoders=encoders)
+                                   clusters=args.clusters, encoders=encoders, grid_nodes=args.grid_nodes,
+                                   backfill_run=args.backfill_run, gallery_nodes=args.gallery_nodes)
     for m in doc["methods"]:
         print(m["name"], json.dumps({k: round(v["mean"], 4) for k, v in m["summary"].items()}))
     for c in doc["checks"]:

@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seeds", default="0", help="comma-separated generator seeds (one image per seed)")
     p.add_argument("--text-scale", type=float, default=7.5)
-    p.add_argument("--graph-scale", type=float, default=1.5)
+    p.add_argument("--graph-scale", type=float, default=1.5,
+                   help="graph guidance s_G; 0 = text-only images of the same model (the graph branch is skipped)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--mix", type=_mix, action="append", default=[],
                    help="style mixing: add NODE_ID's neighbour set as another graph with this scale (repeatable)")

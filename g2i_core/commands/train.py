@@ -6,6 +6,7 @@ model (config.json + model.safetensors + metrics.json) to <root>/models/<run-id>
 --run-id resumes from its newest complete checkpoint (disable with --resume false).
 
   g2i train --run-id tiny-qformer-s0 --preset tiny --steps 3000
+  g2i train --run-id demo --preset tiny16 --steps 800 --batch-size 16     # the demo's model (lr 1e-3, cosine)
   g2i train --root s3://g2i/graphs/goodreads --run-id sd15-r1 --preset sd15 --steps 20000 --batch-size 64
   accelerate launch jobs/train.py --preset sd15 ...        # several GPUs (data-parallel)
 
@@ -37,7 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default="", help="storage root holding the tables (default: settings.storage_root)")
     p.add_argument("--run-id", required=True, type=run_id_arg, help="models/<run-id>/ under the root")
     add_graph_run_arg(p, "graph_nodes/node_images/neighbours to train on")
-    p.add_argument("--preset", default="", choices=["", "tiny", "sd15"], help="default: settings.model_preset")
+    p.add_argument("--preset", default="", choices=["", "tiny", "tiny16", "sd15"],
+                   help="default: settings.model_preset; tiny16 = tiny at 16 px (what `make demo` trains)")
     p.add_argument("--graph-mode", default="qformer", choices=GRAPH_MODES)
     p.add_argument("--nodes-table", default="graph_nodes", help="falls back to 'nodes' (default %(default)s)")
     p.add_argument("--images-table", default="node_images")
@@ -45,15 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="train on nodes of this split ('' = all)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--lr", type=float, default=None, help="default: the preset's (tiny16 1e-3), else 3e-4")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
                    help="after the warmup: cosine decay to 0 at the last step, or constant (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resolution", type=int, default=0, help="0 = the preset's (tiny 32, sd15 256)")
     p.add_argument("--max-neighbours", type=int, default=5)
-    p.add_argument("--p-drop-text", type=float, default=0.05)
-    p.add_argument("--p-drop-graph", type=float, default=0.05)
-    p.add_argument("--p-drop-both", type=float, default=0.05)
+    for what in ("text", "graph", "both"):
+        p.add_argument(f"--p-drop-{what}", type=float, default=None,
+                       help="condition dropout; default: the preset's (tiny16 0.1), else 0.05")
     p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
     p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--checkpoint-every", type=int, default=500)
@@ -67,15 +69,20 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from g2i_core.config import Settings
+    from g2i_core.model.config import PRESET_TRAIN_DEFAULTS
     from g2i_core.model.train import TrainConfig, train
 
     settings = Settings.load()
+    # A flag given wins; else the preset's training defaults (PRESET_TRAIN_DEFAULTS); else TrainConfig's.
+    preset_defaults = PRESET_TRAIN_DEFAULTS.get(args.preset or settings.model_preset, {})
+    tuned = {k: getattr(args, k) if getattr(args, k) is not None else preset_defaults.get(k)
+             for k in ("lr", "p_drop_text", "p_drop_graph", "p_drop_both")}
+    tuned = {k: v for k, v in tuned.items() if v is not None}
     cfg = TrainConfig(
         run_id=args.run_id, preset=args.preset, graph_mode=args.graph_mode, storage_root=args.root,
         nodes_table=args.nodes_table, images_table=args.images_table, neighbours_table=args.neighbours_table,
         split=args.split, resolution=args.resolution, max_neighbours=args.max_neighbours, steps=args.steps,
-        batch_size=args.batch_size, lr=args.lr, lr_schedule=args.lr_schedule, seed=args.seed,
-        p_drop_text=args.p_drop_text, p_drop_graph=args.p_drop_graph, p_drop_both=args.p_drop_both,
+        batch_size=args.batch_size, lr_schedule=args.lr_schedule, seed=args.seed, **tuned,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, checkpoints_keep=args.checkpoints_keep, resume=args.resume,
         log_every=args.log_every, num_threads=args.threads, graph_run_id=args.graph_run_id)

@@ -24,6 +24,12 @@ th{background:#f3f3f3}td.name,th.name{text-align:left}.enc{font-weight:normal;fo
 .best{font-weight:bold}.grid td{text-align:center;vertical-align:top;font-size:11px}
 .grid img{image-rendering:pixelated;display:block;margin:auto}.nb img{display:inline;margin:1px}
 .note{color:#555;font-size:13px}.ok{color:#176f2c}.bad{color:#a11}
+.title{font-weight:bold;font-size:13px;max-width:220px;white-space:normal}.nid{font-size:11px;color:#777}
+.answer{border:2px solid #999;border-radius:6px;padding:10px 14px;margin:12px 0;font-size:15px;background:#fcfcfc}
+.answer.ok{border-color:#176f2c}.answer.bad{border-color:#a11}
+.gallery{display:flex;flex-wrap:wrap;gap:10px}.tile{border:1px solid #ddd;border-radius:4px;padding:6px;width:176px;
+font-size:11px;text-align:center}.tile img{image-rendering:pixelated}.tile .main{display:block;margin:0 auto 4px}
+.tile .nbs img{margin:1px}
 """
 
 
@@ -48,8 +54,10 @@ def png_data_uri(image: np.ndarray, scale: int = 1) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
-def _img(image: np.ndarray, size: int, alt: str) -> str:
-    return f'<img src="{png_data_uri(image)}" width="{size}" height="{size}" alt="{html.escape(alt)}">'
+def _img(image: np.ndarray, size: int, alt: str, title: str = "", cls: str = "") -> str:
+    """An inline PNG; ``title`` (escaped) is what a browser shows on hover."""
+    extra = (f' title="{html.escape(title)}"' if title else "") + (f' class="{html.escape(cls)}"' if cls else "")
+    return f'<img src="{png_data_uri(image)}" width="{size}" height="{size}" alt="{html.escape(alt)}"{extra}>'
 
 
 def _fmt(v: float) -> str:
@@ -132,17 +140,73 @@ def tradeoff_svg(metrics: dict, x_key: str, y_key: str, width: int = 560, height
     return "".join(parts)
 
 
+def _neighbour_imgs(r: dict, size: int) -> str:
+    """A node's neighbour thumbnails, each with the neighbour's title (and id) on hover."""
+    titles = list(r.get("neighbour_titles") or [])
+    ids = list(r.get("neighbour_ids") or [])
+    out = []
+    for i, nb in enumerate(r.get("neighbours", [])):
+        title = titles[i] if i < len(titles) else ""
+        node = ids[i] if i < len(ids) else ""
+        hover = "neighbour: " + (f"{title} ({node})" if title and node else title or node or "?")
+        out.append(_img(nb, size, "neighbour", hover))
+    return "".join(out)
+
+
 def comparison_grid(rows: list[dict], columns: list[str], size: int = 96) -> str:
-    """rows: {"node_id", "text", "images": {column: array}, "neighbours": [array, ...]}."""
+    """rows: {"node_id", "text" (the title), "images": {column: array}, "neighbours": [array, ...],
+    optional "neighbour_titles"/"neighbour_ids" (shown on hover) and "community"}."""
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns) + "<th>neighbours (graph condition)</th>"
     body = []
     for r in rows:
         cells = "".join(f"<td>{_img(r['images'][c], size, c)}</td>" if c in r["images"] else "<td>–</td>"
                         for c in columns)
-        nbs = "".join(_img(nb, size // 2, "neighbour") for nb in r.get("neighbours", []))
-        body.append(f"<tr><td class=name>{html.escape(r['node_id'])}<br><span class=enc>"
-                    f"{html.escape(r.get('text', '')[:60])}</span></td>{cells}<td class=nb>{nbs}</td></tr>")
+        nbs = _neighbour_imgs(r, size // 2)
+        community = f" · community {html.escape(str(r['community']))}" if r.get("community", "") != "" else ""
+        body.append(f"<tr><td class=name><div class=title>{html.escape(r.get('text', '') or '(no title)')}</div>"
+                    f"<span class=nid>{html.escape(r['node_id'])}{community}</span></td>{cells}"
+                    f"<td class=nb>{nbs}</td></tr>")
     return f"<table class=grid><tr><th class=name>node</th>{head}</tr>{''.join(body)}</table>"
+
+
+def gallery_grid(gallery: dict, size: int = 128) -> str:
+    """gallery: {"run_id", "total", "tiles": [{"node_id", "title", "image", "neighbours", "neighbour_titles",
+    "neighbour_ids"}]}: one tile per generated cover, with its title and the neighbours it was drawn from."""
+    tiles = []
+    for t in gallery["tiles"]:
+        tiles.append(f"<div class=tile>{_img(t['image'], size, 'generated cover', cls='main')}"
+                     f"<div class=title>{html.escape(t.get('title', '') or '(no title)')}</div>"
+                     f"<div class=nid>{html.escape(t['node_id'])}</div>"
+                     f"<div class=nbs>{_neighbour_imgs(t, 28)}</div></div>")
+    shown, total = len(gallery["tiles"]), gallery.get("total", len(gallery["tiles"]))
+    more = f" (the first {shown} by node id)" if shown < total else ""
+    return (f"<p class=note>Backfill run {html.escape(str(gallery['run_id']))}: {_e(total)} covers generated for "
+            f"books that had none{more}. Under each cover: its title, its id and the neighbours it was "
+            f"conditioned on (hover for their titles).</p><div class=gallery>{''.join(tiles)}</div>")
+
+
+def answer_box(metrics: dict, key: str = "community_acc") -> str:
+    """"Did it work?": the graph-conditioned method against text-only on one metric, in one sentence."""
+    by_name = {m["name"]: m for m in metrics["methods"]}
+    baseline = by_name.get("text_only")
+    others = [m for m in metrics["methods"] if m["name"] != "text_only" and key in m["summary"]]
+    if baseline is None or key not in baseline["summary"] or not others:
+        return ""
+    # ours: the DAG's graph-guided method, the suite's semantic-PPR, else the first graph method listed
+    best = next((m for name in ("graph_guided", "semantic_ppr") for m in others if m["name"] == name), others[0])
+    g, t = best["summary"][key], baseline["summary"][key]
+    space = metrics.get("style_space") or {}
+    ceiling = (space.get("holdout_accuracy") or {}).get("mean")
+    won = g["mean"] > t["mean"]
+    label = metrics["metric_info"][key]["label"]
+    extra = (f" The classifier gets {ceiling:.2f} on held-out real covers (the ceiling); chance is "
+             f"{space.get('chance', 0):.2f}." if ceiling is not None else "")
+    n = g.get("n", "")
+    name = {"graph_guided": "graph-guided"}.get(best["name"], best["name"])
+    return (f"<div class='answer {'ok' if won else 'bad'}'><b>Did it work?</b> {'✔' if won else '✘'} "
+            f"{html.escape(name)}: {html.escape(label)} <b>{_fmt(g['mean'])}</b> against "
+            f"<b>{_fmt(t['mean'])}</b> for text-only"
+            + (f" on {_e(n)} test nodes" if n else "") + f".{html.escape(extra)}</div>")
 
 
 def guidance_grid(guidance: dict, size: int = 80) -> str:
@@ -156,18 +220,27 @@ def guidance_grid(guidance: dict, size: int = 80) -> str:
             f"<table class=grid><tr><th></th>{head}</tr>{rows}</table>")
 
 
+def _head(title: str) -> str:
+    return (f"<!doctype html><html><head><meta charset='utf-8'>"
+            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>")
+
+
+def render_gallery_page(gallery: dict) -> str:
+    """``backfill.html``: the backfill gallery alone, self-contained like the report."""
+    title = f"g2i backfill — {gallery['run_id']}"
+    return "\n".join([_head(title), f"<h1>{html.escape(title)}</h1>", gallery_grid(gallery), "</body></html>"])
+
+
 def render_report(metrics: dict, grids: list[dict] | None = None, grid_columns: list[str] | None = None,
-                  guidance: list[dict] | None = None) -> str:
+                  guidance: list[dict] | None = None, gallery: dict | None = None) -> str:
     space = metrics.get("style_space") or {}
     acc = space.get("holdout_accuracy") or {}
     x_key = "dinov2_score" if "dinov2_score" in metrics["metric_info"] else "style_score"
     y_key = "dinov2_fid" if x_key == "dinov2_score" else "style_fid"
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'>"
-             f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-             f"<title>g2i evaluation {html.escape(metrics['run_id'])}"
-             f"</title><style>{CSS}</style></head><body>",
+    parts = [_head(f"g2i evaluation {metrics['run_id']}"),
              f"<h1>g2i evaluation — {html.escape(metrics['run_id'])}</h1>",
-             f"<p class=note>{html.escape(metrics.get('description', ''))}</p>"]
+             f"<p class=note>{html.escape(metrics.get('description', ''))}</p>", answer_box(metrics)]
     if acc:
         parts.append(f"<p>Offline encoder: <b>{html.escape(space['encoder'])}</b>; community labels from "
                      f"{html.escape(metrics.get('label_source', '?'))}. Its classifier's accuracy on "
@@ -190,12 +263,16 @@ def render_report(metrics: dict, grids: list[dict] | None = None, grid_columns: 
         parts.append(f"<p class=note>Graph guidance s_G = {_e(sel['chosen'])} was chosen on {_e(sel['nodes'])} val "
                      f"nodes as the lowest FID (style space) of {_e(sel['method'])} (seed {_e(sel['seed'])}): "
                      f"{html.escape(cells)}.</p>")
+    if grids:
+        parts.append("<h2>Samples</h2><p class=note>Per node: its title, the real cover and each method's image "
+                     "side by side, and the neighbours the graph condition was built from (hover for titles).</p>")
+        parts.append(comparison_grid(grids, grid_columns or sorted({c for r in grids for c in r["images"]})))
+    if gallery:
+        parts.append("<h2>Backfill: covers for books without one</h2>")
+        parts.append(gallery_grid(gallery))
     parts.append(f"<h2>Trade-off: {html.escape(metrics['metric_info'][x_key]['label'])} vs "
                  f"{html.escape(metrics['metric_info'][y_key]['label'])}</h2>")
     parts.append(tradeoff_svg(metrics, x_key, y_key))
-    if grids:
-        parts.append("<h2>Samples</h2>")
-        parts.append(comparison_grid(grids, grid_columns or sorted({c for r in grids for c in r["images"]})))
     for g in guidance or []:
         parts.append("<h2>Guidance scales (text × graph)</h2>")
         parts.append(guidance_grid(g))

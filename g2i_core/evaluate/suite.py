@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from g2i_core.model.config import TINY16_OVERRIDES
+
 if TYPE_CHECKING:
     from g2i_core.config import Settings
     from g2i_core.storage import Storage
@@ -57,19 +59,9 @@ PAPER_METHODS = (
     Method("texts_only", "texts_only", "semantic_ppr", "ablation: neighbour texts only", False),
 )
 
-# A 16-px variant of the tiny preset: the suite trains ~10 models, on a CPU if need be.
-TINY16 = dict(
-    # one QFormer layer, so its cross-attention feeds the output directly: with two layers and
-    # cross-attention in layer 0 only, the model ignored neighbour content even after 2,000 steps
-    # (bench/probe_graph_use.py; docs/model.md, "Does the graph path learn?")
-    resolution=16, image_encoder_size=16, qformer_num_layers=1, text_max_length=8,  # sample titles: <= 8 tokens
-    image_encoder_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                              image_size=16, patch_size=4, projection_dim=32),
-    unet_config=dict(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
-                     norm_num_groups=8, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                     up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=384,
-                     attention_head_dim=8),
-)
+# A 16-px variant of the tiny preset: the suite trains ~10 models, on a CPU if need be. The same
+# settings are the ``tiny16`` preset of ``g2i train`` (what `make demo` trains).
+TINY16 = TINY16_OVERRIDES
 
 
 @dataclass(frozen=True)
@@ -231,8 +223,9 @@ def sample_grids(storage: "Storage", generated: dict, real: dict, test: list[str
             per_seed = generated.get(c)
             if per_seed:
                 images[c] = per_seed[min(per_seed)][node]
-        rows.append({"node_id": node, "text": rec.text, "images": images,
-                     "neighbours": [real[k] for k in rec.neighbour_ids if k in real]})
+        kept = [(k, t) for k, t in zip(rec.neighbour_ids, rec.neighbour_texts, strict=True) if k in real]
+        rows.append({"node_id": node, "text": rec.text, "images": images, "neighbours": [real[k] for k, _ in kept],
+                     "neighbour_titles": [t or "" for _, t in kept], "neighbour_ids": [k for k, _ in kept]})
     return rows
 
 

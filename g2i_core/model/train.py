@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from g2i_core.model.config import GRAPH_MODES, G2IConfig, sd15_config, tiny_config
+from g2i_core.model.config import GRAPH_MODES, PRESETS, G2IConfig, sd15_config, tiny16_config, tiny_config
 from g2i_core.model.data import ImageCache, NodeRecord, Prefetcher, condition_of, load_records
 from g2i_core.model.modeling import G2IModel, build_model, make_noise_scheduler, pil_to_tensor
 
@@ -67,7 +67,7 @@ def learning_rate(cfg: "TrainConfig", step: int) -> float:
 @dataclass
 class TrainConfig:
     run_id: str = "tiny"
-    preset: str = ""  # "" = settings.model_preset; "tiny" | "sd15"
+    preset: str = ""  # "" = settings.model_preset; "tiny" | "tiny16" | "sd15"
     graph_mode: str = "qformer"  # see GRAPH_MODES
     storage_root: str = ""  # "" = settings.storage_root
     nodes_table: str = "graph_nodes"  # falls back to "nodes"
@@ -128,9 +128,11 @@ def model_config_for(cfg: TrainConfig, settings: "Settings") -> G2IConfig:
         over["resolution"] = cfg.resolution
     if preset == "tiny":
         return tiny_config(**over)
+    if preset == "tiny16":
+        return tiny16_config(**over)
     if preset == "sd15":
         return sd15_config(settings.sd15_path, settings.clip_vision_path, **over)
-    raise ValueError(f"preset must be 'tiny' or 'sd15', got {preset!r}")
+    raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from g2i_core.orchestration.tasks import (
     register_model,
     requests_from_events,
     resolve_model,
+    text_only_values,
 )
 
 __all__ = [
@@ -70,5 +71,5 @@ __all__ = [
     "publish_report", "raw_defaults", "record_refresh", "redact_argv", "register_model", "render_args",
     "requests_from_events", "resolve_model", "run_id_for", "run_stage", "settings_env",
     "settings_with_connection", "spark_entry", "spark_submit_argv", "stage_argv", "stage_env", "state_uri",
-    "venv_bin",
+    "text_only_values", "venv_bin",
 ]

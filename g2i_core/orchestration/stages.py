@@ -2,8 +2,9 @@
 (a ``g2i`` subprocess, ``spark-submit`` for Spark stages, or the argv of a container).
 
 A placeholder token ``{name}`` that is ``None``/``False`` drops itself and the ``--flag`` before it;
-``True`` keeps only the flag; a list expands to several tokens. Every stage takes its dataset's
-storage root as ``--root``.
+``True`` keeps only the flag; a list expands to several tokens. ``{name?}`` is an optional placeholder:
+a values dict without ``name`` counts as ``None`` (values planned before the option existed still
+render). Every stage takes its dataset's storage root as ``--root``.
 """
 
 from __future__ import annotations
@@ -50,11 +51,16 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "Trains the graph-conditioned diffusion model -> `models/<run_id>/`."),
     Stage("generate", "gpu",
           "--root {graph_root} --graph-run-id {graph_run_id} --model {model} --run-id {generations} --split {split} "
-          "--backfill {backfill} --shard {shard} --steps {steps} --limit {limit}",
-          "Generates images for one shard (`i/n`) of a node set -> `generations/<run_id>/`."),
+          "--backfill {backfill} --shard {shard} --steps {steps} --limit {limit} --text-scale {text_scale?} "
+          "--graph-scale {graph_scale?}",
+          "Generates images for one shard (`i/n`) of a node set -> `generations/<run_id>/` (graph scale 0: "
+          "text-only images of the same model)."),
     Stage("evaluate", "gpu",
-          "--root {graph_root} --graph-run-id {graph_run_id} --run-id {run_id} --generations g2i={generations}",
-          "Evaluation suite -> `reports/<run_id>/` (metrics.json, report.html, grids)."),
+          "--root {graph_root} --graph-run-id {graph_run_id} --run-id {run_id} "
+          "--generations graph_guided={generations} --generations {baseline?} --labels {labels?} "
+          "--backfill-run {backfill_run?}",
+          "Scores the graph-guided generations (and the text-only baseline) -> `reports/<run_id>/` (metrics.json, "
+          "report.html with samples and the backfill gallery)."),
 ]}
 
 SPARK_JOBS_DIR = PROJECT_ROOT / "jobs"
@@ -65,10 +71,10 @@ def render_args(template: str, values: Mapping[str, Any], *, stage: str = "?") -
     out: list[str] = []
     for token in shlex.split(template):
         if token.startswith("{") and token.endswith("}") and token.count("{") == 1:
-            key = token[1:-1]
-            if key not in values:
+            key, optional = token[1:-1].rstrip("?"), token.endswith("?}")
+            if key not in values and not optional:
                 raise KeyError(f"stage {stage!r} needs a value for {{{key}}}; given: {sorted(values)}")
-            value = values[key]
+            value = values.get(key)
             if value is None or value is False:
                 if out and out[-1].startswith("--"):
                     out.pop()

@@ -141,20 +141,23 @@ def prepare_train(settings: Settings, *, requests: Sequence[Mapping[str, Any]], 
 
 def register_model(settings: Settings, values: Mapping[str, Any]) -> dict:
     """Check the training run committed, and move ``models/_LATEST`` to it unless a model of a later
-    run key is registered already (clearing an old run never makes its model the default)."""
+    run key is registered already (clearing an old run never makes its model the default). ``live`` in
+    the result says whether it is the registered model now; the DAG emits ``g2i.model`` only then."""
     storage = _root_storage(settings, values["source"])
     run_uri = storage.uri("models", values["run_id"])
     marker = _model_commit(storage, values["run_id"])
     pointer_uri = storage.uri("models", "_LATEST")
     current = storage.get_json(pointer_uri) if storage.exists(pointer_uri) else {}
     key = values.get("run_key", "")
-    if not current.get("run_key") or not key or key >= current["run_key"]:
+    live = not current.get("run_key") or not key or key >= current["run_key"]
+    if live:
         storage.put_json(pointer_uri, {"run_id": values["run_id"], "run_key": key,
                                        "graph_run_id": marker["graph_run_id"]})
     else:
         log.warning("model %s (run key %s) is older than the registered %s (%s): models/_LATEST unchanged",
                     values["run_id"], key, current["run_id"], current["run_key"])
-    return {**values, "model": run_uri, "model_run_id": values["run_id"], "graph_run_id": marker["graph_run_id"]}
+    return {**values, "model": run_uri, "model_run_id": values["run_id"],
+            "graph_run_id": marker["graph_run_id"], "live": live}
 
 
 def _model_commit(storage, model: str) -> dict:
@@ -179,26 +182,35 @@ def resolve_model(storage, model: str) -> tuple[str, dict]:
     return storage.uri("models", model), _model_commit(storage, model)
 
 
+def _scale(value: Any) -> float | None:
+    return None if value is None or value == "" else float(value)
+
+
 def plan_backfill(settings: Settings, *, requests: Sequence[Mapping[str, Any]], shards: int, steps: int,
-                  run_key: str) -> list[dict]:
+                  run_key: str, text_scale: float | None = None, graph_scale: float | None = None) -> list[dict]:
     """One values dict per (dataset, shard) of the cover backfill (``g2i generate --backfill --shard i/n``).
 
     A request is ``{"dataset", "model_run_id"}`` (from a ``g2i.model`` event or the params; an empty
-    model means the registered one now). The graph version is the one the model was trained on."""
+    model means the registered one now). The graph version is the one the model was trained on. Scales
+    left ``None`` are the generator's defaults."""
     out = []
     for req in requests:
         storage = _root_storage(settings, req["dataset"])
         model_uri, marker = resolve_model(storage, req.get("model_run_id") or "")
         base = {"source": req["dataset"], "graph_root": storage.root, "model": model_uri,
                 "graph_run_id": marker["graph_run_id"], "split": None, "backfill": True, "steps": int(steps),
-                "limit": None, "generations": f"backfill-{run_key}"}
+                "limit": None, "generations": f"backfill-{run_key}", "text_scale": _scale(text_scale),
+                "graph_scale": _scale(graph_scale)}
         out += [{**base, "shard": f"{i}/{int(shards)}"} for i in range(int(shards))]
     return out
 
 
-def check_backfill_coverage(settings: Settings, shards: Sequence[Mapping[str, Any]], *, sample: int) -> list[dict]:
-    """Per dataset: the published shard manifests cover every backfill target exactly once. Returns the
-    values of the quality check (generate + evaluate a sample of test nodes), one per dataset."""
+def check_backfill_coverage(settings: Settings, shards: Sequence[Mapping[str, Any]], *, sample: int,
+                            labels: str = "") -> list[dict]:
+    """Per dataset: the published shard manifests cover every backfill target exactly once, and the
+    model's backfill pointer moves to this run. Returns the values of the quality check (generate a
+    sample of test nodes with the graph and text-only, evaluate both; the report shows the backfill
+    gallery), one per dataset. ``labels``: a community CSV under the storage root's ``raw/``."""
     from g2i_core.generate import GenerateConfig, read_manifest, select_nodes
 
     by_dataset: dict[str, list[Mapping[str, Any]]] = {}
@@ -219,21 +231,68 @@ def check_backfill_coverage(settings: Settings, shards: Sequence[Mapping[str, An
                  len(group))
         # Covers have no ground truth, so quality is measured on a sample of test nodes that do have a
         # real image, generated with the same model, graph version and settings as the backfill.
+        record_backfill(storage, first["model"], run_id)
         check_run = f"{run_id}-check"
         checks.append({"source": dataset, "graph_root": first["graph_root"], "graph_run_id": first["graph_run_id"],
                        "model": first["model"], "split": "test", "backfill": False, "shard": None,
                        "steps": first["steps"], "limit": int(sample), "generations": check_run, "run_id": check_run,
-                       "targets": len(targets), "backfill_run": run_id})
+                       "targets": len(targets), "backfill_run": run_id, "text_scale": first.get("text_scale"),
+                       "graph_scale": first.get("graph_scale"), **_baseline(check_run),
+                       "labels": resolve_raw_uri(labels, settings) if labels else None})
     return checks
 
 
+def _baseline(generations: str) -> dict[str, str]:
+    """The text-only baseline of a graph-guided generation run: its run id and the evaluate argument."""
+    return {"text_only_generations": f"{generations}-text", "baseline": f"text_only={generations}-text"}
+
+
+def text_only_values(values: Mapping[str, Any]) -> dict:
+    """The ``generate`` values of the text-only baseline of ``values``: the same model, nodes, seeds and
+    text scale with graph guidance 0, published as its own generation run (``text_only_generations``).
+
+    Why this baseline: with s_G = 0 the guidance formula is the model's text-only prediction
+    ε(c_T, ∅_G), which condition dropout trains; it costs one generation in the same DAG run and no
+    second model. A text-only fine-tune (the paper suite's ``text_only``) is the stronger baseline."""
+    return {**values, "generations": values["text_only_generations"], "graph_scale": 0.0}
+
+
+BACKFILL_POINTERS = "generations/_backfills"  # <model run>.json: the model's newest checked backfill run
+
+
+def record_backfill(storage, model_uri: str, run_id: str) -> None:
+    """Point ``generations/_backfills/<model run>.json`` at ``run_id`` (forward only, by run id, so a
+    cleared old backfill never hides a newer one)."""
+    from g2i_core.generate import model_id_of
+
+    uri = storage.uri(BACKFILL_POINTERS, f"{check_run_id(model_id_of(model_uri), 'model')}.json")
+    current = storage.get_json(uri) if storage.exists(uri) else {}
+    if current.get("run_id", "") <= run_id:
+        storage.put_json(uri, {"run_id": run_id, "model": model_uri})
+
+
+def backfill_of(storage, model_uri: str) -> str:
+    """The newest checked backfill run of a model ("" when it has none): resolved once, then passed on."""
+    from g2i_core.generate import model_id_of
+
+    uri = storage.uri(BACKFILL_POINTERS, f"{check_run_id(model_id_of(model_uri), 'model')}.json")
+    return storage.get_json(uri)["run_id"] if storage.exists(uri) else ""
+
+
 def prepare_evaluate(settings: Settings, *, dataset: str, model: str, split: str, steps: int, run_id: str,
-                     limit: int = 0) -> dict:
+                     limit: int = 0, text_scale: float | None = None, graph_scale: float | None = None,
+                     labels: str = "", backfill_run: str = "") -> dict:
+    """Values of the evaluation: graph-guided and text-only generations of the split (same model, same
+    run), scored together; the report shows the model's backfill gallery (``backfill_run``, default its
+    newest checked backfill) and uses ``labels`` (a community CSV under ``raw/``) when given."""
     storage = _root_storage(settings, dataset)
     model_uri, marker = resolve_model(storage, model)
+    backfill = check_run_id(backfill_run, "backfill_run") if backfill_run else backfill_of(storage, model_uri)
     return {"source": dataset, "graph_root": storage.root, "model": model_uri, "graph_run_id": marker["graph_run_id"],
             "split": split, "backfill": False, "shard": None, "steps": int(steps), "generations": run_id,
-            "run_id": check_run_id(run_id), "limit": int(limit) if limit else None}
+            "run_id": check_run_id(run_id), "limit": int(limit) if limit else None,
+            "text_scale": _scale(text_scale), "graph_scale": _scale(graph_scale), **_baseline(run_id),
+            "labels": resolve_raw_uri(labels, settings) if labels else None, "backfill_run": backfill or None}
 
 
 def publish_report(settings: Settings, values: Mapping[str, Any]) -> dict:

@@ -23,9 +23,9 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
-from test_eval_report import make_report_inputs  # noqa: E402
+from test_eval_report import make_gallery, make_report_inputs  # noqa: E402
 
-from g2i_core.evaluate.report import render_report  # noqa: E402
+from g2i_core.evaluate.report import render_gallery_page, render_report  # noqa: E402
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
@@ -101,6 +101,9 @@ def hostile_report_inputs(h: dict[str, str]):
         g["node_id"] = [h["script"], h["img"], h["js_url"]][i % 3]
         g["text"] = h["svg"]
         g["images"][column] = g["images"].pop("ours")
+        g["neighbour_titles"] = [h["attr"], h["anchor"], h["style"]]  # shown on hover: attribute values
+        g["neighbour_ids"] = [h["refresh"], h["img"], h["script"]]
+        g["community"] = h["js_url"]
     guidance[0]["node_id"] = h["refresh"]
     return doc, grids, ["ground truth", column], guidance
 
@@ -210,3 +213,26 @@ def test_every_interpolated_field_is_escaped_even_numbers(tmp_path, canary):
     assert probe["pwned"] is None and probe["scripts"] == 1
     assert probe["handlers"] == [] and probe["injected"] == 0, probe
     assert probe["missing_text"] == []
+
+
+def test_hostile_backfill_gallery_titles_and_ids_render_as_text(tmp_path, canary):
+    """The backfill gallery (in the report and as backfill.html) shows titles and ids from the dump, and
+    the neighbours' titles on hover: all escaped, nothing runs, nothing is fetched."""
+    h = hostile_strings(canary.port)
+    gallery = make_gallery(n=4, total=9)
+    gallery["run_id"] = h["refresh"]
+    keys = list(h)
+    for i, tile in enumerate(gallery["tiles"]):
+        tile["title"] = h[keys[i % len(keys)]]
+        tile["node_id"] = h[keys[(i + 3) % len(keys)]]
+        tile["neighbour_titles"] = [h["js_url"], h["svg"]]
+        tile["neighbour_ids"] = [h["script"], h["anchor"]]
+    doc, grids, guidance = make_report_inputs()
+    expected = [t["title"] for t in gallery["tiles"]] + [t["node_id"] for t in gallery["tiles"]] + [h["refresh"]]
+    for page in (render_report(doc, grids, ["ground truth", "ours"], guidance, gallery=gallery),
+                 render_gallery_page(gallery)):
+        _, probe = open_in_chromium(tmp_path, with_probe(page, expected))
+        assert probe["pwned"] is None and probe["scripts"] == 1
+        assert probe["handlers"] == [] and probe["injected"] == 0, probe
+        assert probe["missing_text"] == [], "hostile strings must appear verbatim as text"
+    assert canary.close() == [], "the gallery made network requests"

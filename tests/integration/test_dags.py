@@ -91,9 +91,9 @@ def test_kubernetes_profile_runs_gpu_stages_as_gpu_pods(tmp_path):
     assert probe["heavy"] == []
     # Every GPU stage of every DAG is a GPU pod (mapped where it runs per dataset or shard) ...
     assert probe["dags"]["g2i_train"]["train"] == "KubernetesPodOperator[]"
-    assert probe["dags"]["g2i_evaluate"]["generate"] == "KubernetesPodOperator"
-    assert probe["dags"]["g2i_evaluate"]["evaluate"] == "KubernetesPodOperator"
-    for tid in ("generate", "generate_sample", "evaluate_sample"):
+    for tid in ("generate", "generate_text_only", "evaluate"):
+        assert probe["dags"]["g2i_evaluate"][tid] == "KubernetesPodOperator", tid
+    for tid in ("generate", "generate_sample", "generate_sample_text_only", "evaluate_sample"):
         assert probe["dags"]["g2i_backfill_covers"][tid] == "KubernetesPodOperator[]", tid
     for spec in (probe["train"], probe["evaluate"]):
         assert spec["image"] == "registry.example/g2i-trainer:7"
@@ -157,18 +157,27 @@ def test_g2i_backfill_covers_structure(dagbag):
     dag = dagbag.dags["g2i_backfill_covers"]
     assert _edges(dag) == {("plan_shards", "generate"), ("plan_shards", "check_coverage"),
                            ("generate", "check_coverage"), ("check_coverage", "generate_sample"),
-                           ("check_coverage", "evaluate_sample"), ("generate_sample", "evaluate_sample")}
+                           ("check_coverage", "evaluate_sample"), ("generate_sample", "evaluate_sample"),
+                           # the text-only baseline of the quality check, generated in the same run
+                           ("check_coverage", "text_only"), ("text_only", "generate_sample_text_only"),
+                           ("generate_sample_text_only", "evaluate_sample")}
     generate = dag.task_dict["generate"]
     assert type(generate).__name__ == "MappedOperator"  # dynamic task mapping over the shards
+    assert type(dag.task_dict["generate_sample_text_only"]).__name__ == "MappedOperator"
     assert _assets(dag.task_dict["evaluate_sample"]) == {"g2i.report"}
     assert [a.name for a in dag.schedule] == ["g2i.model"]  # a new model backfills covers
-    assert set(dag.params) == {"dataset", "model", "shards", "steps", "sample"}
+    assert set(dag.params) == {"dataset", "model", "shards", "steps", "sample", "text_scale", "graph_scale",
+                               "labels"}
 
 
 def test_g2i_evaluate_structure(dagbag):
     dag = dagbag.dags["g2i_evaluate"]
     assert _edges(dag) == {("prepare", "generate"), ("prepare", "evaluate"), ("prepare", "publish_report"),
-                           ("generate", "evaluate"), ("evaluate", "publish_report")}
+                           ("generate", "evaluate"), ("evaluate", "publish_report"),
+                           # graph-guided and text-only are generated in the same run, then scored together
+                           ("prepare", "text_only"), ("text_only", "generate_text_only"),
+                           ("generate_text_only", "evaluate")}
     assert dag.schedule is None  # run by hand
-    assert set(dag.params) == {"dataset", "model", "split", "steps", "limit"}
+    assert set(dag.params) == {"dataset", "model", "split", "steps", "limit", "text_scale", "graph_scale", "labels",
+                               "backfill_run"}
     assert _assets(dag.task_dict["evaluate"]) == {"g2i.report"}

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from g2i_core.evaluate.report import publish_report, render_report
+from g2i_core.evaluate.report import publish_report, render_gallery_page, render_report
 from g2i_core.evaluate.runner import compare, evaluate_methods, fit_space
 from g2i_core.sample.styles import make_styles, render
 
@@ -38,11 +38,23 @@ def make_report_inputs():
     doc["checks"].append(compare(doc, "ours", "blurry", "ours beats blurry", strict=True))
     grids = [{"node_id": n, "text": "The Dragon Castle",
               "images": {"ground truth": real[n], "ours": methods["ours"][0][n]},
-              "neighbours": [real[ids[k]] for k in range(3)]} for n in test[:3]]
+              "neighbours": [real[ids[k]] for k in range(3)], "neighbour_titles": [f"Neighbour {k}" for k in range(3)],
+              "neighbour_ids": ids[:3]} for n in test[:3]]
     guidance = [{"node_id": test[0], "text_scales": [1.0, 3.0], "graph_scales": [0.0, 1.5],
                  "images": {(t, g): rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for t in (1.0, 3.0)
                             for g in (0.0, 1.5)}}]
     return doc, grids, guidance
+
+
+def make_gallery(n: int = 5, total: int = 7) -> dict:
+    """A backfill gallery: ``n`` generated covers shown of ``total``, each with a title and two neighbours."""
+    styles = make_styles(2, seed=9)
+    return {"run_id": "backfill-20240101", "total": total,
+            "tiles": [{"node_id": f"goodreads:{900 + i}", "title": f"Backfilled Book {i}",
+                       "image": render(styles[i % 2], 50 + i, 16),
+                       "neighbours": [render(styles[i % 2], 70 + k, 16) for k in range(2)],
+                       "neighbour_titles": [f"Neighbour {i}.{k}" for k in range(2)],
+                       "neighbour_ids": [f"goodreads:{k}" for k in range(2)]} for i in range(n)]}
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +95,22 @@ def test_publish_report_writes_metrics_then_html(file_storage, report):
     uris = publish_report(file_storage, "unit-report", doc, html)
     assert json.loads(file_storage.get_bytes(uris["metrics"]))["run_id"] == "unit-report"
     assert file_storage.get_bytes(uris["report"]).decode() == html
+
+
+def test_report_shows_titles_neighbour_titles_the_answer_and_the_gallery():
+    doc, grids, guidance = make_report_inputs()
+    doc["methods"][1]["name"] = "text_only"  # "blurry" plays the text-only baseline
+    html = render_report(doc, grids, ["ground truth", "ours"], guidance, gallery=make_gallery())
+    assert "<div class=title>The Dragon Castle</div>" in html
+    # every row's neighbours carry their titles on hover
+    assert html.count('title="neighbour: Neighbour 1 (n001)"') == 3
+    answer = html[html.index("Did it work?"):].split("</div>", 1)[0]
+    assert "✔" in answer and "community accuracy" in answer and "text-only" in answer
+    gallery = html[html.index("<h2>Backfill"):html.index("<h2>Trade-off")]
+    assert gallery.count("<div class=tile>") == 5 and "7 covers generated" in gallery
+    assert "the first 5 by node id" in gallery
+    assert '<div class=title>Backfilled Book 3</div><div class=nid>goodreads:903</div>' in gallery
+    assert len(re.findall(r'<img src="data:image/png;base64,', gallery)) == 5 * 3
+    page = render_gallery_page(make_gallery())
+    assert page.count("<div class=tile>") == 5 and "Content-Security-Policy" in page
+    assert not re.search(r'(src|href)="https?:', page)

@@ -380,3 +380,69 @@ def _gone(pid: int, within_s: float) -> bool:
             return True
         time.sleep(0.05)
     return False
+
+
+def test_evaluate_values_add_the_text_only_baseline_labels_and_the_models_backfill(tmp_path):
+    """g2i_evaluate and the backfill's check generate graph-guided and text-only (graph scale 0) in the same
+    run, score both, read the labels under raw/, and show the model's newest checked backfill."""
+    import numpy as np
+    import pyarrow as pa
+
+    from g2i_core.cli import build_parser
+    from g2i_core.storage import Storage
+
+    settings = _file_settings(tmp_path)
+    root = Storage(orch.graph_root(settings.storage_root, "goodreads"))
+    root.put_json(root.uri("models", "train-20240101", orch.MODEL_COMMIT_FILE), {"graph_run_id": "goodreads-1"})
+    root.put_json(root.uri("models", "_LATEST"), {"run_id": "train-20240101"})
+    values = orch.prepare_evaluate(settings, dataset="goodreads", model="", split="test", steps=10,
+                                   run_id="eval-20240105", text_scale=3, graph_scale=4,
+                                   labels="raw/sample/truth/goodreads_communities.csv.gz")
+    assert values["backfill_run"] is None  # the model has no checked backfill yet: no gallery
+    assert values["labels"] == f"{settings.storage_root}/raw/sample/truth/goodreads_communities.csv.gz"
+    text = orch.text_only_values(values)
+    graph_argv = orch.stage_argv("generate", values, settings)
+    text_argv = orch.stage_argv("generate", text, settings)
+    assert graph_argv[graph_argv.index("--run-id") + 1] == "eval-20240105"
+    assert graph_argv[graph_argv.index("--graph-scale") + 1] == "4.0"
+    assert text_argv[text_argv.index("--run-id") + 1] == "eval-20240105-text"
+    assert text_argv[text_argv.index("--graph-scale") + 1] == "0.0"
+    assert text_argv[text_argv.index("--text-scale") + 1] == graph_argv[graph_argv.index("--text-scale") + 1] == "3.0"
+    assert [a for a in graph_argv if a not in {"4.0", "eval-20240105"}] == \
+        [a for a in text_argv if a not in {"0.0", "eval-20240105-text"}]  # same model, nodes, seeds, steps
+    eval_argv = orch.stage_argv("evaluate", values, settings)
+    parsed = build_parser("evaluate").parse_args(eval_argv[3:])
+    assert parsed.generations == [("graph_guided", "eval-20240105"), ("text_only", "eval-20240105-text")]
+    assert parsed.labels == values["labels"] and parsed.backfill_run == ""
+    with pytest.raises(ValueError, match="outside the allowed prefixes"):
+        orch.prepare_evaluate(settings, dataset="goodreads", model="", split="test", steps=10, run_id="e",
+                              labels="file:///etc/passwd")
+
+    # the backfill's coverage check points the model at its backfill run (forward only) ...
+    nodes = pa.table({"node_id": ["a", "b"], "text": ["A", "B"], "has_real_image": [True, False]})
+    root.publish_table("graph_nodes", nodes, "goodreads-1")
+    root.publish_table("node_images", pa.table({"node_id": ["a"], "image_key": ["k"], "status": ["ok"]}),
+                       "goodreads-1")
+    for key in ("20240102", "20240101"):
+        [shard] = orch.plan_backfill(settings, requests=[{"dataset": "goodreads", "model_run_id": ""}], shards=1,
+                                     steps=2, run_key=key, text_scale=3, graph_scale=4)
+        from g2i_core.generate import GenerateConfig, run_shard
+
+        run_shard(root, GenerateConfig(run_id=shard["generations"], model_uri=shard["model"], backfill=True),
+                  lambda p, g, s, c: [np.zeros((8, 8, 3), np.uint8)] * len(p))
+        [check] = orch.check_backfill_coverage(settings, [shard], sample=4,
+                                               labels="raw/sample/truth/goodreads_communities.csv.gz")
+        assert check["backfill_run"] == f"backfill-{key}" and check["labels"] == values["labels"]
+        assert orch.text_only_values(check)["generations"] == f"backfill-{key}-check-text"
+        check_argv = orch.stage_argv("evaluate", check, settings)
+        assert build_parser("evaluate").parse_args(check_argv[3:]).backfill_run == f"backfill-{key}"
+    # ... so g2i_evaluate shows the newest one (an older backfill checked later does not take it back)
+    again = orch.prepare_evaluate(settings, dataset="goodreads", model="", split="test", steps=10, run_id="e")
+    assert again["backfill_run"] == "backfill-20240102"
+    assert orch.prepare_evaluate(settings, dataset="goodreads", model="", split="test", steps=10, run_id="e",
+                                 backfill_run="backfill-20240101")["backfill_run"] == "backfill-20240101"
+    # values planned before these options existed still render (optional placeholders)
+    old = {k: v for k, v in values.items() if k not in {"text_scale", "graph_scale", "baseline", "labels",
+                                                        "backfill_run", "text_only_generations"}}
+    assert "--graph-scale" not in orch.stage_argv("generate", old, settings)
+    assert orch.stage_argv("evaluate", old, settings)[-2:] == ["--generations", "graph_guided=eval-20240105"]

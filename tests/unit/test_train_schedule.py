@@ -35,3 +35,31 @@ def test_warmup_longer_than_the_run_never_divides_by_zero():
 def test_unknown_schedule_is_a_clear_error():
     with pytest.raises(ValueError, match="lr_schedule must be one of"):
         TrainConfig(lr_schedule="linear")
+
+
+def test_preset_tiny16_brings_the_suites_training_settings_unless_a_flag_is_given(monkeypatch, tmp_path, capsys):
+    """`g2i train --preset tiny16` (what `make demo` trains) is the suite's TINY16 at lr 1e-3 with condition
+    dropout 0.1; a flag given on the command line wins; other presets keep TrainConfig's defaults."""
+    from g2i_core.cli import main
+    from g2i_core.evaluate.suite import TINY16
+    from g2i_core.model import train as train_mod
+    from g2i_core.model.config import tiny16_config
+
+    seen = []
+
+    def fake_train(cfg, settings):
+        seen.append(cfg)
+        return train_mod.TrainResult("m", {1: 0.5}, 1.0, 16.0, 1.0, 0)
+
+    monkeypatch.setattr(train_mod, "train", fake_train)
+    monkeypatch.setenv("G2I_STORAGE_ROOT", f"file://{tmp_path}")
+    assert main(["train", "--run-id", "a", "--preset", "tiny16", "--steps", "5"]) == 0
+    assert main(["train", "--run-id", "b", "--preset", "tiny16", "--lr", "5e-4", "--p-drop-graph", "0.2"]) == 0
+    assert main(["train", "--run-id", "c", "--preset", "tiny"]) == 0
+    a, b, c = seen
+    assert (a.lr, a.p_drop_text, a.p_drop_graph, a.p_drop_both) == (1e-3, 0.1, 0.1, 0.1)
+    assert (b.lr, b.p_drop_text, b.p_drop_graph) == (5e-4, 0.1, 0.2)
+    assert (c.lr, c.p_drop_graph) == (3e-4, 0.05)
+    mcfg = train_mod.model_config_for(a, None)
+    assert mcfg.resolution == 16 and mcfg.qformer_num_layers == 1 and mcfg.unet_config["block_out_channels"] == (32, 64)
+    assert tiny16_config().to_dict() == train_mod.tiny_config(**TINY16).to_dict()  # the suite's architecture
