@@ -146,8 +146,8 @@ def _remaining(deadline: float) -> float:
     return left
 
 
-class _DeadlineSocket(socket.socket):
-    """A socket whose every send/receive gets the time left until ``deadline`` as its timeout."""
+class _DeadlineMixin:
+    """Every send/receive of the socket gets the time left until ``deadline`` as its timeout."""
 
     deadline = math.inf
 
@@ -171,31 +171,14 @@ class _DeadlineSocket(socket.socket):
         return super().send(*args)
 
 
-class _DeadlineSSLSocket(ssl.SSLSocket):
-    deadline = math.inf
+class _DeadlineSocket(_DeadlineMixin, socket.socket):
+    pass
 
-    def _arm(self) -> None:
-        self.settimeout(_remaining(self.deadline))
 
-    def recv(self, *args):
-        self._arm()
-        return super().recv(*args)
-
-    def recv_into(self, *args):
-        self._arm()
-        return super().recv_into(*args)
-
-    def read(self, *args):
+class _DeadlineSSLSocket(_DeadlineMixin, ssl.SSLSocket):
+    def read(self, *args):  # TLS records are read through here, not recv
         self._arm()
         return super().read(*args)
-
-    def sendall(self, *args):
-        self._arm()
-        return super().sendall(*args)
-
-    def send(self, *args):
-        self._arm()
-        return super().send(*args)
 
 
 _TLS: ssl.SSLContext | None = None
