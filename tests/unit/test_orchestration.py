@@ -320,7 +320,8 @@ def test_train_inputs_registration_and_model_resolution(tmp_path):
     assert uri == orch.resolve_model(root, "train-20240101")[0] == root.uri("models", "train-20240101")
     # an older run key registered later does not move models/_LATEST back
     root.put_json(root.uri("models", "train-20231231", orch.MODEL_COMMIT_FILE), {"graph_run_id": "goodreads-20240101"})
-    orch.register_model(settings, {**values, "run_id": "train-20231231", "run_key": "20231231"})
+    older = orch.register_model(settings, {**values, "run_id": "train-20231231", "run_key": "20231231"})
+    assert older["live"] is False and registered["live"] is True  # the DAG skips `register`: no g2i.model event
     assert orch.resolve_model(root, "")[0] == root.uri("models", "train-20240101")
 
     shards = orch.plan_backfill(settings, requests=[{"dataset": "goodreads", "model_run_id": ""}], shards=3,
