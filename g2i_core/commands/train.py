@@ -47,7 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="train", help="train on nodes of this split ('' = all)")
     p.add_argument("--steps", type=int, default=3000)
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=None, help="default: the preset's (tiny16 1e-3), else 3e-4")
+    p.add_argument("--lr", type=float, default=None, help="default: the preset's (tiny16 1e-3, sd15 1e-5), else 3e-4")
     p.add_argument("--lr-schedule", choices=("cosine", "constant"), default="cosine",
                    help="after the warmup: cosine decay to 0 at the last step, or constant (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)

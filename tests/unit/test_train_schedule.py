@@ -56,10 +56,12 @@ def test_preset_tiny16_brings_the_suites_training_settings_unless_a_flag_is_give
     assert main(["train", "--run-id", "a", "--preset", "tiny16", "--steps", "5"]) == 0
     assert main(["train", "--run-id", "b", "--preset", "tiny16", "--lr", "5e-4", "--p-drop-graph", "0.2"]) == 0
     assert main(["train", "--run-id", "c", "--preset", "tiny"]) == 0
-    a, b, c = seen
+    assert main(["train", "--run-id", "d", "--preset", "sd15"]) == 0
+    a, b, c, d = seen
     assert (a.lr, a.p_drop_text, a.p_drop_graph, a.p_drop_both) == (1e-3, 0.1, 0.1, 0.1)
     assert (b.lr, b.p_drop_text, b.p_drop_graph) == (5e-4, 0.1, 0.2)
     assert (c.lr, c.p_drop_graph) == (3e-4, 0.05)
+    assert d.lr == 1e-5  # pretrained weights are fine-tuned at the reference's rate, not the tiny one
     mcfg = train_mod.model_config_for(a, None)
     assert mcfg.resolution == 16 and mcfg.qformer_num_layers == 1 and mcfg.unet_config["block_out_channels"] == (32, 64)
     assert tiny16_config().to_dict() == train_mod.tiny_config(**TINY16).to_dict()  # the suite's architecture
