@@ -151,6 +151,15 @@ class GraphQFormer(nn.Module):
         return self.final_norm(h) if self.final_norm is not None else h
 
 
+def text_encoder_states(encoder: nn.Module, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """Last hidden states of the frozen text encoder, called the way its model was trained: CLIP's text
+    model unmasked (SD-1.5's UNet and the reference see all 77 states, padding included, and the empty
+    prompt's states are the unconditional branch), BERT-style encoders (MiniLM) with the mask."""
+    if getattr(getattr(encoder, "config", None), "model_type", "") in {"clip_text_model", "clip"}:
+        return encoder(input_ids=ids).last_hidden_state
+    return encoder(input_ids=ids, attention_mask=attention).last_hidden_state
+
+
 def self_attention_bias(attention_mask: torch.Tensor, causal: bool, dtype: torch.dtype) -> torch.Tensor:
     """(B, L) 0/1 tokenizer mask -> (B, 1, L, L) additive bias (0 keep, dtype-min drop)."""
     B, L = attention_mask.shape
@@ -265,7 +274,7 @@ class G2IModel(nn.Module):
         rows seen before are served from a cache: the encoder is frozen, so this is exact."""
         if self.text_cache_size <= 0:
             with torch.no_grad():
-                return self.text_encoder(input_ids=ids, attention_mask=attention).last_hidden_state
+                return text_encoder_states(self.text_encoder, ids, attention)
         keys = [r.tobytes() for r in torch.cat([ids, attention], 1).cpu().numpy()]
         todo = sorted({i for i, k in enumerate(keys) if k not in self._text_cache}, key=lambda i: keys[i])
         todo = list({keys[i]: i for i in todo}.values())  # one row per distinct text
@@ -273,7 +282,7 @@ class G2IModel(nn.Module):
             if len(self._text_cache) + len(todo) > self.text_cache_size:
                 self._text_cache.clear()
             with torch.no_grad():
-                h = self.text_encoder(input_ids=ids[todo], attention_mask=attention[todo]).last_hidden_state
+                h = text_encoder_states(self.text_encoder, ids[todo], attention[todo])
             for j, i in enumerate(todo):
                 self._text_cache[keys[i]] = h[j]
         return torch.stack([self._text_cache[k] for k in keys])

@@ -270,3 +270,28 @@ def test_graph_inputs_keep_image_keys_through_cat_and_to():
     assert GraphInputs.cat([keyed, plain]).image_keys is None  # a batch without keys turns the cache off
     assert keyed.to("cpu").image_keys == ("a", None)
     assert NeighbourSet([None], ["t"]).image_keys == []
+
+
+def test_clip_text_states_are_unmasked_like_sd15_and_minilm_keeps_its_mask():
+    """SD-1.5's UNet was trained on unmasked CLIP text states: the empty prompt and padded prompts must give
+    exactly what an unmasked CLIPTextModel call gives; a BERT-style encoder (MiniLM) keeps its mask."""
+    from transformers import BertConfig, BertModel, CLIPTextConfig, CLIPTextModel
+
+    from g2i_core.model.modeling import text_encoder_states
+
+    torch.manual_seed(0)
+    clip = CLIPTextModel(CLIPTextConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                        num_attention_heads=2, max_position_embeddings=12)).eval()
+    ids = torch.tensor([[1, 5, 2, 0, 0, 0], [1, 2, 0, 0, 0, 0]])  # a short prompt and the empty prompt, padded
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]])
+    with torch.no_grad():
+        got = text_encoder_states(clip, ids, mask)
+        unmasked = clip(input_ids=ids).last_hidden_state
+        masked = clip(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.equal(got, unmasked)
+    assert not torch.allclose(got, masked)  # the mask would change the padded positions the UNet attends to
+    bert = BertModel(BertConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                num_attention_heads=2, max_position_embeddings=12)).eval()
+    with torch.no_grad():
+        expected = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        assert torch.equal(text_encoder_states(bert, ids, mask), expected)
