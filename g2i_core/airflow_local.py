@@ -132,13 +132,41 @@ class AirflowError(RuntimeError):
     pass
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):  # a redirect is an error here, never followed
+        return None
+
+
+# No proxy (this API is local) and no redirects: requests go only to the checked base URL.
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirects())
+
+
+def _check_api_url(base_url: str, allow_hosts: tuple[str, ...]) -> None:
+    """The egress policy (g2i_core.egress) for the Airflow API: http/https, no credentials, and a host that
+    is globally routable unless ``allow_hosts`` names it (by default only ``HOST``, where `up` binds)."""
+    from g2i_core.egress import EgressPolicy, FetchError, check_url, refusal
+
+    try:
+        target = check_url(base_url)
+    except FetchError as exc:
+        raise ValueError(f"Airflow API URL {base_url!r} refused: {exc}") from None
+    if EgressPolicy(allow_hosts=allow_hosts).allowed(target.host, target.port):
+        return
+    for row in socket.getaddrinfo(target.host, target.port, type=socket.SOCK_STREAM):
+        reason = refusal(row[4][0])
+        if reason:
+            raise ValueError(f"Airflow API URL {base_url!r} refused: {reason} (name the host in allow_hosts "
+                             "to reach a private Airflow on purpose)")
+
+
 class AirflowClient:
     """The Airflow 3 REST API (``/api/v2``) with a JWT from the simple auth manager (``POST /auth/token``).
 
     Only what g2i needs: health, DAGs and import errors, trigger, DAG runs, task instances, clear, pause."""
 
     def __init__(self, base_url: str, username: str = USER, password: str | None = None,
-                 timeout: float = 15.0):
+                 timeout: float = 15.0, allow_hosts: tuple[str, ...] = (HOST,)):
+        _check_api_url(base_url, allow_hosts)
         self.base_url = base_url.rstrip("/")
         self.username, self.password, self.timeout = username, password, timeout
         self._token: str | None = None
@@ -162,7 +190,7 @@ class AirflowClient:
             headers["Authorization"] = f"Bearer {self.token()}"
         req = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with _DIRECT.open(req, timeout=self.timeout) as resp:
                 raw = resp.read()
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:2000]

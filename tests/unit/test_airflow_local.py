@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from g2i_core.airflow_local import LocalAirflow, read_config_value, update_config_text
 
 GENERATED = """[core]
@@ -95,3 +97,38 @@ def test_the_cli_module_imports_nothing_heavy():
              "print(sorted(k for k in ('airflow', 'torch', 'pyspark') if k in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_api_client_goes_only_where_the_egress_policy_allows():
+    """The REST client's base URL passes the same egress policy as the image fetcher: loopback only as the
+    address `up` binds (127.0.0.1), private and metadata addresses only when named; no other schemes."""
+    import http.server
+    import threading
+
+    from g2i_core.airflow_local import AirflowClient
+
+    hits = []
+
+    class Canary(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            hits.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Canary)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    try:
+        for url in (f"http://localhost:{port}", "http://169.254.169.254", "http://10.0.0.1:8080",
+                    "http://[::1]:8080", "file:///etc/passwd", f"http://user:pw@127.0.0.1:{port}"):
+            with pytest.raises(ValueError, match="refused"):
+                AirflowClient(url)
+        AirflowClient(f"http://10.0.0.1:{port}", allow_hosts=("10.0.0.1",))  # named on purpose: accepted
+        client = AirflowClient(f"http://127.0.0.1:{port}", timeout=5)  # the address `up` binds
+        client._send("GET", "/api/v2/monitor/health", auth=False)
+        assert hits == ["/api/v2/monitor/health"]  # the refused URLs never reached the canary either
+    finally:
+        server.shutdown()
