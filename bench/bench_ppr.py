@@ -193,6 +193,119 @@ def bench_spark(graph, sources, ref, spark, storage, record, n, args):
         record(method, knob, cand, m, len(srcs), {"includes": "index + stage + job (no JVM start)"})
 
 
+def spark_propagate_run(spark, storage, graph, sources, args, tag):
+    """All-node top-50 with spark-propagate, output written as Parquet (as the pipeline does); returns the
+    seconds (Spark start-up excluded) and the candidates of ``sources`` read back from the output."""
+    import pyarrow.parquet as pq
+
+    from g2i_core.ppr.api import PprConfig
+    from g2i_core.ppr.candidates import Candidates
+    from g2i_core.ppr.spark_ppr import spark_candidates
+
+    config = PprConfig(method="spark-propagate", top_k=50, row_k=args.row_k, sweeps=args.sweeps,
+                       refine_eps=args.refine_eps, partitions=args.blocks)
+    edges = spark.read.parquet(*[storage.spark_uri(u) for u in storage.published_files("bench_edges")])
+    out = storage.uri("spark_propagate_out", tag)
+    t = time.perf_counter()
+    spark_candidates(spark, edges, config, storage.child("staging", tag)).write.parquet(storage.spark_uri(out))
+    seconds = time.perf_counter() - t
+    wanted = set(graph.ids[sources].tolist())
+    table = pq.read_table(out[len("file://"):], filters=[("node_id", "in", wanted)])
+    nbrs = np.full((len(sources), 50), -1, np.int64)
+    scores = np.zeros((len(sources), 50))
+    pos = {s: i for i, s in enumerate(sources.tolist())}
+    src = graph.index_of(table.column("node_id").to_pylist())
+    dst = graph.index_of(table.column("neighbour_id").to_pylist())
+    for s, r, d, v in zip(src, table.column("rank").to_pylist(), dst, table.column("ppr_score").to_pylist(),
+                          strict=True):
+        nbrs[pos[int(s)], r - 1], scores[pos[int(s)], r - 1] = d, v
+    storage.delete_prefix(storage.uri("staging", tag))
+    storage.delete_prefix(out)
+    return seconds, Candidates(sources, nbrs, scores)
+
+
+def bench_spark_propagate(args) -> int:
+    """propagate vs spark-propagate (local[2]) on all nodes, then spark-propagate on 1 and 2 executors
+    (local-cluster); one size after the other, results rewritten after every measurement."""
+    import tempfile
+
+    from g2i_core.config import Settings
+    from g2i_core.ppr.candidates import Candidates, precision_at_k
+    from g2i_core.ppr.graph import edges_table, powerlaw_graph
+    from g2i_core.ppr.propagate import propagate_candidates
+    from g2i_core.ppr.push import push_candidates
+    from g2i_core.spark import get_spark
+    from g2i_core.storage import Storage
+
+    tmp = tempfile.mkdtemp(prefix="g2i-bench-spp-")
+    settings = Settings.load(storage_root=f"file://{tmp}", s3_endpoint="")
+    storage = Storage(f"file://{tmp}", settings=settings)
+    result = {"command": "python " + " ".join(sys.argv), "sizes": [],
+              "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+              "knob": f"row_k={args.row_k} sweeps={args.sweeps} refine_eps={args.refine_eps:g} top_k=50"}
+
+    def save():
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / f"{args.results_name}.json").write_text(json.dumps(result, indent=2))
+        (RESULTS / f"{args.results_name}.md").write_text(spark_propagate_markdown(result))
+
+    push_candidates(powerlaw_graph(200, seed=0), top_k=5)  # numba caches warm
+    for n in args.sizes:
+        graph = powerlaw_graph(n, 10.0, seed=0)
+        sources = np.sort(np.random.default_rng(1).choice(n, args.sources, replace=False)).astype(np.int64)
+        ref_eps = 1e-8 if n <= 200_000 else 1e-7  # as the per-source table: push at a tiny eps
+        ref_c = push_candidates(graph, sources, top_k=200, eps=ref_eps)
+        ref = np.zeros((len(sources), n))
+        for i in range(len(sources)):
+            ok = ref_c.neighbours[i] >= 0
+            ref[i, ref_c.neighbours[i, ok]] = ref_c.scores[i, ok]
+        size = {"nodes": n, "edges": graph.num_edges, "reference": f"push eps {ref_eps:g} (top-200 kept)", "runs": []}
+        result["sizes"].append(size)
+        storage.publish_table("bench_edges", edges_table(graph), f"n{n}")
+
+        def record(method, master, seconds, cand, extra=None, size=size, ref=ref, n=n):
+            size["runs"].append({"method": method, "master": master, "seconds": round(seconds, 1),
+                                 "p@10": round(precision_at_k(cand, ref, 10), 4),
+                                 "load_avg_1m": round(os.getloadavg()[0], 1), **(extra or {})})
+            print(f"[{n}] {size['runs'][-1]}", flush=True)
+            save()
+
+        with PeakRss() as m:
+            allc = propagate_candidates(graph, None, top_k=50, row_k=args.row_k, sweeps=args.sweeps,
+                                        refine_eps=args.refine_eps)
+        record("propagate", "one process, 2 numba threads", m.wall,
+               Candidates(sources, allc.neighbours[sources], allc.scores[sources]), {"peak_mib": round(m.mib, 1)})
+        del allc
+        for master in args.masters:
+            spark = get_spark(settings.replace(spark_master=master, spark_driver_memory="4g",
+                                               spark_executor_memory=args.executor_memory), "g2i-bench-spp")
+            try:
+                seconds, cand = spark_propagate_run(spark, storage, graph, sources, args, f"n{n}")
+            finally:
+                spark.stop()
+            record("spark-propagate", master, seconds, cand, {"includes": "index + stage + sweeps + refine + write"})
+    print(spark_propagate_markdown(result))
+    return 0
+
+
+def spark_propagate_markdown(result) -> str:
+    lines = ["# propagate vs spark-propagate (all-node top-50)", "",
+             f"Machine: {result['machine']}. Command: `{result['command']}`. Knobs: {result['knob']}.", "",
+             "Spark times exclude the Spark start-up and include indexing, staging, sweeps, refinement and "
+             "writing the output Parquet; p@10 on 200 sampled sources against the reference. The machine was "
+             "shared: `load` is the 1-minute load average when the run ended (2 cores).", "",
+             "| nodes | edges | method | master | seconds (wall) | vs propagate | p@10 | load |",
+             "|---:|---:|---|---|---:|---:|---:|---:|"]
+    for s in result["sizes"]:
+        base = next((r["seconds"] for r in s["runs"] if r["method"] == "propagate"), None)
+        for r in s["runs"]:
+            ratio = f"{r['seconds'] / base:.2f}x" if base else ""
+            lines.append(f"| {s['nodes']:,} | {s['edges']:,} | {r['method']} | {r['master']} | {r['seconds']} | "
+                         f"{ratio} | {r['p@10']} | {r['load_avg_1m']} |")
+    lines += ["", "References: " + "; ".join(f"{s['nodes']:,}: {s['reference']}" for s in result["sizes"])]
+    return "\n".join(lines) + "\n"
+
+
 def to_markdown(result) -> str:
     kind = "quick" if result["quick"] else ("all-node only" if result.get("only_all_node") else "full")
     lines = [f"# PPR benchmark ({kind})", "",
@@ -229,7 +342,16 @@ def main() -> int:
     p.add_argument("--row-k", type=int, default=None, help="propagate: K' (default: PprConfig's)")
     p.add_argument("--sweeps", type=int, default=None, help="propagate: sweeps (default: PprConfig's)")
     p.add_argument("--refine-eps", type=float, default=None, help="propagate: refine eps (default: PprConfig's)")
+    p.add_argument("--spark-propagate", action="store_true",
+                   help="all nodes: propagate vs spark-propagate on each --masters entry (ppr_spark_propagate.md)")
+    p.add_argument("--masters", default="local[2],local-cluster[1,1,3072],local-cluster[2,1,3072]",
+                   help="--spark-propagate: Spark masters to run on, in order (';'-separated)")
+    p.add_argument("--blocks", type=int, default=0, help="spark-propagate: node blocks (0: default parallelism)")
+    p.add_argument("--executor-memory", default="3g", help="spark-propagate on local-cluster: executor memory")
+    p.add_argument("--results-name", default="ppr_spark_propagate", help="--spark-propagate: results file name")
     args = p.parse_args()
+    args.masters = [m for m in args.masters.replace(";", ",").split(",") if m]
+    args.masters = _rejoin_masters(args.masters)
     args.sizes = [int(x) for x in (args.sizes or ("10000" if args.quick else "10000,100000,1000000")).split(",")]
     from g2i_core.ppr.api import PprConfig
 
@@ -246,6 +368,9 @@ def main() -> int:
     args.graphframes_sources = 10 if args.quick else 20
     args.get_ppr_min_eps = 1e-5
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.spark_propagate:
+        args.sources = 200
+        return bench_spark_propagate(args)
     # warm the numba caches so compile time is not charged to the first measurement
     from g2i_core.ppr.graph import powerlaw_graph
     from g2i_core.ppr.push import push_candidates
@@ -274,6 +399,17 @@ def main() -> int:
     (RESULTS / f"{name}.md").write_text(to_markdown(result))
     print(to_markdown(result))
     return 0
+
+
+def _rejoin_masters(parts: list[str]) -> list[str]:
+    """Undo the comma split inside brackets: local-cluster[1,1,3072] is one master."""
+    out: list[str] = []
+    for part in parts:
+        if out and out[-1].count("[") > out[-1].count("]"):
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
 
 
 if __name__ == "__main__":

@@ -48,8 +48,11 @@ from g2i_core.orchestration import SOURCES
         "steps": Param(20, type="integer", minimum=1, description="denoising steps"),
         "sample": Param(CFG.backfill_sample, type="integer", minimum=2,
                         description="test nodes (with a real cover) generated and scored as the quality check"),
-        "text_scale": Param(7.5, type="number", minimum=0, description="text guidance s_T"),
-        "graph_scale": Param(1.5, type="number", minimum=0, description="graph guidance s_G"),
+        # None: the model's preset decides (sd15 7.5/1.5, sd15-paper 7.5/7.5, tiny 3/4; docs/model.md)
+        "text_scale": Param(None, type=["null", "number"], minimum=0,
+                            description="text guidance s_T (empty: the model preset's)"),
+        "graph_scale": Param(None, type=["null", "number"], minimum=0,
+                             description="graph guidance s_G (empty: the model preset's)"),
         "labels": Param("", type="string", pattern=OPTIONAL_RAW_URI_PARAM_PATTERN,
                         description="node_id,community CSV under the storage root's raw/ for the quality check"),
     },

@@ -38,9 +38,11 @@ from g2i_core.orchestration import SOURCES
         "split": Param("test", enum=["test", "val"]),
         "steps": Param(20, type="integer", minimum=1, description="denoising steps"),
         "limit": Param(0, type="integer", minimum=0, description="only the first N nodes of the split (0 = all)"),
-        "text_scale": Param(7.5, type="number", minimum=0, description="text guidance s_T"),
-        "graph_scale": Param(1.5, type="number", minimum=0,
-                             description="graph guidance s_G (the text-only baseline uses 0)"),
+        # None: the model's preset decides (sd15 7.5/1.5, sd15-paper 7.5/7.5, tiny 3/4; docs/model.md)
+        "text_scale": Param(None, type=["null", "number"], minimum=0,
+                            description="text guidance s_T (empty: the model preset's)"),
+        "graph_scale": Param(None, type=["null", "number"], minimum=0,
+                             description="graph guidance s_G (empty: the model preset's; text-only uses 0)"),
         "labels": Param("", type="string", pattern=OPTIONAL_RAW_URI_PARAM_PATTERN,
                         description="node_id,community CSV under the storage root's raw/ (e.g. "
                                     "raw/sample/truth/goodreads_communities.csv.gz); default: the nodes "

@@ -14,8 +14,10 @@ For every source whose raw input changed, one mapped chain (a task group per sou
   cleared old run reproduces its own outputs and never moves readers back.
 * Emits **g2i.neighbours** per dataset with `extra={"dataset", "graph_root", "graph_run_id"}`: only that
   dataset's model is retrained.
-* Params: `sources`, `raw` (source → dump under the storage root's `raw/`, as `raw/...` or a full
-  URI; other prefixes only via `G2I_RAW_ALLOW_PREFIXES`), `force` (re-ingest unchanged dumps).
+* Params: `sources` (default the three JSON dumps; `attributes` adds the item table), `raw` (source →
+  dump under the storage root's `raw/`, as `raw/...` or a full URI; other prefixes only via
+  `G2I_RAW_ALLOW_PREFIXES`), `force` (re-ingest unchanged dumps), `link_on` and `max_links_per_value`
+  (the `attributes` source's projection: the columns that link items, and the links per item per value).
 * Storage root and S3 endpoint are configuration (`G2I_*` env or the `g2i_s3` connection).
 """
 
@@ -26,8 +28,8 @@ import datetime as dt
 from airflow.sdk import Param, dag, task, task_group
 
 from g2i_core.airflow_ops import GRAPH, NEIGHBOURS, StageOperator, default_args, task_settings
-from g2i_core.ids import RAW_URI_PARAM_PATTERN
-from g2i_core.orchestration import SOURCES, raw_defaults
+from g2i_core.ids import LINK_ON_PARAM_PATTERN, RAW_URI_PARAM_PATTERN
+from g2i_core.orchestration import DEFAULT_LINK_ON, DEFAULT_SOURCES, SOURCES, raw_defaults
 
 HOUR = dt.timedelta(hours=1)
 
@@ -43,7 +45,7 @@ HOUR = dt.timedelta(hours=1)
     doc_md=__doc__,
     tags=["g2i", "graph"],
     params={
-        "sources": Param(list(SOURCES), type="array", items={"type": "string", "enum": list(SOURCES)},
+        "sources": Param(list(DEFAULT_SOURCES), type="array", items={"type": "string", "enum": list(SOURCES)},
                          description="sources to refresh"),
         # Where a dump may be read from (<storage_root>/raw/ or G2I_RAW_ALLOW_PREFIXES) is checked by `plan`.
         "raw": Param(raw_defaults(), type="object",
@@ -51,6 +53,10 @@ HOUR = dt.timedelta(hours=1)
                      additionalProperties={"type": "string", "pattern": RAW_URI_PARAM_PATTERN},
                      description="source -> raw dump URI (file or prefix) under the storage root's raw/"),
         "force": Param(False, type="boolean", description="re-ingest even if the dump did not change"),
+        "link_on": Param(DEFAULT_LINK_ON, type="string", pattern=LINK_ON_PARAM_PATTERN,
+                         description="attributes source: comma list of the columns whose shared values link items"),
+        "max_links_per_value": Param(10, type="integer", minimum=1, maximum=1000,
+                                     description="attributes source: links per item through one value"),
     },
 )
 def mmag_refresh():
@@ -60,7 +66,8 @@ def mmag_refresh():
         from g2i_core.orchestration import plan_refresh
 
         return plan_refresh(task_settings(), ds=run_day(context), sources=params["sources"], raw=params["raw"],
-                            force=params["force"])
+                            force=params["force"], link_on=params["link_on"],
+                            max_links_per_value=params["max_links_per_value"])
 
     @task_group(group_id="refresh")
     def refresh(item):

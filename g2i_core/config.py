@@ -10,6 +10,7 @@ to the TOML file, never logged, and ``Settings.redacted()`` masks them for displ
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -48,6 +49,9 @@ class Settings:
     spark_packages: str = ""
     jars_dir: str = field(default_factory=lambda: _local_dir("jars"))
     spark_local_dir: str = field(default_factory=lambda: _local_dir("spark"))
+    # Memory (GB) the single-machine PPR (`propagate`) may use; `g2i ppr --method auto` moves to
+    # spark-propagate above it. 0: 75% of this machine's physical memory.
+    ppr_memory_budget_gb: int = 0
 
     # Model preset: "tiny" (CPU, random init + offline MiniLM), "tiny16" (the same at 16 px, what the demo
     # trains) or "sd15" (local checkpoints).
@@ -56,6 +60,13 @@ class Settings:
     clip_vision_path: str = ""
     clip_eval_path: str = ""
     dinov2_path: str = ""
+    # Local folders of the frozen parts a saved model names by role (its config.json holds roles, never
+    # paths): "role=path,role=path" or a JSON object (G2I_MODEL_PATHS), or a [model_paths] table in
+    # g2i.toml. Roles: base (an SD-1.5 pipeline folder), image_encoder (a CLIP vision folder); sd15_path
+    # and clip_vision_path serve as base and image_encoder when the role is not named here.
+    model_paths: str = ""
+    # Inception weights for the paper's FID (torchmetrics' FrechetInceptionDistance), a local file.
+    inception_path: str = ""
     device: str = "auto"
 
     # Local S3 server (SeaweedFS) data and credentials live here.
@@ -82,6 +93,8 @@ class Settings:
         if not values.get("s3_access_key") and not values.get("s3_secret_key"):
             values.update(_local_server_credentials(values.get("s3_server_dir") or _local_dir("s3")))
         values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("model_paths"), dict):  # a [model_paths] table in g2i.toml
+            values["model_paths"] = json.dumps(values["model_paths"], sort_keys=True)
         unknown = set(values) - {f.name for f in fields(cls)}
         if unknown:
             raise ValueError(f"unknown settings {sorted(unknown)}; valid names: {sorted(f.name for f in fields(cls))}")
@@ -95,10 +108,22 @@ class Settings:
     def validate(self) -> None:
         if not (self.storage_root.startswith("s3://") or self.storage_root.startswith("file://")):
             raise ValueError(f"storage_root must start with s3:// or file://, got {self.storage_root!r}")
-        if self.model_preset not in {"tiny", "tiny16", "sd15"}:
-            raise ValueError(f"model_preset must be 'tiny', 'tiny16' or 'sd15', got {self.model_preset!r}")
+        if self.model_preset not in {"tiny", "tiny16", "sd15", "sd15-paper"}:
+            raise ValueError(f"model_preset must be 'tiny', 'tiny16', 'sd15' or 'sd15-paper', "
+                             f"got {self.model_preset!r}")
         if self.spark_shuffle_partitions < 1:
             raise ValueError(f"spark_shuffle_partitions must be >= 1, got {self.spark_shuffle_partitions}")
+        if self.ppr_memory_budget_gb < 0:
+            raise ValueError(f"ppr_memory_budget_gb must be >= 0 (0: 75% of physical memory), "
+                             f"got {self.ppr_memory_budget_gb}")
+        parse_model_paths(self.model_paths)
+
+    def model_part_paths(self) -> dict[str, str]:
+        """role -> local folder on this machine: ``model_paths``, then sd15_path (base) and clip_vision_path
+        (image_encoder) for roles it does not name."""
+        out = {"base": self.sd15_path, "image_encoder": self.clip_vision_path}
+        out.update(parse_model_paths(self.model_paths))
+        return {k: v for k, v in out.items() if v}
 
     def redacted(self) -> dict[str, Any]:
         """Settings as a dict with secrets masked: safe to log or save next to an artifact."""
@@ -114,12 +139,39 @@ class Settings:
         return sorted(str(p) for p in d.glob("*.jar")) if d.is_dir() else []
 
 
+def parse_model_paths(text: str) -> dict[str, str]:
+    """``G2I_MODEL_PATHS``: a JSON object {"role": "path"} or "role=path,role=path" -> {role: path}."""
+    text = (text or "").strip()
+    if not text:
+        return {}
+    if text.startswith("{"):
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"model_paths (G2I_MODEL_PATHS) is not valid JSON: {exc}") from None
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+            raise ValueError("model_paths (G2I_MODEL_PATHS) must map role names to path strings")
+        return {k.strip(): v.strip() for k, v in data.items()}
+    out = {}
+    for item in text.split(","):
+        role, sep, path = item.partition("=")
+        if not sep or not role.strip() or not path.strip():
+            raise ValueError(f"model_paths (G2I_MODEL_PATHS) must look like role=path,role=path or be a JSON "
+                             f"object, got item {item!r}")
+        out[role.strip()] = path.strip()
+    return out
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     if not path.exists():
         raise FileNotFoundError(f"config file {path} does not exist (set G2I_CONFIG or create g2i.toml)")
     with path.open("rb") as fh:
         data = tomllib.load(fh)
-    data = data.get("g2i", data)
+    if "g2i" in data:
+        top = data
+        data = dict(data["g2i"])
+        if "model_paths" in top:  # a top-level [model_paths] table next to [g2i]
+            data.setdefault("model_paths", top["model_paths"])
     leaked = SECRET_FIELDS & set(data)
     if leaked:
         raise ValueError(f"{path}: {sorted(leaked)} must come from the environment (G2I_S3_ACCESS_KEY/...), not a file")

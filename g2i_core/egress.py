@@ -185,7 +185,8 @@ _TLS: ssl.SSLContext | None = None
 _TLS_LOCK = threading.Lock()
 
 
-def _tls_context() -> ssl.SSLContext:
+def tls_context() -> ssl.SSLContext:
+    """The client TLS context (certificate and host name verified), shared by both clients."""
     global _TLS
     with _TLS_LOCK:
         if _TLS is None:
@@ -226,7 +227,7 @@ class _PinnedHTTPConnection(http.client.HTTPConnection):
 
 class _PinnedHTTPSConnection(http.client.HTTPSConnection):
     def __init__(self, host: str, port: int, addresses: list[tuple], deadline: float):
-        super().__init__(host, port, timeout=max(deadline - time.monotonic(), 0.001), context=_tls_context())
+        super().__init__(host, port, timeout=max(deadline - time.monotonic(), 0.001), context=tls_context())
         self._addresses, self._deadline = addresses, deadline
 
     def connect(self) -> None:
@@ -298,16 +299,21 @@ def check_url(url: str) -> Target:
     return Target(scheme, host, port or SCHEMES[scheme], path)
 
 
-def _check_hop(target: Target, policy: EgressPolicy, deadline: float) -> list[tuple]:
-    """The addresses to connect to for one hop, every one of them checked (unless the host is allow-listed)."""
-    addresses = _resolve(target.host, target.port, deadline)
-    if not policy.allowed(target.host, target.port):
+def check_addresses(host: str, port: int, addresses: list[tuple], policy: EgressPolicy) -> list[tuple]:
+    """``addresses`` (getaddrinfo rows for ``host``) when every one may be contacted, or when ``policy``
+    allow-lists ``host:port``; else FetchError(blocked) naming the first refused address."""
+    if not policy.allowed(host, port):
         for row in addresses:
             reason = refusal(row[4][0])
             if reason:
-                literal = _ip_text(target.host) == _ip_text(row[4][0].split("%", 1)[0])
-                raise FetchError("blocked", reason if literal else f"{target.host}: {reason}")
+                literal = _ip_text(host) == _ip_text(row[4][0].split("%", 1)[0])
+                raise FetchError("blocked", reason if literal else f"{host}: {reason}")
     return addresses
+
+
+def _check_hop(target: Target, policy: EgressPolicy, deadline: float) -> list[tuple]:
+    """The addresses to connect to for one hop, every one of them checked (unless the host is allow-listed)."""
+    return check_addresses(target.host, target.port, _resolve(target.host, target.port, deadline), policy)
 
 
 class Response:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 
 if TYPE_CHECKING:
+    import pyarrow as pa
 
     from g2i_core.storage import Storage
 
@@ -40,7 +41,8 @@ class EmbedConfig:
     text_encoder: str = "minilm-l6-v2"
     image_encoder: str = "colorhist-v1"
     clip_path: str = ""  # local CLIP directory (CLIPModel + processor), needed by the clip encoder
-    batch_size: int = 64
+    # 256: with texts sorted by length a large batch pads little; 1.3x the CPU throughput of 64 unsorted
+    batch_size: int = 256
     max_tokens: int = 256
     device: str = "cpu"
 
@@ -78,7 +80,7 @@ class MiniLmText:
 
         batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
                                return_tensors="pt").to(self.device)
-        with torch.no_grad():
+        with torch.inference_mode():  # no autograd bookkeeping at all (no_grad still tracks versions)
             hidden = self.model(**batch).last_hidden_state  # (B, T, 384)
         mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): padding does not count
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -137,62 +139,118 @@ def _unit(x: np.ndarray) -> np.ndarray:
 # ---- the stage ------------------------------------------------------------------------------
 def embed_nodes(storage: "Storage", config: EmbedConfig, run_id: str) -> dict:
     """Embed every node's text (and image, when ``node_images`` is published) under ``storage``;
-    publish ``embeddings`` and return its manifest. Unchanged content is copied from the last run."""
+    publish ``embeddings`` and return its manifest. Unchanged content is copied from the last run.
+
+    Vectors stay in numpy/Arrow buffers end to end (a Python list per vector costs ~30 GB at 2.4M
+    nodes x 384 dims); the cache lookup is one vectorised ``index_in`` over the content hashes."""
     import pyarrow as pa
 
     config.check()
     # 1. inputs: node texts and usable images
     texts = _node_texts(storage)
     images = _node_images(storage) if config.image_encoder != "none" else []
-    cache = _previous_vectors(storage)
+    previous = storage.unpinned  # a cache keyed by content hash: any published version will do
+    previous = previous if previous.is_published(TABLE) else None
     clip = ClipEncoder(config) if "clip" in (config.text_encoder, config.image_encoder) else None
-    rows: list[dict] = []
+    parts: list[pa.Table] = []
     stats = {}
-    # 2. text embeddings
+    # 2. text embeddings, shortest first: a batch of similar lengths pads little
     text_fn = clip.text if config.text_encoder == "clip" else None
-    stats["text"] = _embed_kind(
-        rows, cache, kind="text", encoder=config.text_encoder,
-        items=[(nid, content_hash(config.text_encoder, t), t) for nid, t in texts],
-        encode=text_fn or _lazy(lambda: MiniLmText(config)), batch_size=config.batch_size)
+    part, stats["text"] = _embed_kind(
+        _previous_vectors(previous, "text", config.text_encoder), kind="text", encoder=config.text_encoder,
+        node_ids=[nid for nid, _ in texts], hashes=[content_hash(config.text_encoder, t) for _, t in texts],
+        payloads=[t for _, t in texts], encode=text_fn or _lazy(lambda: MiniLmText(config)),
+        batch_size=config.batch_size, by_length=True)
+    parts.append(part)
     # 3. image embeddings (bytes are read only for images not in the cache)
     if images:
         image_fn = clip.image if config.image_encoder == "clip" else colorhist_image
-        stats["image"] = _embed_kind(
-            rows, cache, kind="image", encoder=config.image_encoder,
-            items=[(nid, content_hash(config.image_encoder, digest), key) for nid, key, digest in images],
+        part, stats["image"] = _embed_kind(
+            _previous_vectors(previous, "image", config.image_encoder), kind="image", encoder=config.image_encoder,
+            node_ids=[nid for nid, _, _ in images],
+            hashes=[content_hash(config.image_encoder, digest) for _, _, digest in images],
+            payloads=[key for _, key, _ in images],
             encode=lambda keys: image_fn([storage.get_bytes(storage.uri(k)) for k in keys]),
-            batch_size=config.batch_size)
+            batch_size=config.batch_size, by_length=False)
+        parts.append(part)
     # 4. publish
-    table = pa.table({
-        "node_id": pa.array([r["node_id"] for r in rows], pa.string()),
-        "encoder": pa.array([r["encoder"] for r in rows], pa.string()),
-        "kind": pa.array([r["kind"] for r in rows], pa.string()),
-        "content_hash": pa.array([r["content_hash"] for r in rows], pa.string()),
-        "vector": pa.array([r["vector"] for r in rows], pa.list_(pa.float32())),
-    })
+    table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
     return storage.publish_table(TABLE, table, run_id, extra={"config": asdict(config), "stats": stats})
 
 
-def _embed_kind(rows: list[dict], cache: dict, *, kind: str, encoder: str, items: list[tuple[str, str, str]],
-                encode: Callable[[list[str]], np.ndarray], batch_size: int) -> dict:
-    """Append one row per item; encode only items whose (kind, encoder, hash) is not cached."""
-    todo = [(h, payload) for _, h, payload in items if (kind, encoder, h) not in cache]
-    todo = list(dict.fromkeys(todo))  # identical content is encoded once
+def _embed_kind(previous: tuple["pa.Array", np.ndarray] | None, *, kind: str, encoder: str, node_ids: list[str],
+                hashes: list[str], payloads: list[str], encode: Callable[[list[str]], np.ndarray], batch_size: int,
+                by_length: bool) -> tuple["pa.Table", dict]:
+    """One row per node; only content hashes absent from ``previous`` (hashes, (m, d) vectors) are encoded,
+    each distinct hash once. Returns the rows as an Arrow table and the counts."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    hash_arr = pa.array(hashes, pa.string())
+    if previous is not None and len(previous[0]):
+        hit = pc.index_in(hash_arr, value_set=previous[0]).to_numpy(zero_copy_only=False)  # NaN: not cached
+    else:
+        hit = np.full(len(hashes), np.nan)
+    missing = np.flatnonzero(np.isnan(hit))
+    todo = list(dict.fromkeys((hashes[i], payloads[i]) for i in missing))  # identical content: encoded once
+    if by_length:
+        todo.sort(key=lambda hp: len(hp[1]))
     started = time.monotonic()
+    new_vectors: list[np.ndarray] = []
     for start in range(0, len(todo), batch_size):
         batch = todo[start:start + batch_size]
-        vectors = encode([payload for _, payload in batch])
-        for (h, _), vec in zip(batch, vectors, strict=False):
-            cache[(kind, encoder, h)] = np.asarray(vec, np.float32).tolist()
-        if len(todo) > 10 * batch_size and (start // batch_size) % 20 == 0:
+        new_vectors.append(np.asarray(encode([payload for _, payload in batch]), np.float32))
+        if len(todo) > 10 * batch_size and (start // batch_size) % 50 == 0:
             log.info("embed %s/%s: %d/%d new items, %.1fs", kind, encoder, start + len(batch), len(todo),
                      time.monotonic() - started)
-    for nid, h, _ in items:
-        rows.append({"node_id": nid, "encoder": encoder, "kind": kind, "content_hash": h,
-                     "vector": cache[(kind, encoder, h)]})
-    log.info("embed %s/%s: %d nodes, %d encoded, %d from cache", kind, encoder, len(items), len(todo),
-             len(items) - len(todo))
-    return {"nodes": len(items), "encoded": len(todo), "cached": len(items) - len(todo)}
+    dim = (new_vectors[0].shape[1] if new_vectors else previous[1].shape[1] if previous is not None
+           and len(previous[0]) else 0)
+    vectors = np.zeros((len(hashes), dim), np.float32)
+    cached = np.flatnonzero(~np.isnan(hit))
+    if len(cached):
+        vectors[cached] = previous[1][hit[cached].astype(np.int64)]
+    if todo:
+        fresh = np.concatenate(new_vectors)
+        row_of = {h: j for j, (h, _) in enumerate(todo)}
+        vectors[missing] = fresh[[row_of[hashes[i]] for i in missing]]
+    n = len(hashes)
+    table = pa.table({
+        "node_id": pa.array(node_ids, pa.string()),
+        "encoder": pa.array([encoder] * n, pa.string()),
+        "kind": pa.array([kind] * n, pa.string()),
+        "content_hash": hash_arr,
+        "vector": _list_array(vectors),
+    })
+    log.info("embed %s/%s: %d nodes, %d encoded, %d from cache in %.1fs", kind, encoder, n, len(todo), n - len(missing),
+             time.monotonic() - started)
+    return table, {"nodes": n, "encoded": len(todo), "cached": n - len(missing)}
+
+
+def _list_array(vectors: np.ndarray) -> "pa.Array":
+    """(n, d) float32 -> Arrow list<float32> without a Python object per number."""
+    import pyarrow as pa
+
+    n, d = vectors.shape
+    offsets = pa.array(np.arange(0, (n + 1) * d, d, dtype=np.int32) if n else np.zeros(1, np.int32))
+    return pa.ListArray.from_arrays(offsets, pa.array(np.ascontiguousarray(vectors).ravel(), pa.float32()))
+
+
+def _vector_matrix(column: "pa.ChunkedArray | pa.Array") -> np.ndarray:
+    """Arrow list<float32> of equal-length vectors -> (n, d) float32."""
+    import pyarrow as pa
+
+    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    n = len(arr)
+    if n == 0:
+        return np.zeros((0, 0), np.float32)
+    if arr.null_count:
+        raise ValueError("embeddings hold null vectors")
+    offsets = arr.offsets.to_numpy()
+    lengths = np.diff(offsets)
+    if lengths.min() != lengths.max():
+        raise ValueError(f"embeddings mix vector lengths {sorted(set(lengths.tolist()))} within one encoder")
+    values = arr.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
+    return values.astype(np.float32, copy=False).reshape(n, int(lengths[0]))
 
 
 def _lazy(make: Callable[[], Callable]) -> Callable:
@@ -231,22 +289,31 @@ def _node_images(storage: "Storage") -> list[tuple[str, str, str]]:
     return out
 
 
-def _previous_vectors(storage: "Storage") -> dict[tuple[str, str, str], list[float]]:
-    storage = storage.unpinned  # a cache keyed by content hash: any published version will do
-    if not storage.is_published(TABLE):
-        return {}
-    table = storage.read_table(TABLE, columns=["kind", "encoder", "content_hash", "vector"])
-    return {(k, e, h): v for k, e, h, v in zip(*(table.column(c).to_pylist() for c in
-                                                   ("kind", "encoder", "content_hash", "vector")), strict=False)}
+def _previous_vectors(storage: "Storage | None", kind: str, encoder: str) -> tuple["pa.Array", np.ndarray] | None:
+    """(content hashes, (m, d) vectors) of one kind and encoder from the last published ``embeddings``."""
+    if storage is None:
+        return None
+    table = _select(storage.read_table(TABLE, columns=["kind", "encoder", "content_hash", "vector"]), kind, encoder)
+    if table.num_rows == 0:
+        return None
+    return table.column("content_hash").combine_chunks(), _vector_matrix(table.column("vector"))
+
+
+def _select(table: "pa.Table", kind: str, encoder: str | None) -> "pa.Table":
+    import pyarrow.compute as pc
+
+    mask = pc.equal(table.column("kind"), kind)
+    if encoder is not None:
+        mask = pc.and_(mask, pc.equal(table.column("encoder"), encoder))
+    return table.filter(mask)
 
 
 def load_vectors(storage: "Storage", kind: str, encoder: str | None = None) -> tuple[list[str], np.ndarray, str]:
     """(node ids, (n, d) float32 unit vectors, encoder) of one kind from the published embeddings."""
-    table = storage.read_table(TABLE).to_pylist()
-    rows = [r for r in table if r["kind"] == kind and (encoder is None or r["encoder"] == encoder)]
-    encoders = sorted({r["encoder"] for r in rows})
+    table = _select(storage.read_table(TABLE, columns=["node_id", "encoder", "kind", "vector"]), kind, encoder)
+    encoders = sorted(set(table.column("encoder").unique().to_pylist()))
     if len(encoders) > 1:
         raise ValueError(f"embeddings hold {kind} vectors of several encoders {encoders}; pick one")
-    if not rows:
+    if not table.num_rows:
         return [], np.zeros((0, 0), np.float32), encoder or ""
-    return [r["node_id"] for r in rows], np.asarray([r["vector"] for r in rows], np.float32), encoders[0]
+    return table.column("node_id").to_pylist(), _vector_matrix(table.column("vector")), encoders[0]

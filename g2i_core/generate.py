@@ -27,7 +27,7 @@ import json
 import logging
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
@@ -55,8 +55,10 @@ class GenerateConfig:
     num_shards: int = 1
     batch_size: int = 8
     seeds: tuple[int, ...] = (0,)
-    text_scale: float = 7.5
-    graph_scale: float = 1.5
+    # None = the model preset's (``model.config.sampling_defaults``: tiny 3/4, sd15 7.5/1.5, sd15-paper
+    # 7.5/7.5), filled in by ``generate`` once the model is loaded; run_shard alone falls back to 7.5/1.5.
+    text_scale: float | None = None
+    graph_scale: float | None = None
     steps: int = 50
     # style mixing: extra graph conditions, each the neighbour set of another node, with its own scale
     mix: tuple[tuple[str, float], ...] = ()
@@ -79,6 +81,11 @@ class GenerateConfig:
                              f"{self.batch_size}, steps={self.steps}, seeds={self.seeds}")
         if not self.run_id or "/" in self.run_id:
             raise ValueError(f"run_id must be a non-empty name without '/', got {self.run_id!r}")
+
+    def with_scales(self, defaults: dict[str, float]) -> "GenerateConfig":
+        """This config with the scales it leaves None taken from ``defaults`` (text_scale, graph_scale)."""
+        return replace(self, text_scale=defaults["text_scale"] if self.text_scale is None else self.text_scale,
+                       graph_scale=defaults["graph_scale"] if self.graph_scale is None else self.graph_scale)
 
     @property
     def text_only(self) -> bool:
@@ -240,6 +247,9 @@ def run_shard(storage: "Storage", cfg: GenerateConfig, generator: Generator,
     """Generate one shard; returns a summary. ``load_graphs(node_ids)`` returns per node a list of
     graph conditions (first: the node's own neighbours, then the mixed graphs), or None for a
     text-only model; by default they come from the neighbour table through the model's data module."""
+    from g2i_core.model.config import FALLBACK_SAMPLING
+
+    cfg = cfg.with_scales(FALLBACK_SAMPLING)
     cfg.validate()
     name = _manifest_name(cfg.run_id)
     # 1. A published shard is final: a second attempt does nothing.
@@ -357,10 +367,18 @@ def graph_loader(storage: "Storage", cfg: GenerateConfig, uses_graph: bool):
     return load
 
 
-def generate(storage: "Storage", cfg: GenerateConfig, settings=None, device: str = "cpu") -> dict:
-    """Load the model and run one shard of ``cfg`` (the entry point behind ``g2i generate``)."""
+def generate(storage: "Storage", cfg: GenerateConfig, settings=None, device: str = "cpu", *, variant: str = "",
+             torch_dtype: str = "") -> dict:
+    """Load the model and run one shard of ``cfg`` (the entry point behind ``g2i generate``). Scales
+    ``cfg`` leaves None are the model preset's; ``variant``/``torch_dtype`` as in G2IModel.from_pretrained."""
     from g2i_core.model import G2IPipeline
+    from g2i_core.model.baselines import own_pipeline
+    from g2i_core.model.config import sampling_defaults
 
-    pipe = G2IPipeline.from_pretrained(cfg.model_uri, settings=settings, device=device)
+    pipe = own_pipeline(G2IPipeline.from_pretrained(cfg.model_uri, settings=settings, device=device,
+                                                    variant=variant or None, torch_dtype=torch_dtype or None))
+    # the preset's guidance where cfg leaves it open; never more neighbours than the model takes
+    cfg = replace(cfg.with_scales(sampling_defaults(pipe.model.config.preset)),
+                  max_neighbours=min(cfg.max_neighbours, pipe.model.config.max_neighbours))
     gen = PipelineGenerator(pipe)
     return run_shard(storage, cfg, gen, graph_loader(storage, cfg, gen.uses_graph and not cfg.text_only))

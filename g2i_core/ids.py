@@ -31,6 +31,10 @@ RAW_URI_PARAM_PATTERN = r"^(?!.*(/|^)\.\.(/|$))((s3|file)://|raw/)[^?#%\\\x00-\x
 # empty string only (unlike "^$", which also accepts "\n").
 OPTIONAL_RAW_URI_PARAM_PATTERN = r"^(?![\s\S])|" + RAW_URI_PARAM_PATTERN
 
+# The attributes source's --link-on as a Param value: a comma list of column names (checked again, name by
+# name, by g2i_core.ingest.attributes.parse_link_on when the run is planned).
+LINK_ON_PARAM_PATTERN = r"^(?!.*\n)[A-Za-z0-9_][A-Za-z0-9_ .,-]{0,299}$"
+
 _RUN_ID = re.compile(RUN_ID_PATTERN)
 _BAD_URI_CHARS = re.compile(r"[?#%\\\x00-\x1f\x7f]")
 _BAD_LOCATION_CHARS = re.compile(r"[?#\\\x00-\x1f\x7f]")

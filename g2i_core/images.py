@@ -1,9 +1,18 @@
 """Image fetcher: ``nodes.image_url`` -> content-addressed ``images/`` objects + the ``node_images`` table.
 
-Bounded concurrency (a thread pool: the work is network wait), a per-host rate limit, one total deadline
-per request, retries with exponential backoff for transient failures only, a byte cap while streaming, and
-validation with Pillow where the pixel count is checked from the header *before* decoding, so a
-decompression bomb costs a few bytes of header parsing, not gigabytes of RAM.
+Bounded concurrency, a per-host rate limit, one total deadline per request, retries with exponential
+backoff for transient failures only, a byte cap while streaming, and validation with Pillow where the pixel
+count is checked from the header *before* decoding, so a decompression bomb costs a few bytes of header
+parsing, not gigabytes of RAM.
+
+Two clients, one behaviour (``FetchConfig.client``):
+
+- ``async`` (default): one asyncio event loop with ``concurrency`` downloads in flight on an aiohttp
+  session (:mod:`g2i_core.egress_async`) that reuses connections per host. Pillow validation (CPU work;
+  decoding releases the GIL) and the storage write (it blocks) run in a thread pool, off the event loop;
+  at most a few decodes run at once, since each may hold ``max_pixels`` x 4 bytes.
+- ``threads``: the earlier client, ``concurrency`` threads each making one checked connection per request
+  (:func:`g2i_core.egress.open_url`); kept for comparison (``bench/bench_fetch.py``).
 
 Image URLs come from untrusted dumps: every request goes through the egress policy of
 :mod:`g2i_core.egress` (http/https only, globally routable addresses only, the checked address is the one
@@ -22,9 +31,12 @@ under ``_staging/node_images/<run_id>/`` so a killed or failed run restarts wher
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import functools
 import io
 import logging
+import os
 import random
 import threading
 import time
@@ -48,12 +60,14 @@ TRANSIENT = frozenset({"timeout", "error", "http_error_retryable"})  # never "bl
 EXTENSIONS = {"PNG": "png", "JPEG": "jpg", "GIF": "gif", "WEBP": "webp"}
 FORMATS = tuple(EXTENSIONS)  # the only Pillow plugins that ever parse fetched bytes
 COLUMNS = ("node_id", "image_url", "image_key", "sha256", "width", "height", "status", "error")
+CLIENTS = ("async", "threads")
+WORK_THREADS = 32  # async client: threads for validation and storage writes
 
 
 @dataclass(frozen=True)
 class FetchConfig:
     run_id: str = ""  # default: the run id of the nodes table it fetched for
-    concurrency: int = 16  # parallel downloads
+    concurrency: int = 64  # downloads in flight
     per_host_rate: float = 20.0  # requests per second per host; 0 = unlimited
     timeout_s: float = 10.0  # one deadline per request: DNS, connect, headers, body and redirects together
     retries: int = 2  # extra attempts for timeouts, connection errors, 429 and 5xx
@@ -64,6 +78,7 @@ class FetchConfig:
     user_agent: str = "g2i-image-fetcher/0.1"
     allow_hosts: tuple[str, ...] = ()  # `host` / `host:port` reachable even on loopback/private addresses
     max_failure_fraction: float = 0.2  # more non-ok rows among real URLs than this: fail, publish nothing
+    client: str = "async"  # "async" (aiohttp, connections reused) or "threads" (the earlier client)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_hosts", parse_allow_hosts(self.allow_hosts))
@@ -77,6 +92,8 @@ class FetchConfig:
                              f", retries={self.retries}, per_host_rate={self.per_host_rate}")
         if not 0 <= self.max_failure_fraction <= 1:
             raise ValueError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
+        if self.client not in CLIENTS:
+            raise ValueError(f"client must be one of {CLIENTS}, got {self.client!r}")
         return self
 
     @property
@@ -107,27 +124,46 @@ class HostRateLimiter:
         self._next: dict[str, float] = {}
         self._lock = threading.Lock()
 
-    def wait(self, host: str) -> None:
+    def reserve(self, host: str) -> float:
+        """Take the next slot for ``host``; the seconds to wait for it."""
         if not self.interval:
-            return
+            return 0.0
         with self._lock:
             now = time.monotonic()
             slot = max(now, self._next.get(host, now))
             self._next[host] = slot + self.interval
-        if slot > now:
-            time.sleep(slot - now)
+        return slot - now
+
+    def wait(self, host: str) -> None:
+        if (delay := self.reserve(host)) > 0:
+            time.sleep(delay)
+
+    async def wait_async(self, host: str) -> None:
+        if (delay := self.reserve(host)) > 0:
+            await asyncio.sleep(delay)
 
 
 # ---- one image --------------------------------------------------------------------------------------
+def _request_headers(cfg: FetchConfig) -> dict[str, str]:
+    return {"User-Agent": cfg.user_agent, "Accept": "image/*"}
+
+
+def _check_status(status: int) -> None:
+    """FetchError for a final HTTP status that is not a success; ``http_error_retryable`` marks 429/5xx."""
+    if status in (404, 410):
+        raise FetchError("not_found", f"HTTP {status}")
+    if not 200 <= status < 300:  # includes a redirect without a Location
+        raise FetchError("http_error_retryable" if status == 429 or status >= 500 else "http_error", f"HTTP {status}")
+
+
 def download(url: str, cfg: FetchConfig) -> bytes:
-    """The body of ``url`` under the egress policy and one ``timeout_s`` deadline; raises FetchError(status):
-    ``blocked`` for a refused URL or redirect, ``http_error_retryable`` marks 429/5xx."""
-    with open_url(url, cfg.policy, cfg.timeout_s, {"User-Agent": cfg.user_agent, "Accept": "image/*"}) as resp:
-        if resp.status in (404, 410):
-            raise FetchError("not_found", f"HTTP {resp.status}")
-        if not 200 <= resp.status < 300:  # includes a redirect without a Location
-            status = "http_error_retryable" if resp.status == 429 or resp.status >= 500 else "http_error"
-            raise FetchError(status, f"HTTP {resp.status}")
+    """The body of ``url`` under the egress policy and one ``timeout_s`` deadline, through ``cfg.client``
+    (the async client in a session of its own); raises FetchError(status): ``blocked`` for a refused URL or
+    redirect, ``http_error_retryable`` marks 429/5xx."""
+    if cfg.client == "async":
+        return _run_async(functools.partial(_download_once_async, url, cfg))
+    with open_url(url, cfg.policy, cfg.timeout_s, _request_headers(cfg)) as resp:
+        _check_status(resp.status)
         try:
             declared = int(resp.headers.get("Content-Length") or 0)
         except ValueError:
@@ -141,6 +177,35 @@ def download(url: str, cfg: FetchConfig) -> bytes:
                 raise FetchError("too_large", f"body exceeds max_bytes {cfg.max_bytes}")
             chunks.append(chunk)
         return b"".join(chunks)
+
+
+def _session(cfg: FetchConfig):
+    from g2i_core.egress_async import EgressSession
+
+    return EgressSession(cfg.policy, cfg.timeout_s, max_connections=cfg.concurrency, headers=_request_headers(cfg))
+
+
+async def download_async(session, url: str, cfg: FetchConfig) -> bytes:
+    """:func:`download` on an open :class:`g2i_core.egress_async.EgressSession` (connections reused)."""
+    got = await session.get(url, cfg.max_bytes)
+    _check_status(got.status)
+    return got.body
+
+
+async def _download_once_async(url: str, cfg: FetchConfig) -> bytes:
+    async with _session(cfg) as session:
+        return await download_async(session, url, cfg)
+
+
+def _run_async(make_coroutine):
+    """Run a coroutine to its end from synchronous code (in a thread of its own when this thread is
+    already running an event loop, e.g. inside a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(make_coroutine())
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fetch-loop") as runner:
+        return runner.submit(lambda: asyncio.run(make_coroutine())).result()
 
 
 def validate_image(data: bytes, max_pixels: int) -> tuple[str, int, int]:
@@ -182,31 +247,89 @@ def pillow_pixel_limit(max_pixels: int):
         Image.MAX_IMAGE_PIXELS = before
 
 
+def _new_row(node_id: str, url: str) -> dict:
+    return {"node_id": node_id, "image_url": url, "image_key": None, "sha256": None, "width": None,
+            "height": None, "status": "ok", "error": None}
+
+
+def _retry_delay(exc: Exception, attempt: int, cfg: FetchConfig) -> float | None:
+    """Seconds to wait before the next attempt, or None when ``exc`` ends the node (its row is final)."""
+    if isinstance(exc, FetchError) and exc.status in TRANSIENT and attempt < cfg.retries:
+        return cfg.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0)
+    return None
+
+
+def _fail(row: dict, exc: Exception, attempt: int) -> tuple[dict, bool]:
+    if isinstance(exc, FetchError):
+        status = "http_error" if exc.status == "http_error_retryable" else exc.status
+        row.update(status=status, error=f"{exc} (attempt {attempt + 1})")
+    else:  # one unparseable node must not stop the run
+        row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:300])
+    return row, False
+
+
+def _store(storage: "Storage", row: dict, data: bytes, ext: str, width: int, height: int) -> tuple[dict, bool]:
+    ref = storage.put_content_addressed(data, prefix="images", ext=ext, content_type=f"image/{ext}")
+    row.update(image_key=ref.key, sha256=ref.sha256, width=width, height=height)
+    return row, ref.created
+
+
 def fetch_one(node_id: str, url: str, storage: "Storage", cfg: FetchConfig,
               limiter: HostRateLimiter) -> tuple[dict, bool]:
     """(node_images row, whether a new object was stored) for one node. A failed download or validation
     becomes the row's status; a storage error propagates (it must fail the job, not become a row)."""
-    row = {"node_id": node_id, "image_url": url, "image_key": None, "sha256": None, "width": None,
-           "height": None, "status": "ok", "error": None}
+    row = _new_row(node_id, url)
     host = urlparse(url).netloc
     for attempt in range(cfg.retries + 1):
         try:
             limiter.wait(host)
             data = download(url, cfg)
             ext, width, height = validate_image(data, cfg.max_pixels)
-        except FetchError as exc:
-            if exc.status in TRANSIENT and attempt < cfg.retries:
-                time.sleep(cfg.backoff_s * 2 ** attempt * random.uniform(0.5, 1.0))
+        except Exception as exc:  # noqa: BLE001 - becomes the row's status
+            if (delay := _retry_delay(exc, attempt, cfg)) is not None:
+                time.sleep(delay)
                 continue
-            status = "http_error" if exc.status == "http_error_retryable" else exc.status
-            row.update(status=status, error=f"{exc} (attempt {attempt + 1})")
-            return row, False
-        except Exception as exc:  # noqa: BLE001 - one unparseable node must not stop the run
-            row.update(status="error", error=f"{type(exc).__name__}: {exc}"[:300])
-            return row, False
-        ref = storage.put_content_addressed(data, prefix="images", ext=ext, content_type=f"image/{ext}")
-        row.update(image_key=ref.key, sha256=ref.sha256, width=width, height=height)
-        return row, ref.created
+            return _fail(row, exc, attempt)
+        return _store(storage, row, data, ext, width, height)
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class _AsyncWork:
+    """What every download task of one async job shares."""
+
+    session: object  # g2i_core.egress_async.EgressSession
+    storage: "Storage"
+    cfg: FetchConfig
+    limiter: HostRateLimiter
+    pool: ThreadPoolExecutor  # validation (CPU) and storage writes (blocking) run here, off the event loop
+    decode_slots: threading.BoundedSemaphore  # decodes at once: each may hold max_pixels x 4 bytes
+
+
+def _validate_and_store(work: _AsyncWork, row: dict, data: bytes, attempt: int) -> tuple[dict, bool]:
+    """The part of :func:`fetch_one` after the download, in one trip to the pool; a storage error propagates."""
+    try:
+        with work.decode_slots:
+            ext, width, height = validate_image(data, work.cfg.max_pixels)
+    except Exception as exc:  # noqa: BLE001 - becomes the row's status (validation failures are final)
+        return _fail(row, exc, attempt)
+    return _store(work.storage, row, data, ext, width, height)
+
+
+async def fetch_one_async(node_id: str, url: str, work: _AsyncWork) -> tuple[dict, bool]:
+    """:func:`fetch_one` on the event loop: same statuses, retries and backoff; a storage error propagates."""
+    cfg, row, host = work.cfg, _new_row(node_id, url), urlparse(url).netloc
+    for attempt in range(cfg.retries + 1):
+        try:
+            await work.limiter.wait_async(host)
+            data = await download_async(work.session, url, cfg)
+        except Exception as exc:  # noqa: BLE001 - becomes the row's status (a cancellation is not an Exception)
+            if (delay := _retry_delay(exc, attempt, cfg)) is not None:
+                await asyncio.sleep(delay)
+                continue
+            return _fail(row, exc, attempt)
+        return await asyncio.get_running_loop().run_in_executor(work.pool, _validate_and_store, work, row, data,
+                                                                attempt)
     raise AssertionError("unreachable")
 
 
@@ -291,16 +414,37 @@ def fetch_images(nodes_storage: "Storage", storage: "Storage", cfg: FetchConfig)
     return report
 
 
+class _Progress:
+    """Collects finished rows; logs progress every 5 s."""
+
+    def __init__(self, total: int):
+        self.total, self.results, self.stored_new, self.checkpointed = total, [], 0, 0
+        self.started = self.last_log = time.monotonic()
+
+    def add(self, row: dict, created: bool) -> None:
+        self.results.append(row)
+        self.stored_new += created
+
+    def log(self) -> None:
+        if time.monotonic() - self.last_log > 5 or len(self.results) == self.total:
+            done = len(self.results)
+            rate = done / max(time.monotonic() - self.started, 1e-6)
+            ok = sum(r["status"] == "ok" for r in self.results)
+            log.info("fetched %d/%d (ok %d), %.1f/s, eta %.0fs", done, self.total, ok, rate,
+                     (self.total - done) / max(rate, 1e-6))
+            self.last_log = time.monotonic()
+
+
 def _fetch_all(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig,
                staging: str) -> tuple[list[dict], int, int]:
     """(rows, objects newly stored, rows already checkpointed); any storage error propagates at once."""
     if storage.scheme == "s3":
         _ = storage.s3  # create the (thread-safe) client once, before the threads race to do it
+    if cfg.client == "async":
+        return _run_async(functools.partial(_fetch_all_async, todo, storage, cfg, staging))
     limiter = HostRateLimiter(cfg.per_host_rate)
-    results: list[dict] = []
+    progress = _Progress(len(todo))
     pending: set[Future] = set()
-    stored_new, checkpointed, last_log = 0, 0, time.monotonic()
-    started = time.monotonic()
     queue = iter(todo)
     with ThreadPoolExecutor(max_workers=cfg.concurrency, thread_name_prefix="fetch") as pool:
         try:
@@ -314,26 +458,57 @@ def _fetch_all(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig
                     break
                 finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in finished:
-                    row, created = f.result()  # re-raises a storage error from the worker
-                    results.append(row)
-                    stored_new += created
-                if len(results) - checkpointed >= cfg.checkpoint_every:
-                    checkpointed = _checkpoint(storage, staging, results, checkpointed)
-                if time.monotonic() - last_log > 5 or len(results) == len(todo):
-                    rate = len(results) / max(time.monotonic() - started, 1e-6)
-                    ok = sum(r["status"] == "ok" for r in results)
-                    log.info("fetched %d/%d (ok %d), %.1f/s, eta %.0fs", len(results), len(todo), ok, rate,
-                             (len(todo) - len(results)) / max(rate, 1e-6))
-                    last_log = time.monotonic()
+                    progress.add(*f.result())  # re-raises a storage error from the worker
+                if len(progress.results) - progress.checkpointed >= cfg.checkpoint_every:
+                    progress.checkpointed = _checkpoint(storage, staging, progress.results, progress.checkpointed)
+                progress.log()
         except BaseException:  # a storage error (or a kill): drop the queued work instead of running it
             pool.shutdown(wait=False, cancel_futures=True)
             raise
-    return results, stored_new, checkpointed
+    return progress.results, progress.stored_new, progress.checkpointed
+
+
+async def _fetch_all_async(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig,
+                           staging: str) -> tuple[list[dict], int, int]:
+    """:func:`_fetch_all` on one event loop: ``cfg.concurrency`` workers, each taking the next URL when its
+    last one is done, share one session (connections reused per host)."""
+    loop = asyncio.get_running_loop()
+    progress = _Progress(len(todo))
+    pool = ThreadPoolExecutor(max_workers=min(WORK_THREADS, cfg.concurrency), thread_name_prefix="fetch-work")
+    queue = iter(todo)  # shared by the workers: one event loop, so no lock
+
+    async def worker(work: _AsyncWork) -> None:
+        for node_id, url in queue:
+            progress.add(*await fetch_one_async(node_id, url, work))  # a storage error ends the worker, and the job
+            if len(progress.results) - progress.checkpointed >= cfg.checkpoint_every:
+                rows, upto = progress.results[progress.checkpointed:], len(progress.results)
+                progress.checkpointed = upto  # claimed before the write: no other worker writes these rows
+                await loop.run_in_executor(pool, _write_checkpoint, storage, staging, rows, upto)
+            progress.log()
+
+    workers: list[asyncio.Task] = []
+    try:
+        async with _session(cfg) as session:
+            work = _AsyncWork(session, storage, cfg, HostRateLimiter(cfg.per_host_rate), pool,
+                              threading.BoundedSemaphore(min(4, os.cpu_count() or 1)))
+            workers = [asyncio.create_task(worker(work)) for _ in range(min(cfg.concurrency, len(todo)))]
+            await asyncio.gather(*workers)
+    except BaseException:  # a storage error (or a kill): drop the work in flight instead of finishing it
+        for task in workers:
+            task.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
+        raise
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+    return progress.results, progress.stored_new, progress.checkpointed
+
+
+def _write_checkpoint(storage: "Storage", staging: str, rows: list[dict], upto: int) -> None:
+    storage.write_parquet(f"{staging}/checkpoint-{upto:09d}.parquet", node_images_table(rows))
 
 
 def _checkpoint(storage: "Storage", staging: str, results: list[dict], checkpointed: int) -> int:
     """Write ``results[checkpointed:]`` as one staging part; returns the new checkpointed count."""
     if len(results) > checkpointed:
-        part = f"{staging}/checkpoint-{len(results):09d}.parquet"
-        storage.write_parquet(part, node_images_table(results[checkpointed:]))
+        _write_checkpoint(storage, staging, results[checkpointed:], len(results))
     return len(results)

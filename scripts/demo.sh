@@ -10,17 +10,23 @@ DEMO_NODES=${G2I_DEMO_NODES:-400}
 DEMO_SEED=${G2I_DEMO_SEED:-0}
 IMAGE_PORT=${G2I_DEMO_IMAGE_PORT:-8765}
 export G2I_STORAGE_ROOT=${G2I_STORAGE_ROOT:-s3://g2i}
+DEMO_SOURCES=${G2I_DEMO_SOURCES:-goodreads}  # all three: G2I_DEMO_SOURCES=goodreads,amazon2014,amazon2018
+# The ART500K-like item table (--source attributes, linked on artist,genre):
+#   G2I_DEMO_SOURCES=attributes G2I_DEMO_DATASET=attributes make demo
+SAMPLE_FORMATS=goodreads,amazon2014,amazon2018
+case ",$DEMO_SOURCES," in *,attributes,*) SAMPLE_FORMATS=$SAMPLE_FORMATS,attributes ;; esac
 t0=$(date +%s)
 step() { printf '\n[demo %4ss] %s\n' "$(( $(date +%s) - t0 ))" "$*"; }
 
 step "1. local S3 server (SeaweedFS on 127.0.0.1)"
 g2i s3 start
 
-step "2. sample raw dumps (Goodreads, Amazon 2014, Amazon 2018; $DEMO_NODES nodes each, seed $DEMO_SEED)"
-if [ -f "$DEMO_DIR/sample/sample_manifest.json" ]; then
+step "2. sample raw dumps ($SAMPLE_FORMATS; $DEMO_NODES nodes each, seed $DEMO_SEED)"
+if [ -f "$DEMO_DIR/sample/sample_manifest.json" ] && { [ "$SAMPLE_FORMATS" = "${SAMPLE_FORMATS%,attributes}" ] \
+    || [ -f "$DEMO_DIR/sample/raw/artworks.csv.gz" ]; }; then
   echo "sample data already in $DEMO_DIR/sample"
 else
-  g2i sample --out "$DEMO_DIR/sample" --nodes "$DEMO_NODES" --seed "$DEMO_SEED" \
+  g2i sample --out "$DEMO_DIR/sample" --nodes "$DEMO_NODES" --seed "$DEMO_SEED" --formats "$SAMPLE_FORMATS" \
     --image-base-url "http://127.0.0.1:$IMAGE_PORT"
 fi
 
@@ -33,6 +39,7 @@ from g2i_core.storage import Storage
 storage = Storage.from_settings(Settings.load())
 sample = Path(sys.argv[1])
 files = [(d, ("raw", "sample", d.name)) for d in sorted((sample / "raw").glob("*.json.gz"))]
+files += [(d, ("raw", "sample", d.name)) for d in sorted((sample / "raw").glob("*.csv.gz"))]  # the artworks table
 # the generator's ground truth (node_id,community): the evaluation's community labels
 files += [(t, ("raw", "sample", "truth", t.name)) for t in sorted((sample / "truth").glob("*_communities.csv.gz"))]
 for dump, parts in files:
@@ -64,7 +71,6 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False AIRFLOW__CORE__DAGS_FOLDER=$PWD/dags A
 export G2I_SPARK_DRIVER_MEMORY=${G2I_SPARK_DRIVER_MEMORY:-2g} G2I_SPARK_SHUFFLE_PARTITIONS=${G2I_SPARK_SHUFFLE_PARTITIONS:-4}
 export G2I_RETRY_DELAY_S=${G2I_RETRY_DELAY_S:-5} G2I_BACKFILL_SHARDS=${G2I_BACKFILL_SHARDS:-2}
 DEMO_DATE=${G2I_DEMO_DATE:-2024-01-01}
-DEMO_SOURCES=${G2I_DEMO_SOURCES:-goodreads}  # all three: G2I_DEMO_SOURCES=goodreads,amazon2014,amazon2018
 DEMO_DATASET=${G2I_DEMO_DATASET:-goodreads}
 # The model: preset tiny16 (the tiny model at 16 px, one QFormer layer, lr 1e-3 with cosine decay), the one
 # the paper suite showed to learn community style on a CPU (docs/evaluation.md). Measured on the shared 2-core

@@ -26,7 +26,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--text-encoder", default="minilm-l6-v2", choices=["minilm-l6-v2", "clip"])
     p.add_argument("--image-encoder", default="colorhist-v1", choices=["colorhist-v1", "clip", "none"])
     p.add_argument("--clip-path", default=None, help="local CLIP directory (default: settings.clip_vision_path)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=256, help="items per encoder call (default %(default)s)")
     p.add_argument("--device", default="cpu")
 
 

@@ -47,10 +47,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grid-nodes", type=int, default=8, help="nodes shown side by side in the report")
     p.add_argument("--gallery-nodes", type=int, default=48, help="backfill covers shown in the gallery")
     p.add_argument("--clusters", type=int, default=8, help="k-means pseudo-labels when no labels exist")
-    p.add_argument("--encoders", default="", help="comma list of clip,dinov2 (local paths from settings)")
+    p.add_argument("--encoders", default="",
+                   help="comma list of clip,dinov2,inception (local paths from settings; inception = the paper's "
+                        "Inception FID, weights file from G2I_INCEPTION_PATH)")
     p.add_argument("--suite", choices=["paper"], help="train, generate and score the paper's methods")
     p.add_argument("--prepare-sample", default="", metavar="DIR",
                    help="suite: first publish the benchmark tables from this sample (generated if missing)")
+    p.add_argument("--sample-format", choices=("goodreads", "attributes"), default="goodreads",
+                   help="suite: which sample part is the benchmark: the Goodreads dump, or the artworks table "
+                        "(--source attributes, linked on artist,genre; community = style)")
     p.add_argument("--sample-nodes", type=int, default=2000,
                    help="suite: nodes of a newly generated sample (default %(default)s: ~356 test nodes)")
     p.add_argument("--methods", default="", help="suite: comma list of methods (default: all)")
@@ -62,7 +67,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-test-nodes", type=int, default=0)
     p.add_argument("--text-scale", type=float, default=None, help="suite: text guidance s_T (default 3.0)")
     p.add_argument("--graph-scale", type=float, default=None,
-                   help="suite: graph guidance s_G (default: the lowest-FID one of 1.5..8 on the val split)")
+                   help="suite: graph guidance s_G (default: the lowest-FID one of 1.5..8 on the val split; "
+                        "given, InstructPix2Pix's s_I is not chosen on val either but diffusers' 1.5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,17 +89,18 @@ def run(args: argparse.Namespace) -> int:
         if args.prepare_sample:
             from g2i_core.evaluate.benchdata import publish_benchmark_tables
 
-            sample = Path(args.prepare_sample)
-            if not (sample / "truth" / "goodreads_communities.csv.gz").exists():
+            sample, fmt = Path(args.prepare_sample), args.sample_format
+            if not (sample / "truth" / f"{fmt}_communities.csv.gz").exists():
                 from g2i_core.sample.generator import generate_sample
 
-                generate_sample(sample, nodes=args.sample_nodes, seed=0, formats=("goodreads",))
-            print(json.dumps(publish_benchmark_tables(storage, sample)))
+                generate_sample(sample, nodes=args.sample_nodes, seed=0, formats=(fmt,))
+            print(json.dumps(publish_benchmark_tables(storage, sample, dataset=fmt)))
         ints = lambda s: tuple(int(x) for x in s.split(",") if x)  # noqa: E731
         given = (("text_scale", args.text_scale), ("graph_scale", args.graph_scale))
         scales = {k: v for k, v in given if v is not None}
         if args.graph_scale is not None:
-            scales["graph_scale_candidates"] = ()  # a given s_G is used as is
+            # a given s_G is used as is, and skips every val choice (InstructPix2Pix's s_I: diffusers' 1.5)
+            scales["graph_scale_candidates"] = scales["image_scale_candidates"] = ()
         cfg = SuiteConfig(run_id=args.run_id, seeds=ints(args.seeds), ablation_seeds=ints(args.ablation_seeds),
                           **scales, steps=args.steps, lr_schedule=args.lr_schedule, max_test_nodes=args.max_test_nodes,
                           encoders=encoders,

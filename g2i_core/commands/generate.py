@@ -52,9 +52,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard", type=_shard, default=(0, 1), help="i/n: run shard i of n (default 0/1)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seeds", default="0", help="comma-separated generator seeds (one image per seed)")
-    p.add_argument("--text-scale", type=float, default=7.5)
-    p.add_argument("--graph-scale", type=float, default=1.5,
-                   help="graph guidance s_G; 0 = text-only images of the same model (the graph branch is skipped)")
+    p.add_argument("--text-scale", type=float, default=None,
+                   help="text guidance s_T (default: the model's preset: tiny 3, sd15 and sd15-paper 7.5)")
+    p.add_argument("--graph-scale", type=float, default=None,
+                   help="graph guidance s_G; 0 = text-only images of the same model (the graph branch is skipped); "
+                        "default: the model's preset (tiny 4, sd15 1.5, sd15-paper 7.5)")
     p.add_argument("--steps", type=int, default=50, help="denoising steps")
     p.add_argument("--mix", type=_mix, action="append", default=[],
                    help="style mixing: add NODE_ID's neighbour set as another graph with this scale (repeatable)")
@@ -62,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--neighbours-table", default="neighbours")
     p.add_argument("--limit", type=int, default=0, help="only the first N nodes of the set (before sharding)")
     p.add_argument("--device", default="", help="cpu, cuda, ... (default: settings.device)")
+    p.add_argument("--variant", default="", help="weight-file variant of the frozen parts' folders, e.g. fp16")
+    p.add_argument("--dtype", default="", choices=["", "fp32", "fp16", "bf16"],
+                   help="cast the model to this dtype for sampling (default: as saved, float32)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -91,6 +96,6 @@ def run(args: argparse.Namespace) -> int:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     settings = settings.replace(storage_root=args.root) if args.root else settings
     storage = Storage.from_settings(settings).pinned(args.graph_run_id)
-    summary = generate(storage, cfg, settings=settings, device=device)
+    summary = generate(storage, cfg, settings=settings, device=device, variant=args.variant, torch_dtype=args.dtype)
     print(json.dumps(summary))
     return 0

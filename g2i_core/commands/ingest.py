@@ -4,6 +4,7 @@ Examples:
   g2i ingest --source goodreads --raw s3://g2i/raw/goodreads_books.json.gz --out s3://g2i/goodreads \\
       --logical-date 2026-11-26
   g2i ingest --source amazon2018 --raw file:///data/delta/ --out s3://g2i/amazon --mode delta
+  g2i ingest --source attributes --raw s3://g2i/raw/art/artworks.csv.gz --out s3://g2i/art --link-on artist,genre
 
 --raw is one dump file or a prefix of dump files (.json.gz/.jsonl.gz/.json/.jsonl); --out is a storage
 root (tables land at <out>/nodes/, <out>/edges/, ...; use one root per dataset). Every line is
@@ -21,7 +22,9 @@ SUMMARY = "raw dumps -> nodes, edges, quarantine tables (Spark)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--source", required=True, choices=["goodreads", "amazon2014", "amazon2018"])
+    p.add_argument("--source", required=True, choices=["goodreads", "amazon2014", "amazon2018", "attributes"],
+                   help="attributes: a CSV/Parquet table of items (id, title, image_url, attribute columns) "
+                        "linked through shared values of the --link-on columns")
     p.add_argument("--raw", required=True,
                    help="dump file or prefix (s3://... or file:///...); not restricted here: a DAG run reads only "
                         "<storage_root>/raw/ or G2I_RAW_ALLOW_PREFIXES (checked by its plan task)")
@@ -38,6 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-chunks", action="store_true", help="keep the re-chunked staging files")
     p.add_argument("--force", action="store_true",
                    help="make this run live even when a newer logical date is live (moves _LATEST back)")
+    p.add_argument("--link-on", default="", metavar="COLUMN[,COLUMN...]",
+                   help="--source attributes: link items that share a value of these columns (e.g. artist,genre); "
+                        "the relation of each edge is the column name")
+    p.add_argument("--max-links-per-value", type=int, default=10,
+                   help="--source attributes: an item links to at most this many items through one value, so "
+                        "its out- and in-degree are each <= this x the number of --link-on columns "
+                        "(default %(default)s)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
 
 
@@ -54,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     config = IngestConfig(source=args.source, raw_uri=args.raw, run_id=args.run_id, logical_date=args.logical_date,
                           mode=args.mode, chunk_lines=args.chunk_lines,
                           max_quarantine_fraction=args.max_quarantine_fraction,
-                          keep_chunks=args.keep_chunks, force=args.force).resolved()
+                          keep_chunks=args.keep_chunks, force=args.force,
+                          link_on=tuple(c.strip() for c in args.link_on.split(",") if c.strip()),
+                          max_links_per_value=args.max_links_per_value).resolved()
     storage = Storage.from_settings(settings, root=args.out)
     spark = get_spark(settings, f"g2i-ingest-{config.source}")
     report = run_ingest(spark, storage, config)

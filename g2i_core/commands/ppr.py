@@ -5,7 +5,9 @@ Restart probability --alpha to the source node; nodes without out-edges restart 
 source itself is never its own candidate; edge weights are used when the table has a weight column.
 
 Methods (see docs/neighbours.md for the measured speed/precision of each):
-  auto         (default) propagate when the sources are all nodes or >= 10% of them, else push
+  auto         (default) propagate when the sources are all nodes or >= 10% of them, else push; their Spark
+               versions (spark-propagate, spark-push) when spark_master is a cluster (not local[N]) or
+               propagate would not fit ppr_memory_budget_gb (G2I_PPR_MEMORY_BUDGET_GB; 0: 75% of RAM)
   push         single-machine numba forward push, one source at a time; knob --eps (smaller = more precise)
   propagate    single-machine, for all (or most) nodes at once: every node's top-K' row is built from
                its out-neighbours' rows (--row-k, --sweeps), then a short push per source
@@ -13,6 +15,9 @@ Methods (see docs/neighbours.md for the measured speed/precision of each):
   exact        power iteration to --tol, the reference; small graphs only
   spark-push   the same push on Spark: sources spread over partitions, each worker loads the graph
                itself from staged Parquet (never through the driver); knob --eps
+  spark-propagate  propagate as Spark jobs, for graphs past one machine: node blocks, each sweep a
+               shuffle of rows to the blocks that read them; the refinement is partition-local on sources
+               (--row-k, --sweeps, --refine-eps; --partitions = node blocks)
   graphframes  GraphFrames/GraphX parallelPersonalizedPageRank (fixed --iterations); the Spark anchor
 
 Incremental refresh: --previous-edges URI --changed URI recomputes only the sources whose
@@ -43,7 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="storage root to publish ppr_candidates under (default: storage_root)")
     p.add_argument("--nodes", default=None, help="restrict sources to the node_id column of this Parquet/table URI")
     p.add_argument("--method", default="auto",
-                   choices=["auto", "push", "propagate", "exact", "spark-push", "graphframes"])
+                   choices=["auto", "push", "propagate", "exact", "spark-push", "spark-propagate", "graphframes"])
     p.add_argument("--top-k", type=int, default=50)
     p.add_argument("--alpha", type=float, default=0.15, help="restart probability (default %(default)s)")
     p.add_argument("--eps", type=float, default=1e-6, help="push: residual threshold (default %(default)s)")
@@ -51,7 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sweeps", type=int, default=8, help="propagate: sweeps over all rows (default %(default)s)")
     p.add_argument("--refine-eps", type=float, default=1e-3,
                    help="propagate: per-source push threshold (default %(default)s)")
-    p.add_argument("--partitions", type=int, default=0, help="spark-push: source partitions (0: 4 x cores)")
+    p.add_argument("--partitions", type=int, default=0,
+                   help="spark-push: source partitions (0: 4 x cores); "
+                        "spark-propagate: node blocks (0: default parallelism)")
     p.add_argument("--iterations", type=int, default=20, help="graphframes: fixed iterations (default %(default)s)")
     p.add_argument("--tol", type=float, default=1e-10, help="exact: tolerance (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=256, help="sources per batch for exact/graphframes")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 NAME = "sample"
-SUMMARY = "generate sample raw dumps (Goodreads, Amazon 2014/2018) and procedural images"
+SUMMARY = "generate sample raw dumps (Goodreads, Amazon 2014/2018, an artworks table) and procedural images"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,7 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--render-limit", type=int, default=20000, help="max rendered images per dataset")
     p.add_argument("--image-base-url", default="http://127.0.0.1:8765",
                    help="where `g2i serve-images` will serve OUT (default %(default)s)")
-    p.add_argument("--formats", default="goodreads,amazon2014,amazon2018")
+    p.add_argument("--formats", default="goodreads,amazon2014,amazon2018",
+                   help="comma list of goodreads, amazon2014, amazon2018 and attributes (an ART500K-like CSV "
+                        "table of artworks for --source attributes; not in the default)")
     p.add_argument("--upload", action="store_true", help="also upload raw dumps to <storage_root>/raw/sample/")
 
 
@@ -49,5 +51,9 @@ def run(args: argparse.Namespace) -> int:
             src = Path(args.out) / d["dump"]
             dest = storage.uri("raw", "sample", src.name)
             storage.put_bytes(dest, src.read_bytes(), "application/gzip")
+            if src.name.endswith(".csv.gz"):  # the attributes table's truth: the evaluation's community labels
+                truth = Path(args.out) / "truth" / "attributes_communities.csv.gz"
+                storage.put_bytes(storage.uri("raw", "sample", "truth", truth.name), truth.read_bytes(),
+                                  "application/gzip")
             print(f"uploaded {dest}")
     return 0

@@ -38,9 +38,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", default="", help="storage root holding the tables (default: settings.storage_root)")
     p.add_argument("--run-id", required=True, type=run_id_arg, help="models/<run-id>/ under the root")
     add_graph_run_arg(p, "graph_nodes/node_images/neighbours to train on")
-    p.add_argument("--preset", default="", choices=["", "tiny", "tiny16", "sd15"],
-                   help="default: settings.model_preset; tiny16 = tiny at 16 px (what `make demo` trains)")
-    p.add_argument("--graph-mode", default="qformer", choices=GRAPH_MODES)
+    p.add_argument("--preset", default="", choices=["", "tiny", "tiny16", "sd15", "sd15-paper", "paper"],
+                   help="default: settings.model_preset; tiny16 = tiny at 16 px (what `make demo` trains); "
+                        "sd15-paper (alias paper) = sd15 with the paper's settings (images_only, 5 neighbours, 256 px)")
+    p.add_argument("--graph-mode", default=None, choices=GRAPH_MODES,
+                   help="default: the preset's (sd15-paper images_only), else qformer")
     p.add_argument("--nodes-table", default="graph_nodes", help="falls back to 'nodes' (default %(default)s)")
     p.add_argument("--images-table", default="node_images")
     p.add_argument("--neighbours-table", default="neighbours")
@@ -63,6 +65,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", type=_bool, default=True, help="true/false (default true)")
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    p.add_argument("--random-flip", type=_bool, default=None,
+                   help="flip training targets horizontally at random (default: the preset's: sd15 true, tiny false)")
+    p.add_argument("--variant", default="", help="weight-file variant of the base folders, e.g. fp16 (UNet upcast)")
+    p.add_argument("--dtype", default="", choices=["", "fp32", "fp16", "bf16"],
+                   help="dtype of the frozen parts (text encoder, VAE, CLIP vision); trainable parts stay fp32")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,18 +81,20 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings.load()
     # A flag given wins; else the preset's training defaults (PRESET_TRAIN_DEFAULTS); else TrainConfig's.
-    preset_defaults = PRESET_TRAIN_DEFAULTS.get(args.preset or settings.model_preset, {})
+    preset = {"paper": "sd15-paper"}.get(args.preset, args.preset)
+    preset_defaults = PRESET_TRAIN_DEFAULTS.get(preset or settings.model_preset, {})
     tuned = {k: getattr(args, k) if getattr(args, k) is not None else preset_defaults.get(k)
-             for k in ("lr", "p_drop_text", "p_drop_graph", "p_drop_both")}
+             for k in ("lr", "p_drop_text", "p_drop_graph", "p_drop_both", "random_flip", "graph_mode")}
     tuned = {k: v for k, v in tuned.items() if v is not None}
     cfg = TrainConfig(
-        run_id=args.run_id, preset=args.preset, graph_mode=args.graph_mode, storage_root=args.root,
+        run_id=args.run_id, preset=preset, storage_root=args.root,
         nodes_table=args.nodes_table, images_table=args.images_table, neighbours_table=args.neighbours_table,
         split=args.split, resolution=args.resolution, max_neighbours=args.max_neighbours, steps=args.steps,
         batch_size=args.batch_size, lr_schedule=args.lr_schedule, seed=args.seed, **tuned,
         mixed_precision=args.mixed_precision, gradient_checkpointing=args.gradient_checkpointing,
         checkpoint_every=args.checkpoint_every, checkpoints_keep=args.checkpoints_keep, resume=args.resume,
-        log_every=args.log_every, num_threads=args.threads, graph_run_id=args.graph_run_id)
+        log_every=args.log_every, num_threads=args.threads, graph_run_id=args.graph_run_id, variant=args.variant,
+        torch_dtype=args.dtype)
     result = train(cfg, settings)
     last = result.losses[max(result.losses)] if result.losses else None
     print(json.dumps({"model_uri": result.model_uri, "steps": cfg.steps, "resumed_from": result.resumed_from,

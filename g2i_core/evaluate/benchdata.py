@@ -57,6 +57,28 @@ def read_goodreads_sample(sample_dir: Path) -> tuple[dict[str, str], dict[str, l
     return titles, similar, community
 
 
+def read_attributes_sample(sample_dir: Path, link_on: tuple[str, ...] = ("artist", "genre"),
+                           cap: int = 10) -> tuple[dict[str, str], dict[str, list[str]], dict[str, int]]:
+    """titles, projection edges and communities (styles) of the artworks sample (``--source attributes``):
+    rows parsed and deduplicated as the ingest does, edges by the same bounded projection."""
+    from g2i_core.ingest.attributes import iter_parsed, projection_pairs
+    from g2i_core.storage import Storage
+
+    with gzip.open(sample_dir / "truth" / "attributes_communities.csv.gz", "rt") as fh:
+        community = {r["node_id"]: int(r["community"]) for r in csv.DictReader(fh)}
+    store = Storage(f"file://{Path(sample_dir).resolve()}")
+    best: dict[str, dict] = {}
+    for row in iter_parsed(store, store.uri("raw", "artworks.csv.gz"), link_on):
+        old = best.get(row.get("node_id") or "")
+        if row["reason"] is None and (old is None or row["completeness"] >= old["completeness"]):
+            best[row["node_id"]] = row  # the most complete copy, ties to the later line (as resolve_duplicates)
+    attrs = {n: json.loads(r["attrs"]) for n, r in best.items()}
+    edges: dict[str, list[str]] = {}
+    for src, dst, _ in projection_pairs(attrs, link_on, cap):
+        edges.setdefault(src, []).append(dst)
+    return {n: r["title"] for n, r in best.items() if r["title"]}, edges, community
+
+
 def _usable_png(path: Path) -> bytes | None:
     from PIL import Image
 
@@ -164,7 +186,7 @@ def neighbour_tables(ids: list[str], with_image: set[str], edges: dict[str, list
 
 def publish_benchmark_tables(storage: "Storage", sample_dir: str | Path, *, k: int = 5, test_fraction: float = 0.2,
                              val_fraction: float = 0.1, max_nodes: int = 0, seed: int = 0,
-                             run_id: str = "bench") -> dict:
+                             run_id: str = "bench", dataset: str = "goodreads") -> dict:
     """Publish the benchmark tables; returns counts, each strategy's neighbour community purity and the
     semantic-PPR weight chosen on the validation split."""
     import pyarrow as pa
@@ -172,14 +194,16 @@ def publish_benchmark_tables(storage: "Storage", sample_dir: str | Path, *, k: i
     from g2i_core.embed import colorhist_image
 
     sample_dir = Path(sample_dir)
-    titles, similar, community = read_goodreads_sample(sample_dir)
+    # dataset "attributes": the artworks table, linked on artist and genre (g2i_core/sample/artworks.py)
+    read = read_attributes_sample if dataset == "attributes" else read_goodreads_sample
+    titles, similar, community = read(sample_dir)
     ids = sorted(n for n in community if n in titles)
     if max_nodes:
         ids = ids[:max_nodes]
     rng, val_rng = np.random.default_rng(seed), np.random.default_rng([seed, 1])
     nodes, images, covers = [], [], {}
     for nid in ids:
-        png = _usable_png(sample_dir / "images" / "goodreads" / f"{nid.split(':', 1)[1]}.png")
+        png = _usable_png(sample_dir / "images" / dataset / f"{nid.split(':', 1)[1]}.png")
         if png is not None:
             ref = storage.put_content_addressed(png, prefix="images", ext="png", content_type="image/png")
             images.append({"node_id": nid, "image_key": ref.key, "status": "ok"})

@@ -66,7 +66,9 @@ def load_encoder(kind: str, path: str, device: str = "cpu") -> Encoder:
     if kind == "clip":
         from transformers import CLIPVisionModelWithProjection
 
-        model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True)
+        from g2i_core.model.modeling import _clip_vision_config  # a full CLIPModel folder's projection size
+
+        model = CLIPVisionModelWithProjection.from_pretrained(path, local_files_only=True, **_clip_vision_config(path))
         mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
     else:
         from transformers import AutoModel
@@ -99,6 +101,8 @@ def torchmetrics_fid(encoder: Encoder, gen: np.ndarray, real: np.ndarray) -> flo
 
 def encoder_metrics(encoder: Encoder, gen: np.ndarray, real: np.ndarray, *, seed: int = 0) -> dict[str, Estimate]:
     """``<kind>_score`` (paired cosine) and ``<kind>_fid`` (torchmetrics; bootstrap interval)."""
+    if hasattr(encoder, "metrics"):  # a metric used like an encoder (inception.InceptionFID)
+        return encoder.metrics(gen, real, seed=seed)
     eg, er = encoder.encode(gen), encoder.encode(real)
     fid = bootstrap_set(lambda i: frechet_distance(eg[i], er[i]), len(gen), seed=seed)
     point = torchmetrics_fid(encoder, gen, real)

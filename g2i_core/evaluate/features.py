@@ -9,6 +9,8 @@ space on top of them (``offline.StyleSpace``) measures something true on any dat
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 SIZE = 64
@@ -18,14 +20,22 @@ FREQ_BANDS = 8
 FEATURE_DIM = HIST_BINS ** 3 + 6 + 6 + ORIENT_BINS + FREQ_BANDS + 1
 
 
-def resize_images(images: np.ndarray, size: int = SIZE) -> np.ndarray:
-    from PIL import Image
+def resize_images(images: "np.ndarray | Sequence[np.ndarray]", size: int = SIZE) -> np.ndarray:
+    """(N, H, W, 3) uint8, or a list of (H_i, W_i, 3) images of any sizes -> (N, size, size, 3) uint8.
 
-    if images.ndim != 4 or images.shape[-1] != 3:
+    Non-square images go through the shared preprocessing (``imageprep.square_image``: white pad to a
+    square, then resize), so a 2:3 cover is compared undistorted, as the model saw it."""
+    from g2i_core.imageprep import square_array
+
+    if isinstance(images, np.ndarray) and (images.ndim != 4 or images.shape[-1] != 3):
         raise ValueError(f"images must be (N, H, W, 3) uint8, got shape {images.shape}")
-    if images.shape[1:3] == (size, size):
+    if any(np.ndim(im) != 3 or np.shape(im)[-1] != 3 for im in images):
+        raise ValueError("images must be (H, W, 3) uint8 arrays")
+    if isinstance(images, np.ndarray) and images.shape[1:3] == (size, size):
         return images.astype(np.uint8, copy=False)
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.BILINEAR)) for im in images])
+    if not len(images):
+        return np.zeros((0, size, size, 3), np.uint8)
+    return np.stack([square_array(im, size, resample="bilinear") for im in images])
 
 
 def colour_histograms(images: np.ndarray) -> np.ndarray:

@@ -145,7 +145,7 @@ def evaluate_generations(storage: "Storage", settings: "Settings", run_id: str, 
         source = "the nodes table's community column"
     else:
         ids = sorted(real)
-        clusters_of = pseudo_labels(resize_images(np.stack([real[n] for n in ids])), clusters)
+        clusters_of = pseudo_labels(resize_images([real[n] for n in ids]), clusters)
         labels = dict(zip(ids, clusters_of, strict=True))
         source = f"k-means pseudo-labels ({clusters} clusters of the real images' features)"
     resolution = next(iter(next(iter(methods.values())).values()))

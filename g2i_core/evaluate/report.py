@@ -89,6 +89,25 @@ def metrics_table(metrics: dict) -> str:
     return f"<table><tr><th class=name>method</th>{head}</tr>{''.join(rows)}</table>"
 
 
+def cost_table(costs: dict) -> str:
+    """Training s/step and sampling s/image per method, and each relative to ours (semantic_ppr)."""
+    def val(name, key):
+        e = costs.get(name, {}).get(key)
+        return e["mean"] if e else None
+
+    rows = []
+    for name in costs:
+        cells = []
+        for key in ("train_s_per_step", "sample_s_per_image"):
+            v, ours = val(name, key), val("semantic_ppr", key)
+            rel = f" <span class=enc>({v / ours:.2f}× ours)</span>" if v and ours else ""
+            cells.append(f"<td>{_fmt(v)}{rel}</td>" if v is not None else "<td>–</td>")
+        rows.append(f"<tr><td class=name>{html.escape(name)}</td>{''.join(cells)}</tr>")
+    return ("<p class=note>Measured where each model was trained and each test set generated (possibly other "
+            "processes under other loads): ratios are indicative.</p><table><tr><th class=name>method</th>"
+            f"<th>training s/step</th><th>sampling s/image</th></tr>{''.join(rows)}</table>")
+
+
 def tradeoff_svg(metrics: dict, x_key: str, y_key: str, width: int = 560, height: int = 380) -> str:
     """Scatter of a DINO-like score (x, higher better) against FID (y, lower better), one point per
     method with its seed spread (or interval) as error bars; drawn as inline SVG (no matplotlib)."""
@@ -263,6 +282,14 @@ def render_report(metrics: dict, grids: list[dict] | None = None, grid_columns: 
         parts.append(f"<p class=note>Graph guidance s_G = {_e(sel['chosen'])} was chosen on {_e(sel['nodes'])} val "
                      f"nodes as the lowest FID (style space) of {_e(sel['method'])} (seed {_e(sel['seed'])}): "
                      f"{html.escape(cells)}.</p>")
+    for name, own in (metrics.get("image_scale_selection") or {}).items():
+        if own.get("metrics"):
+            cells = "; ".join(f"{g}: FID {v['style_fid']['mean']:.2f}" for g, v in own["metrics"].items())
+            parts.append(f"<p class=note>{html.escape(name)}'s image guidance s_I = {_e(own['chosen'])}, chosen the "
+                         f"same way with its own seed {_e(own['seed'])}: {html.escape(cells)}.</p>")
+    if metrics.get("costs"):
+        parts.append("<h2>Cost</h2>")
+        parts.append(cost_table(metrics["costs"]))
     if grids:
         parts.append("<h2>Samples</h2><p class=note>Per node: its title, the real cover and each method's image "
                      "side by side, and the neighbours the graph condition was built from (hover for titles).</p>")

@@ -34,6 +34,10 @@ OFFLINE_KEYS = tuple(METRIC_INFO)
 def _encoder_info(encoders: list) -> dict[str, dict[str, Any]]:
     info = {}
     for enc in encoders:
+        if enc.kind == "inception":
+            info["inception_fid"] = {"label": "FID (Inception, the paper's)", "encoder": f"{enc.name} via torchmetrics",
+                                     "higher_is_better": False}
+            continue
         info[f"{enc.kind}_score"] = {"label": f"{'CLIP' if enc.kind == 'clip' else 'DINOv2'} score (cosine)",
                                      "encoder": enc.name, "higher_is_better": True}
         info[f"{enc.kind}_fid"] = {"label": f"FID ({'CLIP' if enc.kind == 'clip' else 'DINOv2'} features)",
@@ -41,9 +45,10 @@ def _encoder_info(encoders: list) -> dict[str, dict[str, Any]]:
     return info
 
 
-def at_resolution(images: np.ndarray, resolution: int) -> np.ndarray:
-    """Bring images to the generator's resolution, so real and generated images carry the same detail."""
-    return resize_images(images, resolution) if resolution else images
+def at_resolution(images: "np.ndarray | list[np.ndarray]", resolution: int) -> np.ndarray:
+    """Bring images to the generator's resolution, so real and generated images carry the same detail
+    (covers of any aspect through the shared pad-to-square preprocessing)."""
+    return resize_images(images, resolution) if resolution else np.stack(images)
 
 
 def evaluate_one(gen: dict[str, np.ndarray], real: dict[str, np.ndarray], labels: dict[str, Any],
@@ -53,8 +58,8 @@ def evaluate_one(gen: dict[str, np.ndarray], real: dict[str, np.ndarray], labels
     if len(nodes) < 2:
         raise ValueError(f"need >= 2 generated nodes with ground truth and a label, got {len(nodes)} "
                          f"(generated {len(gen)}, with real image {sum(n in real for n in gen)})")
-    g = at_resolution(np.stack([gen[n] for n in nodes]), resolution)
-    r = at_resolution(np.stack([real[n] for n in nodes]), resolution)
+    g = at_resolution([gen[n] for n in nodes], resolution)
+    r = at_resolution([real[n] for n in nodes], resolution)
     out = offline_metrics(space, g, r, np.array([labels[n] for n in nodes]), seed=seed)
     for enc in encoders:
         from g2i_core.evaluate.encoders import encoder_metrics
@@ -67,7 +72,7 @@ def fit_space(real: dict[str, np.ndarray], labels: dict[str, Any], *, resolution
               exclude: set[str] = frozenset()) -> StyleSpace:
     """The style space, fitted on real images with labels (excluding e.g. the evaluated nodes)."""
     nodes = sorted(n for n in real if n in labels and n not in exclude)
-    imgs = at_resolution(np.stack([real[n] for n in nodes]), resolution)
+    imgs = at_resolution([real[n] for n in nodes], resolution)
     return StyleSpace(seed=seed).fit(imgs, np.array([labels[n] for n in nodes]))
 
 

@@ -16,6 +16,15 @@ models, published generations; a killed suite resumes where it stopped.
     no_qformer   tokens appended without the QFormer       neighbours_semantic_ppr
     images_only  QFormer over neighbour images only        neighbours_semantic_ppr
     texts_only   QFormer over neighbour texts only         neighbours_semantic_ppr
+    gnn_sage     GraphSAGE over the neighbour star (no QFormer)  neighbours_semantic_ppr
+    gnn_gat      GAT over the neighbour star (no QFormer)        neighbours_semantic_ppr
+    instructpix2pix  baseline: strongest image neighbour concatenated to the latents, + text
+    controlnet       baseline: strongest image neighbour through a ControlNet, + text
+
+The two baselines take the first neighbour with an image of neighbours_semantic_ppr (the same ranking as
+ours) and run with every training seed, like the headline methods. InstructPix2Pix's image guidance
+s_I is chosen on the val split with its own first seed (the criterion ours' s_G is chosen by);
+ControlNet samples with its conditioning scale at diffusers' default 1.0 and text guidance s_T.
 """
 
 from __future__ import annotations
@@ -46,6 +55,13 @@ class Method:
     strategy: str | None  # neighbours_<strategy>; None = no graph
     description: str
     headline: bool  # trained with every seed (Table 1); ablations use ``ablation_seeds``
+    # The graph_scale its generations use: None = the suite's s_G (chosen with ours on val); "val" = its
+    # own, chosen on val among ``image_scale_candidates`` (InstructPix2Pix's s_I); a number = fixed.
+    scale: float | str | None = None
+
+    @property
+    def uses_suite_graph_scale(self) -> bool:
+        return self.strategy is not None and self.scale is None
 
 
 PAPER_METHODS = (
@@ -57,7 +73,14 @@ PAPER_METHODS = (
     Method("no_qformer", "no_qformer", "semantic_ppr", "ablation: graph tokens without the QFormer", False),
     Method("images_only", "images_only", "semantic_ppr", "ablation: neighbour images only", False),
     Method("texts_only", "texts_only", "semantic_ppr", "ablation: neighbour texts only", False),
+    Method("gnn_sage", "gnn_sage", "semantic_ppr", "ablation: GraphSAGE aggregator instead of the QFormer", False),
+    Method("gnn_gat", "gnn_gat", "semantic_ppr", "ablation: GAT aggregator instead of the QFormer", False),
+    Method("instructpix2pix", "instructpix2pix", "semantic_ppr",
+           "baseline: InstructPix2Pix, strongest image neighbour + text", True, scale="val"),
+    Method("controlnet", "controlnet", "semantic_ppr", "baseline: ControlNet, strongest image neighbour + text",
+           True, scale=1.0),
 )
+BASELINES = ("instructpix2pix", "controlnet")
 
 # A 16-px variant of the tiny preset: the suite trains ~10 models, on a CPU if need be. The same
 # settings are the ``tiny16`` preset of ``g2i train`` (what `make demo` trains).
@@ -83,6 +106,8 @@ class SuiteConfig:
     # price of diversity (FID): the val curve in docs/evaluation.md (sample benchmark results).
     graph_scale: float = 4.0
     graph_scale_candidates: tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)
+    # InstructPix2Pix's image guidance s_I, chosen on val like s_G (diffusers' default is 1.5)
+    image_scale_candidates: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
     max_test_nodes: int = 0  # 0 = every test node with a real image
     grid_nodes: int = 6
     guidance_text_scales: tuple[float, ...] = (1.0, 3.0, 6.0)
@@ -123,7 +148,8 @@ def load_ground_truth(storage: "Storage", nodes_table: str = "graph_nodes", imag
 
 
 def select_graph_scale(storage: "Storage", settings: "Settings", cfg: SuiteConfig, m: Method, seed: int,
-                       model_uri: str, val: list[str], real: dict, labels: dict, space, resolution: int) -> dict:
+                       model_uri: str, val: list[str], real: dict, labels: dict, space, resolution: int,
+                       candidates: tuple[float, ...] | None = None) -> dict:
     """s_G with the lowest FID (style space) on the val nodes (ties: the smaller scale), and every
     candidate's offline metrics there. The test split is never looked at.
 
@@ -132,7 +158,7 @@ def select_graph_scale(storage: "Storage", settings: "Settings", cfg: SuiteConfi
     from g2i_core.evaluate.runner import evaluate_one
 
     scores = {}
-    for g in cfg.graph_scale_candidates:
+    for g in cfg.graph_scale_candidates if candidates is None else candidates:
         gen = generate_method(storage, settings, replace(cfg, graph_scale=g), m, seed, model_uri, val)
         scores[g] = evaluate_one(gen, real, labels, space, resolution=resolution)
     best = min(scores, key=lambda g: (scores[g]["style_fid"]["mean"], g))
@@ -183,9 +209,40 @@ def generate_method(storage: "Storage", settings: "Settings", cfg: SuiteConfig, 
                           batch_size=32, seeds=(cfg.gen_seed,), text_scale=cfg.text_scale, graph_scale=cfg.graph_scale,
                           steps=cfg.gen_steps,
                           neighbours_table=f"neighbours_{m.strategy or 'semantic_ppr'}")
-    generate(storage, gcfg, settings=settings.replace(storage_root=storage.root))
+    summary = generate(storage, gcfg, settings=settings.replace(storage_root=storage.root))
+    if summary.get("generated"):  # timed here; kept for the cost table of later, reusing calls
+        storage.put_json(_cost_uri(storage, cfg.run_id, gcfg.run_id),
+                         {"images": summary["generated"], "seconds": summary["seconds"], "steps": cfg.gen_steps})
     rows = read_manifest(storage, gcfg.run_id).to_pylist()
     return {r["node_id"]: _decode(storage, r["image_key"]) for r in rows}
+
+
+def _cost_uri(storage: "Storage", suite_run: str, generation_run: str) -> str:
+    return storage.uri("reports", suite_run, "costs", f"{generation_run}.json")
+
+
+def method_costs(storage: "Storage", suite_run: str, models: dict[tuple[str, int], str],
+                 generation_runs: dict[str, str]) -> dict[str, dict]:
+    """Per method: training s/step (the model's metrics.json, mean over seeds) and sampling s/image of the
+    test generation (timed when it ran: batch 32, all guidance branches, PNG writes included). Times come
+    from whichever process trained or generated, under its load: bench/bench_baselines.py compares
+    the methods side by side."""
+    out: dict[str, dict] = {}
+    for (name, seed), uri in sorted(models.items()):
+        entry = out.setdefault(name, {"train_s_per_step": [], "sample_s_per_image": []})
+        metrics_uri = f"{uri}/metrics.json"
+        metrics = storage.get_json(metrics_uri) if storage.exists(metrics_uri) else {}
+        if metrics.get("steps_per_s"):
+            entry["train_s_per_step"].append(1 / metrics["steps_per_s"])
+        cost_uri = _cost_uri(storage, suite_run, generation_runs[f"{name}-s{seed}"])
+        if storage.exists(cost_uri):
+            gen = storage.get_json(cost_uri)
+            entry["sample_s_per_image"].append(gen["seconds"] / gen["images"])
+    for entry in out.values():
+        for k in ("train_s_per_step", "sample_s_per_image"):
+            v = entry[k]
+            entry[k] = {"mean": float(np.mean(v)), "n": len(v)} if v else None
+    return out
 
 
 def guidance_grid(storage: "Storage", settings: "Settings", cfg: SuiteConfig, model_uri: str, node: str,
@@ -248,7 +305,8 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
     # 2. Graph guidance chosen on the val split with the first seed of ours, for every graph method
     #    (always ours, so suites split over several processes by --methods agree on s_G).
     selection = None
-    tuner = next(m for m in PAPER_METHODS if m.name == "semantic_ppr") if any(m.strategy for m in methods) else None
+    tuner = next(m for m in PAPER_METHODS if m.name == "semantic_ppr") \
+        if any(m.uses_suite_graph_scale for m in methods) else None
     if cfg.graph_scale_candidates and tuner and len(val) >= 2:
         selection = select_graph_scale(storage, settings, cfg, tuner, cfg.seeds[0],
                                        train_method(storage, settings, cfg, tuner, cfg.seeds[0]), val, real, labels,
@@ -261,6 +319,23 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
     generated: dict[str, dict[int, dict[str, np.ndarray]]] = {}
     models: dict[tuple[str, int], str] = {}
     timings: dict[str, float] = {}
+    own_scales: dict[str, dict] = {}  # methods that choose their own scale on val (InstructPix2Pix's s_I)
+
+    def method_cfg(m: Method) -> SuiteConfig:
+        """The suite config a method generates with: its graph_scale is the suite's s_G, its own, or fixed."""
+        if m.scale is None:
+            return cfg
+        if m.scale != "val":
+            return replace(cfg, graph_scale=float(m.scale))
+        if m.name not in own_scales:
+            seed0 = cfg.seeds[0]
+            if cfg.image_scale_candidates and len(val) >= 2:
+                own_scales[m.name] = select_graph_scale(
+                    storage, settings, cfg, m, seed0, train_method(storage, settings, cfg, m, seed0), val, real,
+                    labels, space, resolution, candidates=cfg.image_scale_candidates)
+            else:
+                own_scales[m.name] = {"method": m.name, "chosen": 1.5, "criterion": "diffusers' default"}
+        return replace(cfg, graph_scale=own_scales[m.name]["chosen"])
     # Seed by seed over the headline methods first, then the ablations: a suite cut short still
     # leaves comparable methods behind (all stored runs are reused by the next invocation).
     order = [(m, s) for s in cfg.seeds for m in methods if m.headline]
@@ -268,7 +343,7 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
     for m, seed in order:
         t0 = time.time()
         models[(m.name, seed)] = train_method(storage, settings, cfg, m, seed)
-        generated.setdefault(m.name, {})[seed] = generate_method(storage, settings, cfg, m, seed,
+        generated.setdefault(m.name, {})[seed] = generate_method(storage, settings, method_cfg(m), m, seed,
                                                                  models[(m.name, seed)], test)
         timings[f"{m.name}-s{seed}"] = round(time.time() - t0, 1)
     # 4. Metrics, and the paper's two claims as checks.
@@ -286,14 +361,20 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
     if {"semantic_ppr", "random"} <= generated.keys():
         doc["checks"].append(compare(doc, "semantic_ppr", "random", "semantic-PPR neighbours at least as good as "
                                      "random neighbours (within the seed spread)", strict=False))
+    for b in BASELINES:  # the paper's Table 1 ordering against its image-conditioned baselines
+        if {"semantic_ppr", b} <= generated.keys():
+            doc["checks"].append(compare(doc, "semantic_ppr", b, f"ours (semantic-PPR) beats {b} by more than the "
+                                         "seed spread", strict=True))
     doc["suite"] = {k: v for k, v in asdict(cfg).items() if k != "model_overrides"}
     doc["suite"]["model_overrides"] = {k: v for k, v in cfg.model_overrides.items() if not isinstance(v, dict)}
     doc["graph_scale_selection"] = selection
+    doc["image_scale_selection"] = own_scales or None
     doc["models"] = {f"{m}-s{s}": uri for (m, s), uri in models.items()}
-    doc["generation_runs"] = {f"{m.name}-s{s}": generation_run_id(cfg, m, s, test) for m, s in order}
+    doc["generation_runs"] = {f"{m.name}-s{s}": generation_run_id(method_cfg(m), m, s, test) for m, s in order}
     doc["timings_s"] = timings
+    doc["costs"] = method_costs(storage, cfg.run_id, models, doc["generation_runs"])
     # 5. Report: grids and a guidance grid from our model.
-    columns = ["ground truth"] + [c for c in ("text_only", "random", "semantic_ppr") if c in generated]
+    columns = ["ground truth"] + [c for c in ("text_only", "random", "semantic_ppr", *BASELINES) if c in generated]
     grids = sample_grids(storage, generated, real, test, cfg.grid_nodes, columns)
     guidance = []
     ours = next(((m, s) for (m, s) in models if m == "semantic_ppr"), None)
@@ -306,6 +387,13 @@ def run_suite(storage: "Storage", settings: "Settings", cfg: SuiteConfig) -> dic
 
 def _load_encoders(settings: "Settings", kinds: tuple[str, ...]) -> list[Any]:
     from g2i_core.evaluate.encoders import load_encoder
+    from g2i_core.evaluate.inception import KIND as INCEPTION
+    from g2i_core.evaluate.inception import InceptionFID, check_inception_path
 
     paths = {"clip": settings.clip_eval_path, "dinov2": settings.dinov2_path}
-    return [load_encoder(k, paths[k]) for k in kinds]
+    unknown = set(kinds) - set(paths) - {INCEPTION}
+    if unknown:
+        raise ValueError(f"unknown encoders {sorted(unknown)}; choose from clip, dinov2, {INCEPTION}")
+    # inception: the paper's FID, torchmetrics on local weights (G2I_INCEPTION_PATH; checked before any work)
+    return [InceptionFID(str(check_inception_path(settings.inception_path))) if k == INCEPTION
+            else load_encoder(k, paths[k]) for k in kinds]

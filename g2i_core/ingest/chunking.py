@@ -2,7 +2,7 @@
 
 A ``.gz`` file is one unsplittable stream: Spark would give a 10 GB dump to a single task. The first
 pass here streams it once (gunzip only, no parsing) and writes Parquet chunks of ``(source_uri,
-line_no, raw)``; every chunk is its own Spark task, so parsing uses every core and every executor.
+line_no, raw, valid_utf8)``; every chunk is its own Spark task, so parsing uses every core and every executor.
 Raw lines stay bytes so invalid UTF-8 reaches the parser (and the quarantine) instead of failing here.
 
 Memory is bounded by bytes, never by what the dump holds: a line is read with ``readline(limit)``, and
@@ -140,6 +140,23 @@ def iter_line_batches(reader: IO[bytes], batch_lines: int,
         yield numbers, batch
 
 
+def utf8_flags(lines: list[bytes]) -> list[bool]:
+    """Whether each line is valid UTF-8 (the native parser takes only those; one decode of the whole batch,
+    line by line only when the batch holds a bad one)."""
+    try:
+        b"\n".join(lines).decode("utf-8")
+        return [True] * len(lines)
+    except UnicodeDecodeError:
+        flags = []
+        for line in lines:
+            try:
+                line.decode("utf-8")
+                flags.append(True)
+            except UnicodeDecodeError:
+                flags.append(False)
+        return flags
+
+
 def rechunk(storage: "Storage", raw_uri: str, staging_uri: str, chunk_lines: int = 100_000,
             chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> ChunkResult:
     """Stream every dump under ``raw_uri`` into Parquet chunks under ``staging_uri``."""
@@ -161,6 +178,7 @@ def rechunk(storage: "Storage", raw_uri: str, staging_uri: str, chunk_lines: int
                     "source_uri": pa.array([source_uri] * len(batch), pa.string()),
                     "line_no": pa.array(numbers, pa.int64()),
                     "raw": pa.array(batch, pa.binary()),
+                    "valid_utf8": pa.array(utf8_flags(batch), pa.bool_()),
                 })
                 lines += len(batch)
                 del batch

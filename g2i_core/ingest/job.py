@@ -34,7 +34,7 @@ PARSED_SCHEMA = ("source_uri string, line_no long, node_id string, title string,
 
 @dataclass(frozen=True)
 class IngestConfig:
-    source: str  # goodreads | amazon2014 | amazon2018
+    source: str  # goodreads | amazon2014 | amazon2018 | attributes (a CSV/Parquet item table)
     raw_uri: str  # one dump file or a prefix holding several
     run_id: str = ""  # default: "<source>-<logical_date>" so a rerun of the same day replaces
     logical_date: str = ""  # YYYY-MM-DD; ingested_at derives from it (never from the clock)
@@ -43,6 +43,8 @@ class IngestConfig:
     max_quarantine_fraction: float = 0.05  # above this the dump is broken: fail, publish nothing
     keep_chunks: bool = False
     force: bool = False  # make this run live even if a newer logical date is live (moves _LATEST back)
+    link_on: tuple[str, ...] = ()  # attributes source only: the columns whose shared values link items
+    max_links_per_value: int = 10  # attributes source only: links per item through one value (degree cap)
 
     def resolved(self) -> "IngestConfig":
         """Checked copy with defaults filled in; errors name the bad value and what is allowed."""
@@ -58,7 +60,15 @@ class IngestConfig:
         except ValueError:
             raise ValueError(f"logical_date must be YYYY-MM-DD, got {day!r}") from None
         run_id = self.run_id or f"{self.source}-{day}"
-        return IngestConfig(**{**asdict(self), "logical_date": day, "run_id": run_id})
+        link_on = tuple(self.link_on)
+        if self.source == "attributes":
+            from g2i_core.ingest.attributes import check_options, parse_link_on
+
+            link_on = parse_link_on(link_on)
+            check_options(link_on, self.max_links_per_value)
+        elif link_on:
+            raise ValueError(f"--link-on is for --source attributes only (got it with {self.source!r})")
+        return IngestConfig(**{**asdict(self), "logical_date": day, "run_id": run_id, "link_on": link_on})
 
 
 @dataclass
@@ -172,9 +182,15 @@ def _arrow_parsed_schema():
                       ("detail", pa.string()), ("raw", pa.string())])
 
 
-def parse_lines(lines: "DataFrame", source: str) -> "DataFrame":
-    """(source_uri, line_no, raw binary) -> one parsed row per line (PARSED_SCHEMA), on the executors."""
-    return lines.mapInArrow(_arrow_parser(source), PARSED_SCHEMA)
+def parse_lines(lines: "DataFrame", source: str, native: bool = True) -> "DataFrame":
+    """(source_uri, line_no, raw binary, valid_utf8) -> one parsed row per line (PARSED_SCHEMA), on the
+    executors. JSON-lines sources go through Spark's JSON reader (``native``, exact Python parser only for
+    the lines it declines); the rest, or ``native=False``, through ``parsers.parse_line`` per line."""
+    from g2i_core.ingest.native import NATIVE_SOURCES, parse_lines_native
+
+    if native and source in NATIVE_SOURCES:
+        return parse_lines_native(lines, source)
+    return lines.select("source_uri", "line_no", "raw").mapInArrow(_arrow_parser(source), PARSED_SCHEMA)
 
 
 def resolve_duplicates(parsed_ok: "DataFrame") -> "DataFrame":
@@ -244,13 +260,21 @@ def run_ingest(spark: "SparkSession", storage: "Storage", config: IngestConfig) 
 
     staging = storage.uri("_staging", "ingest", cfg.run_id, new_attempt_id())  # per attempt: reruns never share
     started = time.monotonic()
-    chunks = rechunk(storage, cfg.raw_uri, staging, cfg.chunk_lines)
+    if cfg.source == "attributes":  # a CSV/Parquet table of items, read and checked row by row
+        from g2i_core.ingest.attributes import read_items
+
+        chunks, items = read_items(spark, storage, cfg, staging)
+    else:
+        chunks = rechunk(storage, cfg.raw_uri, staging, cfg.chunk_lines)
     rechunk_s = time.monotonic() - started
     if chunks.lines_in == 0:
         raise ValueError(f"{cfg.raw_uri} holds no lines: refusing to publish an empty {cfg.source} graph")
     # 2. Parse on the executors; keep the parsed rows, every later step reads them.
-    lines = spark.read.parquet(*[storage.spark_uri(u) for u in chunks.chunk_uris])
-    parsed = parse_lines(lines, cfg.source).persist(StorageLevel.MEMORY_AND_DISK)
+    if cfg.source == "attributes":
+        parsed = items.persist(StorageLevel.MEMORY_AND_DISK)
+    else:
+        lines = spark.read.parquet(*[storage.spark_uri(u) for u in chunks.chunk_uris])
+        parsed = parse_lines(lines, cfg.source).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         report = _publish(spark, storage, cfg, parsed, chunks)
         report.seconds = {"rechunk": round(rechunk_s, 3),
@@ -310,6 +334,10 @@ def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parse
             raise FileNotFoundError(f"--mode delta needs a published nodes table under {storage.root} to "
                                     "apply the delta to; run a full ingest first")
         nodes, edges = merge_delta(prev_nodes, _read_manifest(spark, storage, base["edges"]), nodes, edges)
+    if cfg.source == "attributes":  # the projection through shared values, over every node (after a delta too)
+        from g2i_core.ingest.attributes import projection_edges
+
+        edges = projection_edges(nodes, cfg.link_on, cfg.max_links_per_value)
 
     # 5. Write every table's data into a fresh attempt of run=<run_id>, then commit them as one version
     #    (nodes is the primary: its manifest names the others, and its _LATEST moves last).

@@ -27,7 +27,7 @@ import re
 import unicodedata
 from typing import Any, Callable
 
-SOURCES = ("goodreads", "amazon2014", "amazon2018")
+SOURCES = ("goodreads", "amazon2014", "amazon2018", "attributes")  # attributes: g2i_core/ingest/attributes.py
 NAMESPACE = {"goodreads": "goodreads", "amazon2014": "amazon", "amazon2018": "amazon"}
 RELATIONS = {
     "goodreads": ("similar_books",),

@@ -14,7 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-GRAPH_MODES = ("qformer", "no_qformer", "images_only", "texts_only", "none")
+GRAPH_MODES = ("qformer", "no_qformer", "images_only", "texts_only", "none", "gnn_sage", "gnn_gat",
+               "instructpix2pix", "controlnet")
+# Baselines conditioned on one neighbour image (g2i_core/model/baselines.py), not on graph tokens.
+IMAGE_BASELINE_MODES = ("instructpix2pix", "controlnet")
 
 
 @dataclass
@@ -26,6 +29,10 @@ class G2IConfig:
     #   texts_only  neighbour text tokens only -> Graph-QFormer
     #   no_qformer  neighbour image + text tokens appended to the context directly (ablation)
     #   none        no graph at all: a text-only fine-tune baseline
+    #   gnn_sage / gnn_gat  neighbour image + text features aggregated by GraphSAGE / GAT over the
+    #               star neighbours -> node into graph tokens, no QFormer (ablation; model/gnn.py)
+    #   instructpix2pix / controlnet  baselines: the strongest image neighbour as an image condition
+    #               (input channels / a ControlNet) plus the text; no graph tokens (model/baselines.py)
     graph_mode: str = "qformer"
     resolution: int = 32  # training resolution in pixels; also the default sampling resolution
 
@@ -50,6 +57,13 @@ class G2IConfig:
     # UNet: from a path (sd15 initialisation) or from a config dict (tiny, and every saved model).
     unet_path: str = ""
     unet_config: dict = field(default_factory=dict)
+
+    # Portable frozen parts. A path field above may be a role reference "role://<role>/<subfolder>"
+    # (e.g. "role://base/text_encoder"); ``frozen_parts`` names each role's weights (role -> the folder
+    # name it was trained with, e.g. {"base": "stable-diffusion-v1-5"}). A loading machine maps roles to
+    # its own folders (``part_paths``, from Settings.model_part_paths()); ``part_paths`` is never saved.
+    frozen_parts: dict = field(default_factory=dict)
+    part_paths: dict = field(default_factory=dict)
 
     # Graph tokens and the Graph-QFormer.
     max_neighbours: int = 5  # N; fewer neighbours are padded and masked
@@ -92,11 +106,11 @@ class G2IConfig:
 
     @property
     def uses_images(self) -> bool:
-        return self.graph_mode in {"qformer", "no_qformer", "images_only"}
+        return self.graph_mode in {"qformer", "no_qformer", "images_only", "gnn_sage", "gnn_gat"}
 
     @property
     def uses_texts(self) -> bool:
-        return self.graph_mode in {"qformer", "no_qformer", "texts_only"}
+        return self.graph_mode in {"qformer", "no_qformer", "texts_only", "gnn_sage", "gnn_gat"}
 
     @property
     def latent_scale(self) -> int:
@@ -104,7 +118,25 @@ class G2IConfig:
         return 8 if (self.vae_path or self.vae_config) else 1
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field but ``part_paths`` (this machine's folders: never written into a saved model)."""
+        out = dataclasses.asdict(self)
+        out.pop("part_paths")
+        return out
+
+    def resolve(self, path: str) -> str:
+        """A path field's local path on this machine: role references through ``part_paths``."""
+        if not path.startswith(ROLE_SCHEME):
+            return path
+        role, _, sub = path[len(ROLE_SCHEME):].partition("/")
+        root = self.part_paths.get(role) or self.part_paths.get(self.frozen_parts.get(role, "") or role)
+        if not root:
+            raise MissingModelPartError(role, self.frozen_parts.get(role, ""))
+        return str(Path(root).expanduser() / sub) if sub else str(Path(root).expanduser())
+
+    def with_part_paths(self, paths: dict[str, str]) -> "G2IConfig":
+        """This config with the loading machine's role -> folder map (roles it does not use are dropped)."""
+        names = set(self.frozen_parts) | set(self.frozen_parts.values())
+        return self.replace(part_paths={k: v for k, v in paths.items() if k in names})
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -119,6 +151,21 @@ class G2IConfig:
 
     def replace(self, **changes: Any) -> "G2IConfig":
         return dataclasses.replace(self, **changes)
+
+
+ROLE_SCHEME = "role://"
+
+
+class MissingModelPartError(FileNotFoundError):
+    """A saved model names a frozen part by role and this machine has no folder for that role."""
+
+    def __init__(self, role: str, name: str = ""):
+        self.role, self.name = role, name
+        trained = f" (trained with {name!r})" if name else ""
+        legacy = {"base": " or G2I_SD15_PATH", "image_encoder": " or G2I_CLIP_VISION_PATH"}.get(role, "")
+        super().__init__(f"this model needs its frozen part {role!r}{trained}, and no local folder is set for "
+                         f"role {role!r}: set G2I_MODEL_PATHS='{role}=/path/to/{name or role}' (or a JSON object), "
+                         f"or `{role} = \"/path/to/{name or role}\"` under [model_paths] in g2i.toml{legacy}")
 
 
 def minilm_path() -> str:
@@ -171,7 +218,7 @@ TINY16_OVERRIDES = dict(
                      attention_head_dim=8),
 )
 
-PRESETS = ("tiny", "tiny16", "sd15")
+PRESETS = ("tiny", "tiny16", "sd15", "sd15-paper")
 
 # Training settings a preset brings with it (``g2i train`` uses them unless a flag is given): tiny16 is
 # trained as the suite trains it (lr 1e-3, condition dropout 0.1 each, which also trains the text-only
@@ -180,8 +227,26 @@ PRESET_TRAIN_DEFAULTS: dict[str, dict[str, Any]] = {
     "tiny16": dict(lr=1e-3, p_drop_text=0.1, p_drop_graph=0.1, p_drop_both=0.1),
     # Pretrained SD-1.5 weights: the reference fine-tunes the full UNet at 1e-5; the tiny presets' 3e-4
     # (30x) would wreck them.
-    "sd15": dict(lr=1e-5),
+    "sd15": dict(lr=1e-5, random_flip=True),
+    # The paper's setting (InstructG2I): the reference's rate and target flips, like sd15.
+    "sd15-paper": dict(lr=1e-5, random_flip=True, graph_mode="images_only"),
 }
+
+# Guidance a model is sampled with when the user gives no scale (``g2i generate``, the backfill and
+# evaluation DAGs), by the preset recorded in its config.json. tiny16 models record preset "tiny".
+# tiny: s_T = 3, s_G = 4, the scales the demo and the paper suite measured on the sample (docs/evaluation.md);
+# sd15: SD-1.5's usual s_T = 7.5 with the reference's s_G = 1.5; sd15-paper: the paper's s_T = s_G = 7.5.
+PRESET_SAMPLING_DEFAULTS: dict[str, dict[str, float]] = {
+    "tiny": dict(text_scale=3.0, graph_scale=4.0),
+    "sd15": dict(text_scale=7.5, graph_scale=1.5),
+    "sd15-paper": dict(text_scale=7.5, graph_scale=7.5),
+}
+FALLBACK_SAMPLING = dict(text_scale=7.5, graph_scale=1.5)  # a preset not in the table
+
+
+def sampling_defaults(preset: str) -> dict[str, float]:
+    """The guidance scales a model of ``preset`` is sampled with unless the user sets them."""
+    return dict(PRESET_SAMPLING_DEFAULTS.get(preset, FALLBACK_SAMPLING))
 
 
 def tiny16_config(**overrides: Any) -> G2IConfig:
@@ -220,10 +285,29 @@ def sd15_config(sd15_path: str, clip_vision_path: str, *, random_weights: bool =
     else:
         root = check_local_dir("sd15_path", sd15_path, ("unet", "vae", "text_encoder", "tokenizer"))
         vision = check_local_dir("clip_vision_path", clip_vision_path, ())
-        cfg = dict(common, text_encoder_path=str(root / "text_encoder"), tokenizer_path=str(root / "tokenizer"),
-                   vae_path=str(root / "vae"), unet_path=str(root / "unet"), image_encoder_path=str(vision))
+        # Role references, not paths: the saved config.json names "base" and "image_encoder", and the
+        # loading machine maps them to its own folders (G2I_MODEL_PATHS / [model_paths]).
+        cfg = dict(common, text_encoder_path=f"{ROLE_SCHEME}base/text_encoder",
+                   tokenizer_path=f"{ROLE_SCHEME}base/tokenizer", vae_path=f"{ROLE_SCHEME}base/vae",
+                   unet_path=f"{ROLE_SCHEME}base/unet", image_encoder_path=f"{ROLE_SCHEME}image_encoder",
+                   frozen_parts={"base": root.name, "image_encoder": vision.name},
+                   part_paths={"base": str(root), "image_encoder": str(vision)})
     cfg.update(overrides)
     return G2IConfig(**cfg)
+
+
+# The paper's configuration (InstructG2I, Table 1): neighbour images only through the Graph-QFormer, 5
+# neighbours, 256 px. Its neighbours come from CLIP text->image re-ranking with PPR weight 0 and it is
+# evaluated at s_T = s_G = 7.5 with Inception FID (docs/evaluation.md, "Reproducing the paper's table").
+PAPER_OVERRIDES = dict(preset="sd15-paper", graph_mode="images_only", max_neighbours=5, resolution=256)
+PAPER_RERANK = dict(strategy="semantic_ppr", neighbour_kind="image", ppr_weight=0.0, k=5)  # `g2i rerank` arguments
+
+
+def sd15_paper_config(sd15_path: str, clip_vision_path: str, *, random_weights: bool = False,
+                      **overrides: Any) -> G2IConfig:
+    """``sd15_config`` with the paper's model settings (``PAPER_OVERRIDES``)."""
+    return sd15_config(sd15_path, clip_vision_path, random_weights=random_weights,
+                       **{**PAPER_OVERRIDES, **overrides})
 
 
 def check_local_dir(setting: str, path: str, subfolders: tuple[str, ...]) -> Path:

@@ -34,6 +34,7 @@ from g2i_core.model.config import G2IConfig, minilm_path
 if TYPE_CHECKING:
     from PIL import Image
 
+    from g2i_core.config import Settings
     from g2i_core.storage import Storage
 
 WEIGHTS_NAME = "model.safetensors"
@@ -217,7 +218,7 @@ class G2IModel(nn.Module):
         self.qformer = None
         if cfg.uses_qformer:
             self.qformer = GraphQFormer(text_encoder, cfg.qformer_num_layers, cfg.qformer_cross_every,
-                                        cfg.qformer_heads, cfg.qformer_zero_init)
+                                        cfg.qformer_heads, cfg.qformer_zero_init).float()  # trainable: fp32
             self.qformer.requires_grad_(True)
             self.qformer.embeddings.requires_grad_(False)  # token/position tables stay the text encoder's
         self.text_cache_size = 0  # frozen-encoder outputs kept per distinct token row (0 = no cache)
@@ -262,6 +263,11 @@ class G2IModel(nn.Module):
     def device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The UNet's dtype: frozen parts loaded in another dtype are cast to it."""
+        return next(self.unet.parameters()).dtype
+
     # ---- text ------------------------------------------------------------------------------
     def tokenize(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> ids (B, L), attention (B, L), always padded to L = text_max_length."""
@@ -273,8 +279,8 @@ class G2IModel(nn.Module):
         """(B, L) -> (B, L, D); the frozen text encoder. With ``text_cache_size`` > 0 (training sets it),
         rows seen before are served from a cache: the encoder is frozen, so this is exact."""
         if self.text_cache_size <= 0:
-            with torch.no_grad():
-                return text_encoder_states(self.text_encoder, ids, attention)
+            with torch.no_grad():  # a frozen encoder in another dtype (torch_dtype=) feeds the UNet's
+                return text_encoder_states(self.text_encoder, ids, attention).to(self.compute_dtype)
         keys = [r.tobytes() for r in torch.cat([ids, attention], 1).cpu().numpy()]
         todo = sorted({i for i, k in enumerate(keys) if k not in self._text_cache}, key=lambda i: keys[i])
         todo = list({keys[i]: i for i in todo}.values())  # one row per distinct text
@@ -285,7 +291,7 @@ class G2IModel(nn.Module):
                 h = text_encoder_states(self.text_encoder, ids[todo], attention[todo])
             for j, i in enumerate(todo):
                 self._text_cache[keys[i]] = h[j]
-        return torch.stack([self._text_cache[k] for k in keys])
+        return torch.stack([self._text_cache[k] for k in keys]).to(self.compute_dtype)
 
     def pool_text(self, ids: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
         """(M, Lt) -> (M, D) masked mean of the frozen text encoder (MiniLM's sentence embedding)."""
@@ -328,7 +334,7 @@ class G2IModel(nn.Module):
         without an image are zeros then; the graph tokens mask them either way."""
         def encode(px: torch.Tensor) -> torch.Tensor:
             px = (px - self.clip_mean.to(px.dtype)) / self.clip_std.to(px.dtype)
-            return self.image_encoder(pixel_values=px).image_embeds
+            return self.image_encoder(pixel_values=px.to(self.image_encoder.dtype)).image_embeds.to(px.dtype)
 
         if self.config.train_image_encoder or self.image_cache_size <= 0 or keys is None:
             with torch.set_grad_enabled(self.config.train_image_encoder and torch.is_grad_enabled()):
@@ -357,6 +363,7 @@ class G2IModel(nn.Module):
         if self.config.uses_images:
             image_embeds = self.embed_neighbour_images(graph.pixels.flatten(0, 1), graph.image_mask.flatten(),
                                                        graph.image_keys).view(B, N, -1)  # (B, N, E)
+            image_embeds = image_embeds.to(self.graph_tokens.norm.weight.dtype)
         if self.config.uses_texts:
             text_embeds = self.pool_text(graph.text_ids.flatten(0, 1),
                                          graph.text_attention.flatten(0, 1)).view(B, N, -1)
@@ -403,17 +410,26 @@ class G2IModel(nn.Module):
         return self.unet(sample, timesteps, encoder_hidden_states=context,
                          encoder_attention_mask=context_mask.to(context.dtype)).sample
 
+    def predict_noise(self, sample: torch.Tensor, timesteps: torch.Tensor, text_ids: torch.Tensor,
+                      text_attention: torch.Tensor, graph: GraphInputs | None,
+                      drop_graph: torch.Tensor | None = None) -> torch.Tensor:
+        """ε of a training batch from its raw conditions (the training loss calls this; the baselines in
+        model/baselines.py override it to feed their image condition)."""
+        context, mask = self.context(text_ids, text_attention, graph, drop_graph=drop_graph)
+        return self(sample, timesteps, context, mask)
+
     def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
         """Target images (B, 3, R, R) in [-1, 1] -> diffusion space (latents, or pixels as they are)."""
         if self.vae is None:
             return pixels
         with torch.no_grad():
-            return self.vae.encode(pixels).latent_dist.sample() * self.config.vae_scaling_factor
+            latents = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist.sample().to(pixels.dtype)
+            return latents * self.config.vae_scaling_factor
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Diffusion space -> images (B, 3, R, R) in [0, 1]."""
         if self.vae is not None:
-            x = self.vae.decode(x / self.config.vae_scaling_factor).sample
+            x = self.vae.decode((x / self.config.vae_scaling_factor).to(self.vae.dtype)).sample.float()
         return (x / 2 + 0.5).clamp(0, 1)
 
     # ---- persistence -----------------------------------------------------------------------
@@ -432,29 +448,45 @@ class G2IModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, storage: "Storage | None" = None,
-                        device: str | torch.device = "cpu") -> "G2IModel":
+                        device: str | torch.device = "cpu", *, settings: "Settings | None" = None,
+                        part_paths: dict[str, str] | None = None, variant: str | None = None,
+                        torch_dtype: "torch.dtype | str | None" = None) -> "G2IModel":
         """Load from a local directory or a storage URI (file://, s3://). safetensors only: nothing read
-        from storage is ever unpickled."""
+        from storage is ever unpickled.
+
+        Frozen parts named by role in config.json (``frozen_parts``) are found on this machine through
+        ``part_paths`` (role -> folder), else ``settings`` (``Settings.model_part_paths()``: G2I_MODEL_PATHS,
+        [model_paths] in g2i.toml, sd15_path, clip_vision_path), else ``Settings.load()``.
+        ``variant`` loads e.g. the ``fp16`` weight files of the frozen folders where they have them;
+        ``torch_dtype`` (e.g. torch.float16 or "bf16") casts the whole model for inference."""
         from safetensors.torch import load_file
 
         source = str(source)
         if "://" in source:
             with tempfile.TemporaryDirectory(prefix="g2i-model-") as tmp:
                 _download_model(source, Path(tmp), storage)
-                return cls.from_pretrained(tmp, device=device)
+                return cls.from_pretrained(tmp, device=device, settings=settings, part_paths=part_paths,
+                                           variant=variant, torch_dtype=torch_dtype)
         d = Path(source)
         for name in (CONFIG_NAME, WEIGHTS_NAME):
             if not (d / name).is_file():
                 raise FileNotFoundError(f"{d / name} not found: expected a folder written by G2IModel.save_pretrained")
         cfg = G2IConfig.from_dict(json.loads((d / CONFIG_NAME).read_text()))
-        model = build_model(cfg)
+        if cfg.frozen_parts:
+            if part_paths is None:
+                from g2i_core.config import Settings
+
+                part_paths = (settings or Settings.load()).model_part_paths()
+            cfg = cfg.with_part_paths(part_paths)
+        dtype = parse_dtype(torch_dtype)
+        model = build_model(cfg, variant=variant, torch_dtype=dtype)
         state = load_file(str(d / WEIGHTS_NAME))
         missing, unexpected = model.load_state_dict(state, strict=False)
         missing = [k for k in missing if not k.startswith(model.external_prefixes())]
         if missing or unexpected:
             raise ValueError(f"{d / WEIGHTS_NAME} does not match the config: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
-        return model.to(device)
+        return model.to(device, dtype) if dtype is not None else model.to(device)
 
 
 def _download_model(uri: str, dest: Path, storage: "Storage | None") -> None:
@@ -480,21 +512,58 @@ def _jsonable(obj):
     return obj
 
 
-def pil_to_tensor(img: "Image.Image", size: int) -> torch.Tensor:
-    """PIL image -> (3, size, size) float in [0, 1] (bicubic resize, RGB)."""
-    from PIL import Image
+def pil_to_tensor(img: "Image.Image", size: int, *, flip: bool = False) -> torch.Tensor:
+    """PIL image -> (3, size, size) float in [0, 1]: ``imageprep.square_image`` (white pad to a square,
+    bicubic resize, optional horizontal flip), the preprocessing every model input goes through."""
+    from g2i_core.imageprep import square_image
 
-    img = img.convert("RGB")
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
+    img = square_image(img, size, flip=flip)
     return torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
 
 
 # ---------------------------------------------------------------------------------------------
 # Building from a config (presets)
 # ---------------------------------------------------------------------------------------------
-def build_model(cfg: G2IConfig) -> G2IModel:
-    """Instantiate every component the config names; paths must be local (HF_HUB_OFFLINE semantics)."""
+DTYPES = {"fp32": torch.float32, "float32": torch.float32, "fp16": torch.float16, "float16": torch.float16,
+          "bf16": torch.bfloat16, "bfloat16": torch.bfloat16}
+
+
+def parse_dtype(value: "torch.dtype | str | None") -> "torch.dtype | None":
+    """None/"" (keep), a torch dtype, or one of ``DTYPES``' names."""
+    if value is None or value == "" or isinstance(value, torch.dtype):
+        return value or None
+    if value not in DTYPES:
+        raise ValueError(f"torch_dtype must be one of {sorted(DTYPES)}, got {value!r}")
+    return DTYPES[value]
+
+
+def _variant_kwargs(path: str, variant: str | None) -> dict:
+    """``variant=`` for a folder that has weight files of that variant (e.g. ``*.fp16.safetensors``);
+    folders without them load their default files, so one variant setting serves mixed layouts."""
+    if variant and any(f".{variant}." in p.name for p in Path(path).iterdir()):
+        return {"variant": variant}
+    return {}
+
+
+def _clip_vision_config(path: str) -> dict:
+    """``config=`` for a full CLIPModel folder (both towers, as CLIP ViT-L/14 comes): the projection size
+    is the top-level ``projection_dim``, which a saved ``vision_config`` need not repeat (the vision
+    config's own default, 512, would then mismatch the checkpoint's projection)."""
+    from transformers import CLIPVisionConfig
+
+    data = json.loads((Path(path) / "config.json").read_text())
+    if data.get("model_type") != "clip" or "projection_dim" not in data:
+        return {}
+    return {"config": CLIPVisionConfig(**{**data.get("vision_config", {}), "projection_dim": data["projection_dim"]})}
+
+
+def build_model(cfg: G2IConfig, *, variant: str | None = None, torch_dtype: "torch.dtype | None" = None) -> G2IModel:
+    """Instantiate every component the config names; paths must be local (HF_HUB_OFFLINE semantics).
+
+    Role references ("role://base/vae") resolve through ``cfg.part_paths``. ``variant``: weight-file
+    variant of the folders loaded (e.g. "fp16"). ``torch_dtype``: dtype of the frozen parts (text
+    encoder, VAE, frozen image encoder); trainable parts are built in float32 (cast the model after
+    building to sample in another dtype)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import (
         AutoConfig,
@@ -506,37 +575,58 @@ def build_model(cfg: G2IConfig) -> G2IModel:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # 1. Text encoder + tokenizer (frozen).
+    frozen = {"dtype": torch_dtype} if torch_dtype is not None else {}
     if cfg.text_encoder_config:
         te_cfg = dict(cfg.text_encoder_config)
         text_encoder = AutoModel.from_config(AutoConfig.for_model(te_cfg.pop("model_type"), **te_cfg))
         tokenizer = None  # random-weight builds (tests) pass token ids directly
     else:
-        te_path = cfg.text_encoder_path or minilm_path()
+        te_path = cfg.resolve(cfg.text_encoder_path) or minilm_path()
         _check_dir("text_encoder_path", te_path)
-        text_encoder = AutoModel.from_pretrained(te_path, local_files_only=True)
-        tokenizer = AutoTokenizer.from_pretrained(cfg.tokenizer_path or te_path, local_files_only=True)
+        text_encoder = AutoModel.from_pretrained(te_path, local_files_only=True, **frozen,
+                                                 **_variant_kwargs(te_path, variant))
+        tokenizer = AutoTokenizer.from_pretrained(cfg.resolve(cfg.tokenizer_path) or te_path, local_files_only=True)
     if hasattr(text_encoder, "pooler"):
         text_encoder.pooler = None  # unused; keeps every parameter accounted for
     # 2. VAE (frozen) or pixel space.
     vae = None
     if cfg.vae_path:
-        vae = AutoencoderKL.from_pretrained(_check_dir("vae_path", cfg.vae_path))
+        vae_path = _check_dir("vae_path", cfg.resolve(cfg.vae_path))
+        vae = AutoencoderKL.from_pretrained(vae_path, **_variant_kwargs(vae_path, variant),
+                                            **({"torch_dtype": torch_dtype} if torch_dtype is not None else {}))
     elif cfg.vae_config:
         vae = AutoencoderKL(**cfg.vae_config)
     # 3. Neighbour image encoder.
     image_encoder = None
     if cfg.uses_images:
         if cfg.image_encoder_path:
+            ie_path = _check_dir("image_encoder_path", cfg.resolve(cfg.image_encoder_path))
             image_encoder = CLIPVisionModelWithProjection.from_pretrained(
-                _check_dir("image_encoder_path", cfg.image_encoder_path), local_files_only=True)
+                ie_path, local_files_only=True, **_variant_kwargs(ie_path, variant), **_clip_vision_config(ie_path),
+                **(frozen if not cfg.train_image_encoder else {}))
         else:
             image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**cfg.image_encoder_config))
     # 4. UNet (trainable).
     if cfg.unet_path:
-        unet = UNet2DConditionModel.from_pretrained(_check_dir("unet_path", cfg.unet_path))
+        unet_path = _check_dir("unet_path", cfg.resolve(cfg.unet_path))
+        # trainable: float32 whatever the files hold (an fp16 variant is upcast)
+        unet = UNet2DConditionModel.from_pretrained(unet_path, **_variant_kwargs(unet_path, variant)).float()
     else:
         unet = UNet2DConditionModel(**{k: v for k, v in cfg.unet_config.items() if not k.startswith("_")})
-    return G2IModel(cfg, text_encoder, tokenizer, unet, image_encoder, vae)
+    return model_class(cfg)(cfg, text_encoder, tokenizer, unet, image_encoder, vae)
+
+
+def model_class(cfg: G2IConfig) -> type[G2IModel]:
+    """G2IModel, or the subclass of a GNN ablation / image-conditioned baseline (imported on use)."""
+    if cfg.graph_mode in ("gnn_sage", "gnn_gat"):
+        from g2i_core.model.gnn import GNNG2IModel
+
+        return GNNG2IModel
+    if cfg.graph_mode in ("instructpix2pix", "controlnet"):
+        from g2i_core.model.baselines import baseline_class
+
+        return baseline_class(cfg.graph_mode)
+    return G2IModel
 
 
 def _check_dir(name: str, path: str) -> str:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
+from g2i_core.model.config import sampling_defaults
 from g2i_core.model.modeling import G2IModel, GraphInputs, NeighbourSet
 
 if TYPE_CHECKING:
@@ -68,13 +69,17 @@ class G2IPipeline:
 
     @classmethod
     def from_pretrained(cls, source: str | os.PathLike, settings: "Settings | None" = None, scheduler="ddim",
-                        device: str | torch.device = "cpu") -> "G2IPipeline":
+                        device: str | torch.device = "cpu", *, variant: str | None = None,
+                        torch_dtype: "torch.dtype | str | None" = None) -> "G2IPipeline":
+        """A saved model (local folder or storage URI); its frozen parts are found through ``settings``
+        (see ``G2IModel.from_pretrained``: roles, ``variant``, ``torch_dtype``)."""
         storage = None
         if settings is not None and "://" in str(source):
             from g2i_core.storage import Storage
 
             storage = Storage.from_settings(settings)
-        return cls(G2IModel.from_pretrained(source, storage=storage, device=device), scheduler)
+        return cls(G2IModel.from_pretrained(source, storage=storage, device=device, settings=settings,
+                                            variant=variant, torch_dtype=torch_dtype), scheduler)
 
     # ---------------------------------------------------------------------------------------
     def check_inputs(self, prompts, neighbours, text_scale, graph_scale, num_inference_steps, height, width):
@@ -120,17 +125,21 @@ class G2IPipeline:
         return x.to(self.model.device) * self.scheduler.init_noise_sigma
 
     @torch.no_grad()
-    def __call__(self, prompts: list[str], neighbours: list | None = None, text_scale: float = 7.5,
+    def __call__(self, prompts: list[str], neighbours: list | None = None, text_scale: float | None = None,
                  graph_scale: float | Sequence[float] | None = None, num_inference_steps: int = 50,
                  generator: torch.Generator | None = None, seed: int | None = None, height: int | None = None,
                  width: int | None = None, output_type: str = "pil") -> "list[Image.Image] | torch.Tensor":
         """Images for ``prompts``; ``neighbours`` gives one NeighbourSet per prompt, or per prompt a list
-        of K NeighbourSets mixed with ``graph_scale`` = K scales. output_type "pil" or "pt" ((B,3,H,W) in [0,1])."""
+        of K NeighbourSets mixed with ``graph_scale`` = K scales. output_type "pil" or "pt" ((B,3,H,W) in [0,1]).
+        Scales left None are the model preset's (``config.sampling_defaults``: sd15 7.5/1.5, tiny 3/4)."""
         model = self.model
+        defaults = sampling_defaults(model.config.preset)
+        if text_scale is None:
+            text_scale = defaults["text_scale"]
         height = height or model.config.resolution  # default: the training resolution
         width = width or model.config.resolution
         if neighbours is not None and graph_scale is None:
-            graph_scale = 1.5
+            graph_scale = defaults["graph_scale"]
         # 1. Check inputs
         self.check_inputs(prompts, neighbours, text_scale, graph_scale, num_inference_steps, height, width)
         B, device = len(prompts), model.device
@@ -162,7 +171,8 @@ class G2IPipeline:
         # 5. Denoising loop: all branches in one UNet call per step
         for t in self.scheduler.timesteps:
             x_in = self.scheduler.scale_model_input(torch.cat([x] * n_branches), t)
-            eps = model(x_in, t.expand(x_in.shape[0]).to(device), context, context_mask).chunk(n_branches)
+            eps = model(x_in.to(context.dtype), t.expand(x_in.shape[0]).to(device), context,
+                        context_mask).float().chunk(n_branches)  # the scheduler steps in float32
             eps_hat = combine_guidance(eps[0], eps[1], eps[2:], float(text_scale), scales)
             x = self.scheduler.step(eps_hat, t, x).prev_sample
 

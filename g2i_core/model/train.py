@@ -33,9 +33,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from g2i_core.model.config import GRAPH_MODES, PRESETS, G2IConfig, sd15_config, tiny16_config, tiny_config
+from g2i_core.model.config import (
+    GRAPH_MODES,
+    PRESETS,
+    G2IConfig,
+    sd15_config,
+    sd15_paper_config,
+    tiny16_config,
+    tiny_config,
+)
 from g2i_core.model.data import ImageCache, NodeRecord, Prefetcher, condition_of, load_records
-from g2i_core.model.modeling import G2IModel, build_model, make_noise_scheduler, pil_to_tensor
+from g2i_core.model.modeling import G2IModel, build_model, make_noise_scheduler, parse_dtype, pil_to_tensor
 
 if TYPE_CHECKING:
     from g2i_core.config import Settings
@@ -67,8 +75,8 @@ def learning_rate(cfg: "TrainConfig", step: int) -> float:
 @dataclass
 class TrainConfig:
     run_id: str = "tiny"
-    preset: str = ""  # "" = settings.model_preset; "tiny" | "tiny16" | "sd15"
-    graph_mode: str = "qformer"  # see GRAPH_MODES
+    preset: str = ""  # "" = settings.model_preset; "tiny" | "tiny16" | "sd15" | "sd15-paper"
+    graph_mode: str = ""  # see GRAPH_MODES; "" = the preset's (sd15-paper: images_only, else qformer)
     storage_root: str = ""  # "" = settings.storage_root
     nodes_table: str = "graph_nodes"  # falls back to "nodes"
     images_table: str = "node_images"
@@ -87,6 +95,7 @@ class TrainConfig:
     p_drop_text: float = 0.05  # drop the text only (empty prompt)
     p_drop_graph: float = 0.05  # drop the graph only (∅_G)
     p_drop_both: float = 0.05  # drop both: trains ε(∅, ∅)
+    random_flip: bool = False  # flip training targets horizontally at random (sd15 presets; never neighbours)
     mixed_precision: str = "auto"  # "auto" (bf16 on GPU, none on CPU) | "no" | "fp16" | "bf16"
     gradient_checkpointing: bool = False
     checkpoint_every: int = 500
@@ -97,9 +106,11 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default (1 is much faster on an oversubscribed CPU)
     graph_run_id: str = ""  # the MMAG version (run id of graph_nodes/node_images/neighbours); "" = the live one
     model_overrides: dict = field(default_factory=dict)  # extra G2IConfig fields
+    variant: str = ""  # weight-file variant of the loaded folders (e.g. "fp16"; the UNet is upcast to fp32)
+    torch_dtype: str = ""  # dtype of the frozen parts: "" (as loaded, fp32) | "fp16" | "bf16" | "fp32"
 
     def __post_init__(self) -> None:
-        if self.graph_mode not in GRAPH_MODES:
+        if self.graph_mode and self.graph_mode not in GRAPH_MODES:
             raise ValueError(f"graph_mode must be one of {GRAPH_MODES}, got {self.graph_mode!r}")
         probs = (self.p_drop_text, self.p_drop_graph, self.p_drop_both)
         if min(probs) < 0 or sum(probs) > 1:
@@ -123,7 +134,9 @@ class TrainResult:
 
 def model_config_for(cfg: TrainConfig, settings: "Settings") -> G2IConfig:
     preset = cfg.preset or settings.model_preset
-    over = dict(graph_mode=cfg.graph_mode, max_neighbours=cfg.max_neighbours, **cfg.model_overrides)
+    over = dict(max_neighbours=cfg.max_neighbours, **cfg.model_overrides)
+    if cfg.graph_mode:
+        over["graph_mode"] = cfg.graph_mode
     if cfg.resolution:
         over["resolution"] = cfg.resolution
     if preset == "tiny":
@@ -131,7 +144,11 @@ def model_config_for(cfg: TrainConfig, settings: "Settings") -> G2IConfig:
     if preset == "tiny16":
         return tiny16_config(**over)
     if preset == "sd15":
-        return sd15_config(settings.sd15_path, settings.clip_vision_path, **over)
+        parts = settings.model_part_paths()  # G2I_MODEL_PATHS / [model_paths], else sd15_path, clip_vision_path
+        return sd15_config(parts.get("base", ""), parts.get("image_encoder", ""), **over)
+    if preset == "sd15-paper":
+        parts = settings.model_part_paths()
+        return sd15_paper_config(parts.get("base", ""), parts.get("image_encoder", ""), **over)
     raise ValueError(f"preset must be one of {PRESETS}, got {preset!r}")
 
 
@@ -156,8 +173,7 @@ class DiffusionLoss(nn.Module):
     def forward(self, x0, noise, timesteps, alphas_cumprod, ids, att, graph, drop_graph):
         a = alphas_cumprod[timesteps].to(x0.dtype).view(-1, 1, 1, 1)
         noisy = a.sqrt() * x0 + (1 - a).sqrt() * noise  # q(x_t | x_0)
-        context, mask = self.model.context(ids, att, graph, drop_graph=drop_graph)
-        eps = self.model(noisy, timesteps, context, mask)
+        eps = self.model.predict_noise(noisy, timesteps, ids, att, graph, drop_graph)
         return F.mse_loss(eps.float(), noise.float())
 
 
@@ -166,9 +182,10 @@ class DiffusionLoss(nn.Module):
 # ---------------------------------------------------------------------------------------------
 class BatchMaker:
     def __init__(self, model: G2IModel, records: list[NodeRecord], images: ImageCache, batch_size: int,
-                 seed: int, rank: int = 0, world: int = 1):
+                 seed: int, rank: int = 0, world: int = 1, random_flip: bool = False):
         self.model, self.records, self.images = model, records, images
         self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.random_flip = random_flip
         self._perms: dict[int, torch.Tensor] = {}
 
     def indices(self, step: int) -> list[int]:
@@ -182,10 +199,18 @@ class BatchMaker:
             out.append(int(self._perms[epoch][j]))
         return out[self.rank::self.world]
 
+    def flips(self, step: int) -> list[bool]:
+        """Which targets of ``step`` are flipped: drawn from (seed, step) alone, like the batch itself."""
+        if not self.random_flip:
+            return [False] * len(range(self.rank, self.batch_size, self.world))
+        gen = torch.Generator().manual_seed(self.seed * 15_485_863 + step)
+        return (torch.rand(self.batch_size, generator=gen) < 0.5).tolist()[self.rank::self.world]
+
     def __call__(self, step: int) -> dict:
         recs = [self.records[i] for i in self.indices(step)]
         R = self.model.config.resolution
-        pixels = torch.stack([pil_to_tensor(self.images.get(r.image_key), R) for r in recs]) * 2 - 1  # (B,3,R,R)
+        pixels = torch.stack([pil_to_tensor(self.images.get(r.image_key), R, flip=f)
+                              for r, f in zip(recs, self.flips(step), strict=True)]) * 2 - 1  # (B,3,R,R)
         ids, att = self.model.tokenize([r.text for r in recs])
         graph = self.model.prepare_graph([condition_of(r, self.images).neighbours for r in recs]) \
             if self.model.config.uses_graph else None
@@ -278,7 +303,7 @@ def train(cfg: TrainConfig, settings: "Settings", *,
         raise ValueError(f"no training nodes: {cfg.nodes_table}/{cfg.images_table} under {storage.root} have no "
                          f"node with split={cfg.split!r} and an 'ok' image")
     torch.manual_seed(cfg.seed)  # model init
-    model = build_model(mcfg)
+    model = build_model(mcfg, variant=cfg.variant or None, torch_dtype=parse_dtype(cfg.torch_dtype))
     model.text_cache_size = 200_000  # the text encoder is frozen: encode each distinct text once
     model.image_cache_size = 200_000  # likewise a frozen image encoder (sd15's CLIP ViT-L), per image key
     if cfg.gradient_checkpointing:
@@ -305,7 +330,7 @@ def train(cfg: TrainConfig, settings: "Settings", *,
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     alphas_cumprod = alphas_cumprod.to(device)
     uncond_ids, uncond_att = model.tokenize([""])
-    maker = BatchMaker(model, records, ImageCache(storage), cfg.batch_size, cfg.seed, rank, world)
+    maker = BatchMaker(model, records, ImageCache(storage), cfg.batch_size, cfg.seed, rank, world, cfg.random_flip)
     prefetch = Prefetcher(maker, start + 1, cfg.steps, depth=cfg.prefetch, workers=1)
 
     # 4. Loop

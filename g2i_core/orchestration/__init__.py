@@ -14,6 +14,8 @@ The names below are the package's public surface; import them from here.
 
 from g2i_core.orchestration.k8s import PROFILES, OrchestrationConfig, kubernetes_pod_spec
 from g2i_core.orchestration.planning import (
+    DEFAULT_LINK_ON,
+    DEFAULT_SOURCES,
     SOURCES,
     SourceState,
     coverage_report,
@@ -64,6 +66,7 @@ from g2i_core.orchestration.tasks import (
 )
 
 __all__ = [
+    "DEFAULT_LINK_ON", "DEFAULT_SOURCES",
     "MODEL_COMMIT_FILE", "PROFILES", "SOURCES", "SPARK_JOBS_DIR", "STAGES", "OrchestrationConfig", "SourceState",
     "Stage", "StageFailed", "StageProcess", "check_backfill_coverage", "coerce_values", "coverage_report",
     "delta_uri", "ds_nodash", "fingerprint", "graph_root", "headline_metrics", "kubernetes_pod_spec",

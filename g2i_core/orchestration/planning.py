@@ -7,7 +7,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
-SOURCES = ("goodreads", "amazon2014", "amazon2018")
+SOURCES = ("goodreads", "amazon2014", "amazon2018", "attributes")
+DEFAULT_SOURCES = ("goodreads", "amazon2014", "amazon2018")  # what a run refreshes unless `sources` names more
+DEFAULT_LINK_ON = "artist,genre"  # attributes source: the columns that link items (the artworks sample's)
 
 
 def ds_nodash(logical_date: Any) -> str:
@@ -34,7 +36,7 @@ def raw_defaults() -> dict[str, str]:
     (resolved by the task at run time, so parsing the DAG reads no settings)."""
     base = "raw/sample"
     return {"goodreads": f"{base}/goodreads_books.json.gz", "amazon2014": f"{base}/meta_Books_2014.json.gz",
-            "amazon2018": f"{base}/meta_Books_2018.json.gz"}
+            "amazon2018": f"{base}/meta_Books_2018.json.gz", "attributes": f"{base}/artworks.csv.gz"}
 
 
 def delta_uri(storage_root: str, source: str, logical_date: Any) -> str:

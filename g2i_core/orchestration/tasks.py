@@ -11,6 +11,7 @@ from typing import Any, Mapping, Sequence
 from g2i_core.config import Settings
 from g2i_core.ids import check_run_id, resolve_raw_uri
 from g2i_core.orchestration.planning import (
+    DEFAULT_LINK_ON,
     SOURCES,
     SourceState,
     coverage_report,
@@ -41,8 +42,10 @@ def _object_facts(storage, uri: str) -> list[tuple[str, int, str]]:
 
 
 def plan_refresh(settings: Settings, *, ds: str, sources: Sequence[str], raw: Mapping[str, str],
-                 force: bool = False) -> list[dict]:
-    """One ``plan_source`` decision per requested source; returns the values of the sources to refresh."""
+                 force: bool = False, link_on: str = DEFAULT_LINK_ON, max_links_per_value: int = 10) -> list[dict]:
+    """One ``plan_source`` decision per requested source; returns the values of the sources to refresh.
+    ``link_on`` / ``max_links_per_value``: the ``attributes`` source's projection (checked here)."""
+    from g2i_core.ingest.attributes import check_options, parse_link_on
     from g2i_core.storage import Storage
 
     unknown = [s for s in sources if s not in SOURCES]
@@ -66,6 +69,10 @@ def plan_refresh(settings: Settings, *, ds: str, sources: Sequence[str], raw: Ma
                            delta=delta if _object_facts(storage, delta) else None, state=state,
                            published=Storage.from_settings(settings, root=root).is_published("nodes"), force=force)
         log.info("plan %s: %s", source, item or "nothing new (skipped)")
+        if item and source == "attributes":  # a trigger user's param: column names only, checked
+            columns = parse_link_on(link_on)
+            check_options(columns, int(max_links_per_value))
+            item = {**item, "link_on": ",".join(columns), "max_links_per_value": int(max_links_per_value)}
         if item:
             items.append({**item, "graph_root": root})
     return items

@@ -13,20 +13,21 @@ from g2i_core.ppr.candidates import Candidates
 from g2i_core.ppr.graph import CsrGraph
 
 log = logging.getLogger(__name__)
-METHODS = ("auto", "exact", "push", "propagate", "spark-push", "graphframes")
-SPARK_METHODS = ("spark-push", "graphframes")
+METHODS = ("auto", "exact", "push", "propagate", "spark-push", "spark-propagate", "graphframes")
+SPARK_METHODS = ("spark-push", "spark-propagate", "graphframes")
 
 
 @dataclass(frozen=True)
 class PprConfig:
-    method: str = "auto"  # auto: propagate for all (or >= 10% of) nodes, push for a small subset
+    method: str = "auto"  # auto: propagate for all (or >= 10% of) nodes, push for a small subset; their Spark
+    # versions on a cluster master or when propagate would not fit ppr_memory_budget_gb (resolve_auto_placement)
     alpha: float = 0.15  # restart probability to the source
     top_k: int = 50
     eps: float = 1e-6  # push: residual threshold per out-degree
     row_k: int = 128  # propagate: entries kept per node row (K')
     sweeps: int = 8  # propagate: Gauss-Seidel sweeps over all rows
     refine_eps: float = 1e-3  # propagate: threshold of the per-source push whose residuals use the rows
-    partitions: int = 0  # spark-push: source partitions (0: 4 x spark default parallelism)
+    partitions: int = 0  # spark-push: source partitions; spark-propagate: node blocks (0: spark default parallelism)
     iterations: int = 20  # graphframes: GraphX's fixed iteration count
     batch_size: int = 256  # exact/graphframes: sources per batch
     tol: float = 1e-10  # exact: convergence tolerance
@@ -56,6 +57,47 @@ def resolve_auto(num_nodes: int, sources: np.ndarray | None) -> str:
     if sources is None or len(sources) >= 0.1 * num_nodes:
         return "propagate"
     return "push"
+
+
+def propagate_memory_bytes(num_nodes: int, num_edges: int, row_k: int = 128, top_k: int = 50) -> int:
+    """Peak memory of the single-machine ``propagate`` stage, from node and edge counts.
+
+    Calibrated on the 1M-node benchmark (docs/neighbours.md: 2,542 MiB above the loaded graph at
+    K' = 128, K = 50): rows 8 K' B/node, the all-node output twice while its blocks are joined
+    (2 x 16 K B/node) and ~40 B/node scratch, measured together as 2,666 B/node there. The graph
+    adds 16 B/edge (CSR) and ~90 B/node (offsets and ids); building it from string edges holds
+    ~150 B/edge for a while (estimate), before the rows exist."""
+    graph = 16 * num_edges + 90 * num_nodes
+    compute = graph + num_nodes * (8 * row_k + 32 * top_k + 40)
+    load = graph + 150 * num_edges
+    return int(max(compute, load))
+
+
+def spark_master_is_cluster(master: str) -> bool:
+    """True unless Spark runs inside this one process (``local`` / ``local[N]``)."""
+    m = master.strip().lower()
+    return not (m == "local" or m.startswith("local["))
+
+
+def memory_budget_bytes(budget_gb: int) -> int:
+    """The ``ppr_memory_budget_gb`` setting in bytes; 0 means 75% of this machine's physical memory."""
+    import os
+
+    if budget_gb > 0:
+        return budget_gb * 2**30
+    return int(0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+
+
+def resolve_auto_placement(num_nodes: int, num_edges: int, num_sources: int | None, *, spark_master: str,
+                           memory_budget: int, row_k: int = 128, top_k: int = 50) -> str:
+    """``auto`` before the graph is loaded: a Spark method when the configured master is a cluster or
+    ``propagate`` would not fit ``memory_budget`` bytes, else the single-machine rule (``resolve_auto``).
+    ``num_sources`` None means all nodes."""
+    most = num_sources is None or num_sources >= 0.1 * num_nodes
+    too_big = propagate_memory_bytes(num_nodes, num_edges, row_k, top_k) > memory_budget
+    if spark_master_is_cluster(spark_master) or too_big:
+        return "spark-propagate" if most else "spark-push"
+    return "propagate" if most else "push"
 
 
 def compute_candidates(graph: CsrGraph, config: PprConfig, sources: np.ndarray | None = None) -> Candidates:

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING
 
-from g2i_core.ppr.api import SPARK_METHODS, PprConfig, compute_candidates
+from g2i_core.ppr.api import (
+    SPARK_METHODS,
+    PprConfig,
+    compute_candidates,
+    memory_budget_bytes,
+    propagate_memory_bytes,
+    resolve_auto_placement,
+)
 from g2i_core.ppr.io import load_graph, load_node_ids, open_storage
 
 if TYPE_CHECKING:
@@ -24,6 +32,10 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
     out = open_storage(out_uri, settings)
     started = time.monotonic()
     extra = {"config": config.as_dict(), "edges": edges_uri, "nodes": nodes_uri}
+    if config.method == "auto" and not previous_edges_uri:
+        config = dataclasses.replace(config, method=_resolve_auto(settings, config, edges_uri, nodes_uri,
+                                                                  graph_run_id))
+        extra["auto"] = config.method
     logical_date = _graph_logical_date(edges_uri, settings, graph_run_id)
     if previous_edges_uri:
         from g2i_core.ppr.incremental import refresh_candidates
@@ -40,6 +52,39 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
         table = compute_candidates(graph, config, sources).to_arrow(graph)
     extra["seconds"] = round(time.monotonic() - started, 3)
     return out.publish_table(TABLE, table, run_id, extra=extra, logical_date=logical_date)
+
+
+def _resolve_auto(settings: "Settings", config: PprConfig, edges_uri: str, nodes_uri: str | None,
+                  pin: str | None) -> str:
+    """``auto`` from row counts (manifests or Parquet footers), before any graph is loaded."""
+    num_edges = _row_count(edges_uri, "graph_edges", settings, pin)
+    num_nodes = _row_count(edges_uri, "graph_nodes", settings, pin, required=False)
+    num_nodes = num_edges if num_nodes is None else num_nodes  # raw edges: no node count without reading them
+    num_sources = _row_count(nodes_uri, "graph_nodes", settings, None) if nodes_uri else None
+    method = resolve_auto_placement(num_nodes, num_edges, num_sources, spark_master=settings.spark_master,
+                                    memory_budget=memory_budget_bytes(settings.ppr_memory_budget_gb),
+                                    row_k=config.row_k, top_k=config.top_k)
+    log.info("ppr auto: %s (%d nodes, %d edges, master %s, propagate needs ~%.1f GB, budget %.1f GB)", method,
+             num_nodes, num_edges, settings.spark_master,
+             propagate_memory_bytes(num_nodes, num_edges, config.row_k, config.top_k) / 2**30,
+             memory_budget_bytes(settings.ppr_memory_budget_gb) / 2**30)
+    return method
+
+
+def _row_count(uri: str, table: str, settings: "Settings", pin: str | None, required: bool = True) -> int | None:
+    """Rows of a published ``table`` under a storage root (its manifest), or of a Parquet file/prefix."""
+    import pyarrow.parquet as pq
+
+    storage = open_storage(uri, settings).pinned(pin)
+    if not uri.endswith(".parquet") and storage.is_published(table):
+        return int(storage.manifest(table)["rows"])
+    if not required:
+        return None
+    files = [uri] if uri.endswith(".parquet") else [u for u in storage.list(uri) if u.endswith(".parquet")]
+    if not files:
+        raise FileNotFoundError(f"{uri} is neither a Parquet file/prefix nor a storage root with a published "
+                                f"{table!r} table")
+    return sum(pq.ParquetFile(storage.parquet_footer_source(f)).metadata.num_rows for f in files)
 
 
 def _graph_logical_date(edges_uri: str, settings: "Settings", pin: str | None) -> str | None:

@@ -1,4 +1,5 @@
-"""PPR on Spark: partition-local push (``spark-push``) and GraphX/GraphFrames (``graphframes``).
+"""PPR on Spark: partition-local push (``spark-push``), all-node propagation (``spark-propagate``, in
+``spark_propagate.py``) and GraphX/GraphFrames (``graphframes``).
 
 spark-push: the driver never holds the graph. A Spark job indexes the vertices, writes the edges as
 (src_vid, dst_vid, weight) Parquet under a staging prefix of the output storage, and every Python
@@ -53,10 +54,17 @@ def spark_candidates(spark: "SparkSession", edges: "DataFrame", config: PprConfi
     if config.method == "graphframes":
         raw = _graphframes_scores(spark, edges, index, src_vids, config)
         return _top_k_from_scores(raw, index, config.top_k)
-    if config.method != "spark-push":
-        raise ValueError(f"method {config.method!r} does not run on Spark; use spark-push or graphframes")
-    # 2. stage the indexed edges where every worker can read them (not through the driver)
+    if config.method not in ("spark-push", "spark-propagate"):
+        raise ValueError(f"method {config.method!r} does not run on Spark; use spark-push, spark-propagate or "
+                         "graphframes")
     weight = F.col("weight").cast("double") if (config.use_weights and "weight" in edges.columns) else F.lit(1.0)
+    if config.method == "spark-propagate":
+        from g2i_core.ppr.spark_propagate import spark_propagate_scores
+
+        scores = spark_propagate_scores(spark, index, edges.select("src", "dst", weight.alias("w")), src_vids,
+                                        config, staging)
+        return _names_back(scores, index)
+    # 2. stage the indexed edges where every worker can read them (not through the driver)
     s = index.select(F.col("id").alias("src"), F.col("vid").alias("s"))
     d = index.select(F.col("id").alias("dst"), F.col("vid").alias("d"))
     long_edges = edges.select("src", "dst", weight.alias("w")).join(s, "src").join(d, "dst").select("s", "d", "w")
@@ -68,6 +76,13 @@ def spark_candidates(spark: "SparkSession", edges: "DataFrame", config: PprConfi
     job = _PartitionPush(staging.root, staging._settings, num_nodes, config)
     rows = src_vids.repartition(parts).rdd.mapPartitions(job)
     scores = spark.createDataFrame(rows, "source long, rank int, node long, score double")
+    return _names_back(scores, index)
+
+
+def _names_back(scores: "DataFrame", index: "DataFrame") -> "DataFrame":
+    """(source, rank, node, score) by vid -> the ``ppr_candidates`` columns by node id."""
+    from pyspark.sql import functions as F
+
     names = index.select(F.col("vid").alias("source"), F.col("id").alias("node_id"))
     nbrs = index.select(F.col("vid").alias("node"), F.col("id").alias("neighbour_id"))
     return scores.join(names, "source").join(nbrs, "node").select("node_id", "rank", "neighbour_id",

@@ -5,6 +5,7 @@
     out/raw/goodreads_books.json.gz        UCSD Book Graph: strict JSON, numbers as strings
     out/raw/meta_Books_2014.json.gz        Amazon 2014: Python-literal lines (single quotes)
     out/raw/meta_Books_2018.json.gz        Amazon 2018: strict JSON, flat also_buy/also_view
+    out/raw/artworks.csv.gz                ART500K-like item table (only with formats=(..., "attributes"))
     out/images/<dataset>/<id>.png          procedurally rendered covers (a subset when huge)
     out/truth/<dataset>.json               exact expected counts of every fault injected
     out/truth/<dataset>_communities.csv.gz node_id,community (ground truth for evaluation)
@@ -30,11 +31,13 @@ from g2i_core.sample.styles import decompression_bomb_png, encode_png, make_styl
 
 log = logging.getLogger(__name__)
 
-FORMATS = ("goodreads", "amazon2014", "amazon2018")
+FORMATS = ("goodreads", "amazon2014", "amazon2018")  # the default: the three JSON dumps
+ALL_FORMATS = (*FORMATS, "attributes")  # attributes: an ART500K-like CSV table (g2i_core/sample/artworks.py)
 DUMP_FILES = {
     "goodreads": "goodreads_books.json.gz",
     "amazon2014": "meta_Books_2014.json.gz",
     "amazon2018": "meta_Books_2018.json.gz",
+    "attributes": "artworks.csv.gz",
 }
 RELATIONS = {
     "goodreads": {"similar_books": 1.0},
@@ -99,9 +102,9 @@ def _check_spec(spec: SampleSpec) -> None:
         raise ValueError(f"nodes must be >= 10, got {spec.nodes}")
     if not 2 <= spec.communities <= spec.nodes:
         raise ValueError(f"communities must be between 2 and nodes ({spec.nodes}), got {spec.communities}")
-    unknown = set(spec.formats) - set(FORMATS)
+    unknown = set(spec.formats) - set(ALL_FORMATS)
     if unknown:
-        raise ValueError(f"unknown formats {sorted(unknown)}; choose from {FORMATS}")
+        raise ValueError(f"unknown formats {sorted(unknown)}; choose from {ALL_FORMATS}")
     if spec.image_size < 16 or spec.image_size % 8:
         raise ValueError(f"image_size must be a multiple of 8 and >= 16, got {spec.image_size}")
 
@@ -147,6 +150,10 @@ def _titles(rng: np.random.Generator, community: np.ndarray) -> list[str]:
 
 # ---- one dataset ------------------------------------------------------------------------------------
 def _generate_dataset(out: Path, fmt: str, spec: SampleSpec, styles, sub_seed: int) -> dict:
+    if fmt == "attributes":
+        from g2i_core.sample.artworks import generate_artworks
+
+        return generate_artworks(out, spec, styles, sub_seed, DUMP_FILES[fmt])
     rng = np.random.default_rng(sub_seed)
     n = spec.nodes
     community = rng.integers(0, spec.communities, n)

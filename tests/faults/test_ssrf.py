@@ -5,7 +5,8 @@ A loopback *canary* HTTP server (its own port, never allow-listed) stands for ev
 dump could aim at; it must see zero connections. A second loopback server is allow-listed by
 ``host:port`` and serves images, redirects, redirect chains and a header trickle. Every hostile URL must
 end as status ``blocked`` with a reason, both through ``download`` and through the real ``fetch_images``
-job on file storage.
+job on file storage, with each of the two clients (``async``: aiohttp with connections reused, the
+default; ``threads``: one checked connection per request).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ def _image(fmt: str, size=(16, 12)) -> bytes:
 
 
 PNG = _image("PNG")
+CLIENTS = ("async", "threads")
 
 
 class Canary(ThreadingHTTPServer):
@@ -191,8 +193,9 @@ def _cfg(allowed, **kw) -> FetchConfig:
     return FetchConfig(**(base | kw))
 
 
-def test_every_hostile_url_is_blocked_by_download_and_the_canary_sees_nothing(canary, allowed):
-    cfg = _cfg(allowed)
+@pytest.mark.parametrize("client", CLIENTS)
+def test_every_hostile_url_is_blocked_by_download_and_the_canary_sees_nothing(canary, allowed, client):
+    cfg = _cfg(allowed, client=client)
     for url, reason in hostile_urls(canary.port, allowed.base).items():
         with pytest.raises(FetchError) as err:
             download(url, cfg)
@@ -209,11 +212,12 @@ def _publish_nodes(storage, urls: list[str]) -> None:
     storage.publish_table("nodes", table, "nodes-run")
 
 
-def test_fetch_images_job_blocks_every_hostile_url_and_fetches_the_allowed_host(file_storage, canary, allowed):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_fetch_images_job_blocks_every_hostile_url_and_fetches_the_allowed_host(file_storage, canary, allowed, client):
     hostile = hostile_urls(canary.port, allowed.base)
     good = {f"{allowed.base}/img.png": "ok", f"{allowed.base}/chain/3": "ok"}  # 3 hops: still allowed
     _publish_nodes(file_storage, [*hostile, *good])
-    report = fetch_images(file_storage, file_storage, _cfg(allowed))
+    report = fetch_images(file_storage, file_storage, _cfg(allowed, client=client))
     rows = {r["image_url"]: r for r in file_storage.read_table("node_images").to_pylist()}
     for url, reason in hostile.items():
         row = rows[url]
@@ -226,16 +230,17 @@ def test_fetch_images_job_blocks_every_hostile_url_and_fetches_the_allowed_host(
     assert canary.hits == 0
 
 
-def test_the_allow_list_is_exact_and_only_it_opens_loopback(canary, allowed):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_the_allow_list_is_exact_and_only_it_opens_loopback(canary, allowed, client):
     url = f"{allowed.base}/img.png"
     before = len(allowed.paths)
     for allow in ((), ("127.0.0.1:1",), ("localhost",), ("127.0.0.2",)):  # wrong port, other names
         with pytest.raises(FetchError) as err:
-            download(url, _cfg(allowed, allow_hosts=allow))
+            download(url, _cfg(allowed, allow_hosts=allow, client=client))
         assert err.value.status == "blocked" and "loopback" in str(err.value)
     assert len(allowed.paths) == before  # refused before connecting
-    assert download(url, _cfg(allowed)) == PNG
-    assert download(url, _cfg(allowed, allow_hosts=("127.0.0.1",))) == PNG  # host without a port: any port
+    assert download(url, _cfg(allowed, client=client)) == PNG
+    assert download(url, _cfg(allowed, allow_hosts=("127.0.0.1",), client=client)) == PNG  # no port: any port
     assert canary.hits == 0
 
 
@@ -256,13 +261,14 @@ def test_the_allow_list_setting_reaches_the_cli(tmp_path, monkeypatch, canary, a
     assert canary.hits == 0
 
 
-def test_a_header_trickle_ends_as_timeout_at_the_request_deadline(allowed):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_a_header_trickle_ends_as_timeout_at_the_request_deadline(allowed, client):
     """One byte every 0.25 s keeps every single read under any per-read timeout; only a total deadline
     covering the header phase stops it. The server sees the fetcher hang up *during* the header (a
     fetcher without that deadline takes the whole 10 s header and only then notices the time)."""
     allowed.trickle_done.clear()
     with pytest.raises(FetchError) as err:
-        download(f"{allowed.base}/trickle", _cfg(allowed, timeout_s=1.5))
+        download(f"{allowed.base}/trickle", _cfg(allowed, timeout_s=1.5, client=client))
     assert err.value.status == "timeout", str(err.value)
     assert allowed.trickle_done.wait(60)
     assert allowed.trickles[-1] == "aborted"
@@ -321,7 +327,8 @@ def _self_signed(tmp_path, name: str = "localhost"):
     return cert_file, key_file
 
 
-def test_https_pins_the_checked_address_but_verifies_the_url_host(tmp_path, monkeypatch, canary):
+@pytest.mark.parametrize("client", CLIENTS)
+def test_https_pins_the_checked_address_but_verifies_the_url_host(tmp_path, monkeypatch, canary, client):
     """TLS to an allow-listed host: connect to the resolved 127.0.0.1, send SNI and verify the
     certificate for the URL's host name; the total deadline also holds for a header trickle over TLS."""
     import ssl
@@ -342,7 +349,8 @@ def test_https_pins_the_checked_address_but_verifies_the_url_host(tmp_path, monk
     threading.Thread(target=server.serve_forever, daemon=True).start()
     port = server.server_address[1]
     try:
-        cfg = FetchConfig(timeout_s=1.5, retries=0, allow_hosts=(f"localhost:{port}", f"127.0.0.1:{port}"))
+        cfg = FetchConfig(timeout_s=1.5, retries=0, allow_hosts=(f"localhost:{port}", f"127.0.0.1:{port}"),
+                          client=client)
         assert download(f"https://localhost:{port}/img.png", cfg) == PNG
         assert names == ["localhost"]
         with pytest.raises(FetchError) as err:  # the certificate names localhost, not the IP
@@ -353,7 +361,7 @@ def test_https_pins_the_checked_address_but_verifies_the_url_host(tmp_path, monk
         assert err.value.status == "timeout"
         assert server.trickle_done.wait(60) and server.trickles[-1] == "aborted"
         with pytest.raises(FetchError) as err:  # and without the allow-list entry: refused before TLS
-            download(f"https://localhost:{port}/img.png", FetchConfig(timeout_s=1.5, retries=0))
+            download(f"https://localhost:{port}/img.png", FetchConfig(timeout_s=1.5, retries=0, client=client))
         assert err.value.status == "blocked"
     finally:
         server.shutdown()

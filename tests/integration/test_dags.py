@@ -128,7 +128,7 @@ def test_mmag_refresh_structure(dagbag):
     assert _assets(dag.task_dict[g + "build_graph"]) == {"g2i.graph"}
     assert _assets(dag.task_dict[g + "rerank"]) == {"g2i.neighbours"}
     assert dag.schedule == "@daily" and dag.catchup is False and dag.max_active_runs == 1
-    assert set(dag.params) == {"sources", "raw", "force"}
+    assert set(dag.params) == {"sources", "raw", "force", "link_on", "max_links_per_value"}
     assert dag.params["sources"] == ["goodreads", "amazon2014", "amazon2018"]
     assert dag.params["raw"]["goodreads"] == "raw/sample/goodreads_books.json.gz"  # resolved by plan at run time
     for task in dag.tasks:

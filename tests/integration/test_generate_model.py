@@ -82,6 +82,8 @@ def test_cli_generate_then_rerun_skips(file_storage, model_dir, monkeypatch, cap
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert first["generated"] == 6 and first["rows"] == 6
+    rows = read_manifest(file_storage, "cli1").to_pylist()  # no scale given: the tiny preset's s_T = 3, s_G = 4
+    assert {(r["text_scale"], r["graph_scale"]) for r in rows} == {(3.0, 4.0)}
     assert main(argv) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["skipped"] is True
     assert main(["generate", "--model", model_dir, "--run-id", "x", "--split", "test", "--shard", "2/2"]) == 1

@@ -31,7 +31,7 @@ def test_secrets_never_from_file_and_masked(tmp_path, monkeypatch):
     ("G2I_SPARK_SHUFFLE_PARTITIONS", "many", "must be an integer"),
     ("G2I_S3_PATH_STYLE", "maybe", "must be a boolean"),
     ("G2I_STORAGE_ROOT", "hdfs://x", "must start with s3:// or file://"),
-    ("G2I_MODEL_PRESET", "huge", "must be 'tiny', 'tiny16' or 'sd15'"),
+    ("G2I_MODEL_PRESET", "huge", "must be 'tiny', 'tiny16', 'sd15' or 'sd15-paper'"),
 ])
 def test_bad_values_explain_themselves(monkeypatch, name, value, match):
     monkeypatch.setenv(name, value)

@@ -176,3 +176,66 @@ def test_export_writes_reference_metadata_layout(file_storage, tmp_path):
     assert a["text"] == "ta" and a["neighbors"] == [b["center"]]  # c has no image: left out
     assert b["neighbors"] == [a["center"]]
     assert all((out / p).is_file() for p in (a["center"], b["center"]))
+
+
+def _reference_rank(nid, cands, text, others, config):
+    """The per-node scoring the vectorised ranker replaced (one node's candidates at a time)."""
+    def semantic(nbr):
+        t = text.get(nid)
+        if t is None:
+            return None
+        kinds = ("text", "image") if config.neighbour_kind == "both" else (config.neighbour_kind,)
+        sims = [float(np.dot(t, others[k].get(nbr))) for k in kinds if k in others and others[k].get(nbr) is not None]
+        return float(np.mean(sims)) if sims else None
+
+    top_ppr = max((s for _, s in cands), default=0.0) or 1.0
+    scored = []
+    for nbr, ppr in cands:
+        if nbr == nid:
+            continue
+        sem = semantic(nbr)
+        score = ppr if config.strategy == "ppr" else \
+            (1 - config.ppr_weight) * (sem or 0.0) + config.ppr_weight * ppr / top_ppr
+        scored.append((nbr, ppr, sem, score))
+    scored.sort(key=lambda r: (-r[3], -r[1], r[0]))
+    return scored[: config.k]
+
+
+@pytest.mark.parametrize("strategy,kind,weight", [("semantic_ppr", "text", 0.5), ("semantic_ppr", "both", 0.2),
+                                                  ("ppr", "text", 0.5), ("semantic_ppr", "text", 0.0)])
+def test_vectorised_ranking_matches_per_node_scoring(strategy, kind, weight):
+    rng = np.random.default_rng(4)
+    ids = [f"n{i:03d}" for i in range(120)]
+    vecs = rng.normal(size=(120, 8)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    text = VectorIndex([i for j, i in enumerate(ids) if j % 9], vecs[[j for j in range(120) if j % 9]])  # gaps
+    image = VectorIndex(ids[::2], vecs[::2][:, ::-1].copy())
+    rows = []
+    for j, nid in enumerate(ids[:100]):  # 20 nodes are only ever neighbours; some nodes have no candidates
+        if j % 17 == 0:
+            continue
+        picks = rng.choice(len(ids), size=int(rng.integers(1, 15)), replace=False)
+        scores = np.round(rng.random(len(picks)), 1)  # rounded: ties in PPR and in the blended score
+        rows += [(nid, ids[p], float(s)) for p, s in zip(picks, scores, strict=True)]
+    rows.append((ids[1], ids[1], 0.99))  # the node itself: skipped, but its score sets the node's max
+    rows.append((ids[3], "outside", 0.5))  # a neighbour with no vector at all
+    rng.shuffle(rows)
+    cands = pa.table({"node_id": [r[0] for r in rows], "rank": list(range(len(rows))),
+                      "neighbour_id": [r[1] for r in rows], "ppr_score": [r[2] for r in rows]})
+    config = RerankConfig(strategy=strategy, k=4, ppr_weight=weight, neighbour_kind=kind)
+    others = {"text": text, "image": image}
+    got = select_neighbours(cands, text, others, config).to_pylist()
+    by_node = {}
+    for nid, nbr, s in rows:
+        by_node.setdefault(nid, []).append((nbr, s))
+    want = [{"node_id": nid, "rank": r, "neighbour_id": nbr, "ppr_score": ppr, "semantic_score": sem, "score": score}
+            for nid in sorted(by_node)
+            for r, (nbr, ppr, sem, score) in enumerate(_reference_rank(nid, by_node[nid], text, others, config), 1)]
+    assert [(g["node_id"], g["rank"], g["neighbour_id"]) for g in got] == \
+        [(w["node_id"], w["rank"], w["neighbour_id"]) for w in want]
+    for g, w in zip(got, want, strict=True):
+        assert g["ppr_score"] == w["ppr_score"]
+        assert (g["semantic_score"] is None) == (w["semantic_score"] is None)
+        if w["semantic_score"] is not None:
+            assert g["semantic_score"] == pytest.approx(w["semantic_score"], abs=1e-6)
+            assert g["score"] == pytest.approx(w["score"], abs=1e-6)

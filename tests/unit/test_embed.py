@@ -1,0 +1,79 @@
+"""The embeddings cache: a rerun encodes only content whose hash is new; vectors stay exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from g2i_core import embed
+from g2i_core.embed import EmbedConfig, embed_nodes, load_vectors
+
+
+class CountingText:
+    """A deterministic stand-in for MiniLM that records every text it is asked to encode."""
+
+    calls: list[list[str]] = []
+
+    def __init__(self, config):
+        pass
+
+    def __call__(self, texts):
+        CountingText.calls.append(list(texts))
+        out = np.zeros((len(texts), 6), np.float32)
+        for i, t in enumerate(texts):
+            out[i] = np.frombuffer(embed.content_hash("t", t).encode()[:24], np.uint8).reshape(6, 4).sum(1)
+        return out / np.linalg.norm(out, axis=1, keepdims=True)
+
+
+def _publish(storage, texts: dict[str, str], run_id: str):
+    storage.publish_table("graph_nodes", pa.table({"node_id": list(texts), "text": list(texts.values())}), run_id)
+
+
+def test_delta_rerun_encodes_only_new_and_changed_texts(file_storage, monkeypatch):
+    monkeypatch.setattr(embed, "MiniLmText", CountingText)
+    CountingText.calls = []
+    config = EmbedConfig(image_encoder="none", batch_size=3)
+    texts = {f"n{i}": f"title number {i} " + "x" * (i % 5) for i in range(10)}
+    texts["dup"] = texts["n1"]  # identical content is encoded once
+    _publish(file_storage, texts, "g1")
+    first = embed_nodes(file_storage, config, "e1")
+    assert first["extra"]["stats"]["text"] == {"nodes": 11, "encoded": 10, "cached": 0}
+    assert sum(len(c) for c in CountingText.calls) == 10
+    # shortest first: batches hold texts of similar length
+    flat = [t for c in CountingText.calls for t in c]
+    assert [len(t) for t in flat] == sorted(len(t) for t in flat)
+    ids1, vecs1, _ = load_vectors(file_storage, "text")
+    before = dict(zip(ids1, vecs1, strict=True))
+
+    # the nightly delta: one title changed, one node new, one removed; the rest must come from the cache
+    CountingText.calls = []
+    texts["n3"] = "a brand new title"
+    texts["n99"] = "a new book"
+    del texts["n7"]
+    _publish(file_storage, texts, "g2")
+    second = embed_nodes(file_storage, config, "e2")
+    assert second["extra"]["stats"]["text"] == {"nodes": 11, "encoded": 2, "cached": 9}
+    assert sorted(t for c in CountingText.calls for t in c) == ["a brand new title", "a new book"]
+    ids2, vecs2, enc = load_vectors(file_storage, "text")
+    after = dict(zip(ids2, vecs2, strict=True))
+    assert enc == "minilm-l6-v2" and set(after) == set(texts)
+    for nid in texts:
+        if nid not in ("n3", "n99"):
+            assert np.array_equal(after[nid], before[nid])  # copied, bit for bit
+    assert np.allclose(after["n3"], CountingText(None)(["a brand new title"])[0])
+    assert np.array_equal(after["dup"], after["n1"])
+    schema = file_storage.read_table("embeddings").schema
+    assert schema.field("vector").type == pa.list_(pa.float32())
+
+
+def test_a_run_with_everything_cached_never_builds_the_model(file_storage, monkeypatch):
+    monkeypatch.setattr(embed, "MiniLmText", CountingText)
+    _publish(file_storage, {"a": "one", "b": "two"}, "g1")
+    embed_nodes(file_storage, EmbedConfig(image_encoder="none"), "e1")
+
+    def refuse(config):
+        raise AssertionError("the model was loaded although every vector was cached")
+
+    monkeypatch.setattr(embed, "MiniLmText", refuse)
+    m = embed_nodes(file_storage, EmbedConfig(image_encoder="none"), "e2")
+    assert m["extra"]["stats"]["text"] == {"nodes": 2, "encoded": 0, "cached": 2}
