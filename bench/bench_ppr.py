@@ -348,6 +348,8 @@ def main() -> int:
                    help="--spark-propagate: Spark masters to run on, in order (';'-separated)")
     p.add_argument("--blocks", type=int, default=0, help="spark-propagate: node blocks (0: default parallelism)")
     p.add_argument("--executor-memory", default="3g", help="spark-propagate on local-cluster: executor memory")
+    p.add_argument("--route-counts", type=int, default=0, metavar="N",
+                   help="print spark-propagate's routed rows per node on the N-node graph for several block counts")
     p.add_argument("--results-name", default="ppr_spark_propagate", help="--spark-propagate: results file name")
     args = p.parse_args()
     args.masters = [m for m in args.masters.replace(";", ",").split(",") if m]
@@ -368,6 +370,9 @@ def main() -> int:
     args.graphframes_sources = 10 if args.quick else 20
     args.get_ppr_min_eps = 1e-5
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.route_counts:
+        print(json.dumps(route_counts(args.route_counts)))
+        return 0
     if args.spark_propagate:
         args.sources = 200
         return bench_spark_propagate(args)
@@ -399,6 +404,21 @@ def main() -> int:
     (RESULTS / f"{name}.md").write_text(to_markdown(result))
     print(to_markdown(result))
     return 0
+
+
+def route_counts(n: int) -> dict:
+    """spark-propagate's routed row copies R (block t reads node v of another block) on the benchmark
+    graph for several block counts: the shuffle of a sweep is (n + R) rows."""
+    from g2i_core.ppr.graph import powerlaw_graph
+
+    graph = powerlaw_graph(n, 10.0, seed=0)
+    s, d = np.repeat(np.arange(n), graph.out_degree), graph.indices
+    out = {"nodes": n, "edges": graph.num_edges}
+    for blocks in (2, 4, 8, 16, 64, 256):
+        block = -(-n // blocks)
+        foreign = s // block != d // block
+        out[f"R/n at {blocks} blocks"] = round(len(np.unique(d[foreign] * blocks + s[foreign] // block)) / n, 2)
+    return out
 
 
 def _rejoin_masters(parts: list[str]) -> list[str]:

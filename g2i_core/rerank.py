@@ -134,7 +134,8 @@ def _rank_all_candidates(candidates: "pa.Table", text: VectorIndex, others: dict
                          config: RerankConfig, chunk_rows: int = 131_072) -> "pa.Table":
     """semantic_ppr / ppr for every node at once, vectorised (numpy over candidate rows, chunked along
     node boundaries: two gathered chunk_rows x dim float32 blocks, ~200 MB at 384 dims; larger chunks
-    were slower). Same result as scoring each node's candidates one by one: score = (1 - w) * (semantic or 0) + w * ppr / (node's max ppr or 1) (ppr: score = ppr),
+    were slower). Same result as scoring each node's candidates one by one:
+    score = (1 - w) * (semantic or 0) + w * ppr / (node's max ppr or 1) (ppr: score = ppr),
     the node itself skipped, ties by higher PPR then neighbour id, the top k kept, rows by node id."""
     import pyarrow as pa
 

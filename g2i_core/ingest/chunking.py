@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 RAW_SUFFIXES = (".json.gz", ".jsonl.gz", ".json", ".jsonl", ".gz")
 DEFAULT_CHUNK_BYTES = 64 << 20  # bytes of lines per chunk (with at most MAX_LINE_BYTES more for the last line)
+UTF8_CHECK_LINES = 4096  # lines per UTF-8 validity check
 SKIP_BLOCK_BYTES = 1 << 20  # the rest of an oversized line is read and dropped in blocks of this size
 
 
@@ -141,20 +142,25 @@ def iter_line_batches(reader: IO[bytes], batch_lines: int,
 
 
 def utf8_flags(lines: list[bytes]) -> list[bool]:
-    """Whether each line is valid UTF-8 (the native parser takes only those; one decode of the whole batch,
-    line by line only when the batch holds a bad one)."""
+    """Whether each line is valid UTF-8 (the native parser takes only those). One decode per slice of lines
+    (a few MiB at most held twice), line by line only in a slice that holds a bad one."""
+    flags: list[bool] = []
+    for start in range(0, len(lines), UTF8_CHECK_LINES):
+        part = lines[start:start + UTF8_CHECK_LINES]
+        try:
+            b"\n".join(part).decode("utf-8")
+            flags.extend([True] * len(part))
+        except UnicodeDecodeError:
+            flags.extend(_decodes(line) for line in part)
+    return flags
+
+
+def _decodes(line: bytes) -> bool:
     try:
-        b"\n".join(lines).decode("utf-8")
-        return [True] * len(lines)
+        line.decode("utf-8")
+        return True
     except UnicodeDecodeError:
-        flags = []
-        for line in lines:
-            try:
-                line.decode("utf-8")
-                flags.append(True)
-            except UnicodeDecodeError:
-                flags.append(False)
-        return flags
+        return False
 
 
 def rechunk(storage: "Storage", raw_uri: str, staging_uri: str, chunk_lines: int = 100_000,

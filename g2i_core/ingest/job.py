@@ -43,6 +43,7 @@ class IngestConfig:
     max_quarantine_fraction: float = 0.05  # above this the dump is broken: fail, publish nothing
     keep_chunks: bool = False
     force: bool = False  # make this run live even if a newer logical date is live (moves _LATEST back)
+    native_parse: bool = True  # JSON-lines sources on Spark's JSON reader (False: the Python parser per line)
     link_on: tuple[str, ...] = ()  # attributes source only: the columns whose shared values link items
     max_links_per_value: int = 10  # attributes source only: links per item through one value (degree cap)
 
@@ -274,7 +275,7 @@ def run_ingest(spark: "SparkSession", storage: "Storage", config: IngestConfig) 
         parsed = items.persist(StorageLevel.MEMORY_AND_DISK)
     else:
         lines = spark.read.parquet(*[storage.spark_uri(u) for u in chunks.chunk_uris])
-        parsed = parse_lines(lines, cfg.source).persist(StorageLevel.MEMORY_AND_DISK)
+        parsed = parse_lines(lines, cfg.source, cfg.native_parse).persist(StorageLevel.MEMORY_AND_DISK)
     try:
         report = _publish(spark, storage, cfg, parsed, chunks)
         report.seconds = {"rechunk": round(rechunk_s, 3),

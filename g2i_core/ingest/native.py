@@ -181,10 +181,13 @@ def parse_lines_native(lines: "DataFrame", source: str) -> "DataFrame":
 
     book_id, title, short_title = r["book_id"], r["title"], r["title_without_series"]
     description, url, flag = r["description"], r["image_url"], r["is_ebook"]
+    def any_odd(array: "Column", check) -> "Column":  # exists() of a missing list is null: such rows go to Python
+        return F.exists(array, check)
+
     odd = (_odd_id(book_id) | _odd_text(title) | _odd_text(short_title) | _odd_text(description) | _odd_url(url)
-           | _odd_flag(flag) | F.exists(r["similar_books"], _odd_id) | F.exists(r["series"], _odd_id)
-           | F.exists(r["authors"], lambda a: a.isNull() | _odd_scalar(a["author_id"]))
-           | F.exists(r["popular_shelves"], lambda s: s.isNull() | _odd_scalar(s["name"])))
+           | _odd_flag(flag) | any_odd(r["similar_books"], _odd_id) | any_odd(r["series"], _odd_id)
+           | any_odd(r["authors"], lambda a: a.isNull() | _odd_scalar(a["author_id"]))
+           | any_odd(r["popular_shelves"], lambda s: s.isNull() | _odd_scalar(s["name"])))
     for name in GOODREADS_TEXT_ATTRS:
         odd = odd | _odd_scalar(r[name])
     surrogate = F.instr(text, "\\ud") > 0

@@ -44,7 +44,7 @@ def spark_candidates(spark: "SparkSession", edges: "DataFrame", config: PprConfi
     from g2i_core.graph.engine import index_vertices
 
     config.check()
-    # 1. one dense long index over every node id (distributed zipWithIndex, ordered by id)
+    # 1. one dense long index over every node id (ordered by id, computed in the JVM)
     ids = edges.select(F.col("src").alias("id")).union(edges.select(F.col("dst").alias("id")))
     if nodes is not None:
         ids = ids.union(nodes.select(F.col("node_id").alias("id")))

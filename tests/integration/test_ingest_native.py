@@ -11,7 +11,6 @@ import pytest
 
 from g2i_core.ingest.chunking import utf8_flags
 from g2i_core.ingest.job import parse_lines
-from g2i_core.ingest.native import NATIVE_SOURCES
 
 pytestmark = [pytest.mark.spark]
 
@@ -99,7 +98,3 @@ def test_malformed_line_goes_to_quarantine_with_its_line_number(spark, file_stor
     assert quarantine[4]["raw"].startswith('{"book_id": "x"') and "JSONDecodeError" in quarantine[4]["detail"]
     titles = {n["node_id"]: n["title"] for n in file_storage.read_table("nodes").to_pylist()}
     assert titles["goodreads:3"] == "B&3"
-
-
-def test_only_json_lines_sources_are_native():
-    assert NATIVE_SOURCES == ("goodreads",)

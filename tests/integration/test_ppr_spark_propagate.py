@@ -45,11 +45,21 @@ def test_spark_propagate_publishes_the_answers_of_propagate(spark, s3_settings, 
     exact = ppr_rows(graph, sources, 0.15)
     assert precision_at_k(got, exact, 10) >= 0.95
     local = propagate_candidates(graph, None, top_k=10)
-    # Jacobi between blocks instead of Gauss-Seidel over all rows: nearly the same rows, same top-10s
+    # Jacobi between blocks, row-by-row Gauss-Seidel inside one: rows converge differently, top-10s agree
     assert (got.neighbours == local.neighbours).mean() >= 0.9
-    assert np.abs(got.scores - local.scores).max() < 1e-3
+    # both are lower bounds of exact PPR (truncated rows); spark-propagate's is no looser than propagate's
+    got_gap, local_gap = _gap_to_exact(got, exact), _gap_to_exact(local, exact)
+    assert got_gap.min() >= -1e-6
+    assert got_gap.max() <= local_gap.max() + 1e-3
     by_id = got.as_dict(graph)
     assert by_id["zz-isolated"] == [] and by_id["tail1"] == [] and by_id["tail0"] == ["tail1"]
+
+
+def _gap_to_exact(cand: Candidates, exact: np.ndarray) -> np.ndarray:
+    """exact score - reported score of every returned neighbour."""
+    ok = cand.neighbours >= 0
+    rows = np.repeat(np.arange(len(cand.sources))[:, None], cand.top_k, axis=1)
+    return exact[rows[ok], cand.neighbours[ok]] - cand.scores[ok]
 
 
 def _dense(graph, table, k) -> Candidates:
