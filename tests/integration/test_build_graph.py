@@ -73,3 +73,16 @@ def test_symmetrize_adds_every_reverse_edge_once(spark, ingested, tmp_path):
                 if e["src"] in ids and e["dst"] in ids}
     assert edges == directed | {(d, s) for s, d in directed}
     assert stats["edges"] == len(edges) and all((d, s) in edges for s, d in edges)
+
+
+def test_vertex_index_is_dense_and_in_id_order_across_partitions(spark):
+    from pyspark.sql import functions as F
+
+    from g2i_core.graph.engine import index_vertices
+
+    ids = [f"n{i:05d}" for i in range(3000)]
+    # duplicates and several input partitions: the index must still be one row per id, 0..n-1 by id
+    frame = spark.createDataFrame([(i,) for i in ids + ids[:500]], "id string").repartition(7, F.rand(seed=3))
+    got = sorted((r["id"], r["vid"]) for r in index_vertices(frame).collect())
+    assert got == [(node_id, n) for n, node_id in enumerate(sorted(ids))]
+    assert index_vertices(spark.createDataFrame([], "id string")).count() == 0
