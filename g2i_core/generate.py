@@ -319,6 +319,10 @@ class PipelineGenerator:
     def __call__(self, prompts, graphs, seeds, cfg: GenerateConfig) -> list[np.ndarray]:
         import torch
 
+        from g2i_core.model.config import sampling_defaults
+
+        cfg = cfg.with_scales(sampling_defaults(self.pipe.model.config.preset))  # scales left open: the preset's
+
         pipe, orig = self.pipe, self.pipe.prepare_latents
 
         def per_node_latents(B, height, width, generator):  # one generator per image, stacked
