@@ -39,8 +39,8 @@ def index_vertices(vertices: "DataFrame", id_col: str = "id") -> "DataFrame":
 
     All in the JVM: a range-partitioned sort, then each row's position inside its partition
     (``monotonically_increasing_id`` minus the partition's high bits) plus the sizes of the partitions
-    before it. The old zipWithIndex over a Python RDD sent every id through a Python worker, once for
-    each of the four joins that read the index (build-graph spent most of its time there)."""
+    before it, so no id passes through a Python worker (the old zipWithIndex over a Python RDD did, once
+    per join that read the index). bench/bench_build_graph.py: about even at 100k nodes; GraphX CC dominates."""
     from pyspark.sql import functions as F
 
     ids = vertices.select(F.col(id_col).alias("id")).distinct().orderBy("id")
