@@ -24,6 +24,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import threading
@@ -140,8 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     spark_cmd = [PY, "-m", "g2i_core.cli", "ingest", "--source", "goodreads", "--raw", f"file://{dump}",
                  "--out", f"file://{out_root}", "--logical-date", "2026-01-01", "--json"]
     for contender in args.contenders.split(","):
-        if contender == "spark_ingest":
-            results[contender] = measure(spark_cmd, env={"G2I_SPARK_MASTER": "local[2]"})
+        if contender in ("spark_ingest", "spark_ingest_python_parser"):
+            # the second is the same job on the old per-line Python parser (--python-parser), for the ratio
+            extra = ["--python-parser"] if contender == "spark_ingest_python_parser" else []
+            shutil.rmtree(out_root, ignore_errors=True)
+            results[contender] = measure(spark_cmd + extra, env={"G2I_SPARK_MASTER": "local[2]"})
             report = json.loads((out_root / "nodes" / "_manifests" / "goodreads-2026-01-01.json").read_text())
             report_path.write_text(json.dumps(report["extra"], indent=2))
             results[contender]["stages"] = report["extra"]["report"]["seconds"]
@@ -157,8 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             results[contender] = measure([PY, "-c", PYARROW_READ, str(clean_copy(dump)),
                                           str(data_dir / f"pyarrow-{nodes}.parquet")])
         else:
-            raise ValueError(f"unknown contender {contender!r}; choose from spark_ingest, python_parse, "
-                             "pyarrow_read_json")
+            raise ValueError(f"unknown contender {contender!r}; choose from spark_ingest, "
+                             "spark_ingest_python_parser, python_parse, pyarrow_read_json")
         print(contender, results[contender], flush=True)
     for r in results.values():
         r["records_per_s"] = round(lines / r["seconds"])
