@@ -141,9 +141,10 @@ def main(argv: list[str] | None = None) -> int:
     spark_cmd = [PY, "-m", "g2i_core.cli", "ingest", "--source", "goodreads", "--raw", f"file://{dump}",
                  "--out", f"file://{out_root}", "--logical-date", "2026-01-01", "--json"]
     for contender in args.contenders.split(","):
-        if contender in ("spark_ingest", "spark_ingest_python_parser"):
-            # the second is the same job on the old per-line Python parser (--python-parser), for the ratio
-            extra = ["--python-parser"] if contender == "spark_ingest_python_parser" else []
+        if contender in ("spark_ingest", "spark_ingest_python_parser", "spark_ingest_native"):
+            # spark_ingest: the default parser; the other two name it, so one run compares them
+            extra = {"spark_ingest_python_parser": ["--python-parser"],
+                     "spark_ingest_native": ["--native-parser"]}.get(contender, [])
             shutil.rmtree(out_root, ignore_errors=True)
             results[contender] = measure(spark_cmd + extra, env={"G2I_SPARK_MASTER": "local[2]"})
             report = json.loads((out_root / "nodes" / "_manifests" / "goodreads-2026-01-01.json").read_text())
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                                           str(data_dir / f"pyarrow-{nodes}.parquet")])
         else:
             raise ValueError(f"unknown contender {contender!r}; choose from spark_ingest, "
-                             "spark_ingest_python_parser, python_parse, pyarrow_read_json")
+                             "spark_ingest_python_parser, spark_ingest_native, python_parse, pyarrow_read_json")
         print(contender, results[contender], flush=True)
     for r in results.values():
         r["records_per_s"] = round(lines / r["seconds"])

@@ -48,8 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--source attributes: an item links to at most this many items through one value, so "
                         "its out- and in-degree are each <= this x the number of --link-on columns "
                         "(default %(default)s)")
-    p.add_argument("--python-parser", action="store_true",
-                   help="parse JSON-lines dumps with the per-line Python parser instead of Spark's JSON reader")
+    parser_choice = p.add_mutually_exclusive_group()
+    parser_choice.add_argument("--native-parser", action="store_true",
+                               help="parse Goodreads lines with Spark's JSON reader (experimental; not faster yet)")
+    parser_choice.add_argument("--python-parser", action="store_true",
+                               help="parse every line with the per-line Python parser (the default)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
 
 
@@ -66,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     config = IngestConfig(source=args.source, raw_uri=args.raw, run_id=args.run_id, logical_date=args.logical_date,
                           mode=args.mode, chunk_lines=args.chunk_lines,
                           max_quarantine_fraction=args.max_quarantine_fraction,
-                          keep_chunks=args.keep_chunks, force=args.force, native_parse=not args.python_parser,
+                          keep_chunks=args.keep_chunks, force=args.force, native_parse=args.native_parser,
                           link_on=tuple(c.strip() for c in args.link_on.split(",") if c.strip()),
                           max_links_per_value=args.max_links_per_value).resolved()
     storage = Storage.from_settings(settings, root=args.out)

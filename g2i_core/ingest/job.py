@@ -43,7 +43,9 @@ class IngestConfig:
     max_quarantine_fraction: float = 0.05  # above this the dump is broken: fail, publish nothing
     keep_chunks: bool = False
     force: bool = False  # make this run live even if a newer logical date is live (moves _LATEST back)
-    native_parse: bool = True  # JSON-lines sources on Spark's JSON reader (False: the Python parser per line)
+    # True: Goodreads on Spark's JSON reader (opt-in: slower than the per-line parser in the one 200k run measured,
+    # bench/results/ingest_200000.md); False: every source through the per-line Python parser
+    native_parse: bool = False
     link_on: tuple[str, ...] = ()  # attributes source only: the columns whose shared values link items
     max_links_per_value: int = 10  # attributes source only: links per item through one value (degree cap)
 
@@ -183,7 +185,7 @@ def _arrow_parsed_schema():
                       ("detail", pa.string()), ("raw", pa.string())])
 
 
-def parse_lines(lines: "DataFrame", source: str, native: bool = True) -> "DataFrame":
+def parse_lines(lines: "DataFrame", source: str, native: bool = False) -> "DataFrame":
     """(source_uri, line_no, raw binary, valid_utf8) -> one parsed row per line (PARSED_SCHEMA), on the
     executors. JSON-lines sources go through Spark's JSON reader (``native``, exact Python parser only for
     the lines it declines); the rest, or ``native=False``, through ``parsers.parse_line`` per line."""
