@@ -329,14 +329,9 @@ _SCALARS = ("node_id", "title", "text", "image_url", "has_real_image", "attrs", 
 
 
 def _arrow_schema():
-    import pyarrow as pa
+    from g2i_core.ingest.job import _arrow_parsed_schema  # one definition of the parsed rows' layout
 
-    edge = pa.struct([("dst", pa.string()), ("relation", pa.string())])
-    return pa.schema([("source_uri", pa.string()), ("line_no", pa.int64()), ("node_id", pa.string()),
-                      ("title", pa.string()), ("text", pa.string()), ("image_url", pa.string()),
-                      ("has_real_image", pa.bool_()), ("attrs", pa.string()), ("completeness", pa.int32()),
-                      ("content_hash", pa.string()), ("edges", pa.list_(edge)), ("reason", pa.string()),
-                      ("detail", pa.string()), ("raw", pa.string())])
+    return _arrow_parsed_schema()
 
 
 def write_chunks(storage: "Storage", raw_uri: str, link_on: tuple[str, ...], staging_uri: str,
