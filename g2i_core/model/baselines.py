@@ -85,7 +85,7 @@ class NeighbourImageBaseline(G2IModel):
         return self.encode_condition(pixels, present)
 
     def encode_condition(self, pixels: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError("each baseline (InstructPix2PixModel, ControlNetBaseline) defines this")
 
     def predict_noise(self, sample, timesteps, text_ids, text_attention, graph, drop_graph=None):
         context, mask = self.context(text_ids, text_attention)
@@ -93,7 +93,7 @@ class NeighbourImageBaseline(G2IModel):
         return self(sample, timesteps, context, mask, condition=cond)
 
     def forward(self, sample, timesteps, context, context_mask, condition: torch.Tensor | None = None):
-        raise NotImplementedError
+        raise NotImplementedError("each baseline (InstructPix2PixModel, ControlNetBaseline) defines this")
 
     def _require(self, condition: torch.Tensor | None) -> None:
         if condition is None:
@@ -101,7 +101,7 @@ class NeighbourImageBaseline(G2IModel):
                              "g2i_core.model.baselines.BaselinePipeline (``own_pipeline`` picks it)")
 
     def guided_noise(self, x, t, ctx_text, ctx_empty, cond, text_scale: float, image_scale: float) -> torch.Tensor:
-        raise NotImplementedError
+        raise NotImplementedError("each baseline (InstructPix2PixModel, ControlNetBaseline) defines this")
 
 
 class InstructPix2PixModel(NeighbourImageBaseline):

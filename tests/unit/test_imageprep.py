@@ -79,7 +79,7 @@ def test_targets_flip_at_random_under_the_seed_and_neighbours_never(file_storage
     a, again = batch(0), batch(0)
     assert torch.equal(a["pixels"], again["pixels"])  # a function of (seed, step)
     flips = BatchMaker(model, records, cache, 8, 0, random_flip=True).flips(1)
-    assert True in flips and False in flips
+    assert True in flips and False in flips  # seed 0's 8 draws hold both outcomes: flips are random, not all-or-none
     assert flips != BatchMaker(model, records, cache, 8, 1, random_flip=True).flips(1)  # the seed decides
     unflipped = batch(0, flip=False)["pixels"][0]
     for i, flip in enumerate(flips):  # each target is the cover, or its mirror image where drawn
