@@ -31,6 +31,8 @@ def test_ingest_matches_truth_exactly(spark, s3_storage, sample_dir, fmt):
     manifest = s3_storage.manifest("nodes")
     assert manifest["rows"] == truth["nodes_expected"]
     assert manifest["extra"]["report"]["lines_in"] == report.nodes_out + report.duplicates + report.quarantined
+    # the published manifest carries the stage timings (the benchmarks read them from there)
+    assert set(manifest["extra"]["report"]["seconds"]) == {"rechunk", "parse_and_count", "dedupe_and_write"}
 
     nodes = s3_storage.read_table("nodes").to_pylist()
     ids = {n["node_id"] for n in nodes}
