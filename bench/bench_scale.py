@@ -270,15 +270,8 @@ def measure_fetch(n_slice: int, settings, env: dict, log_path: Path, latency_ms:
         for i in range(n_slice):  # distinct covers (no dedupe hits), 48x48, a few hundred bytes each
             (img_dir / f"{_book_id(i)}.png").write_bytes(encode_png(np.kron(tiles[i], np.ones((12, 12, 1),
                                                                                              np.uint8))))
-        with ImageServer(tmp, port=0, slow_seconds=2.0) as server:
-            base = server.httpd.RequestHandlerClass.func
-
-            class Delayed(base):
-                def do_GET(self):  # noqa: N802 - http.server API
-                    time.sleep(latency_ms / 1000)
-                    return super().do_GET()
-
-            server.httpd.RequestHandlerClass = functools.partial(Delayed, directory=str(tmp))
+        # the server's own latency (a threaded handler sleeps per request), as bench/bench_fetch.py uses it
+        with ImageServer(tmp, port=0, slow_seconds=2.0, latency_s=latency_ms / 1000) as server:
             ids = [f"goodreads:{_book_id(i)}" for i in range(n_slice)]
             urls = [f"{server.base_url}/images/goodreads/{_book_id(i)}.png" for i in range(n_slice)]
             storage.publish_table("nodes", pa.table({"node_id": ids, "image_url": urls,
