@@ -34,6 +34,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--relations", default="", help="comma-separated relations to keep (default: all)")
     p.add_argument("--train-fraction", type=float, default=0.8)
     p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--cc-method", choices=("auto", "graphx", "local"), default="auto",
+                   help="connected components: graphx on the executors, local (scipy on the driver), or auto: "
+                        "local unless the master is a cluster or the graph exceeds the memory budget "
+                        "(setting ppr_memory_budget_gb)")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
 
 
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.load()
     cfg = BuildConfig(run_id=args.run_id, input_run_id=args.graph_run_id, force=args.force, symmetrize=args.symmetrize,
                       relations=tuple(r.strip() for r in args.relations.split(",") if r.strip()),
-                      train_fraction=args.train_fraction, val_fraction=args.val_fraction).check()
+                      train_fraction=args.train_fraction, val_fraction=args.val_fraction,
+                      cc_method=args.cc_method).check()
     storage = Storage.from_settings(settings, root=args.inp)
     out = Storage.from_settings(settings, root=args.out) if args.out else storage
     stats = run_build_graph(get_spark(settings, "g2i-build-graph"), storage, cfg, out)

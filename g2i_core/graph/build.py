@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -34,10 +35,17 @@ class BuildConfig:
     train_fraction: float = 0.8
     val_fraction: float = 0.1  # test gets the rest
     cc_max_iterations: int = 50
+    # connected components: graphx (executors), local (scipy on the driver), or auto: local when the master is
+    # not a cluster and the graph fits the single-machine memory budget (setting ppr_memory_budget_gb)
+    cc_method: str = "auto"
     input_run_id: str = ""  # the ingest commit to read; default: run_id's own commit if published, else the live one
     force: bool = False  # make this run live even if a newer logical date is live
 
     def check(self) -> "BuildConfig":
+        from g2i_core.graph.engine import CC_METHODS
+
+        if self.cc_method not in CC_METHODS:
+            raise ValueError(f"cc_method must be one of {CC_METHODS}, got {self.cc_method!r}")
         if not (0 < self.train_fraction < 1 and 0 <= self.val_fraction < 1
                 and self.train_fraction + self.val_fraction <= 1):
             raise ValueError(f"need 0 < train_fraction < 1, 0 <= val_fraction and their sum <= 1; got "
@@ -162,11 +170,12 @@ def _read(spark: "SparkSession", storage: "Storage", manifest: dict) -> "DataFra
 
 
 def run_build_graph(spark: "SparkSession", storage: "Storage", cfg: BuildConfig,
-                    out: "Storage | None" = None) -> dict:
-    """Build and publish the graph from the tables under ``storage``; returns the stats dict."""
+                    out: "Storage | None" = None, memory_budget: int | None = None) -> dict:
+    """Build and publish the graph from the tables under ``storage``; returns the stats dict.
+    ``memory_budget`` (bytes; default: the ``ppr_memory_budget_gb`` setting) decides ``cc_method="auto"``."""
     from pyspark.sql import functions as F
 
-    from g2i_core.graph.engine import connected_components
+    from g2i_core.graph.engine import cc_method_for, connected_components
 
     cfg = cfg.check()
     out = out or storage
@@ -200,8 +209,22 @@ def run_build_graph(spark: "SparkSession", storage: "Storage", cfg: BuildConfig,
     graph_edges.write.mode("errorifexists").parquet(edges_uri)
     graph_edges = spark.read.parquet(edges_uri)
     # 3. Node features: degree, component, image status, split.
+    cc_method = cfg.cc_method
+    if cc_method == "auto":  # from the ingest commit's row counts: no pass over the data to decide
+        if memory_budget is None:
+            from g2i_core.config import Settings
+            from g2i_core.ppr.api import memory_budget_bytes
+
+            memory_budget = memory_budget_bytes(Settings.load().ppr_memory_budget_gb)
+        rows = (commit["nodes"].get("rows"), commit["edges"].get("rows"))
+        cc_method = "graphx" if None in rows else cc_method_for(
+            rows[0], rows[1] * (2 if cfg.symmetrize else 1), spark_master=spark.sparkContext.master,
+            memory_budget=memory_budget)
+    started = time.monotonic()
     components = connected_components(spark, nodes.select(F.col("node_id").alias("id")), graph_edges,
-                                      max_iterations=cfg.cc_max_iterations)
+                                      max_iterations=cfg.cc_max_iterations, method=cc_method).persist()
+    components.count()  # computed once, here, so its time is its own; the writes below read it
+    cc_seconds = round(time.monotonic() - started, 3)
     graph_nodes = graph_nodes_frame(nodes, degrees(nodes, graph_edges), components,
                                     image_status(nodes, node_images), cfg)
     nodes_attempt = out.begin("graph_nodes", run_id)
@@ -209,7 +232,8 @@ def run_build_graph(spark: "SparkSession", storage: "Storage", cfg: BuildConfig,
     graph_nodes.write.mode("errorifexists").parquet(nodes_uri)
     # 4. Stats from what was written; edges and nodes are committed as one version (graph_nodes primary).
     stats = graph_stats(spark.read.parquet(nodes_uri), graph_edges, dropped)
-    stats.update(run_id=run_id, inputs=inputs, config=asdict(cfg))
+    stats.update(run_id=run_id, inputs=inputs, config=asdict(cfg), cc_method=cc_method, cc_seconds=cc_seconds)
+    components.unpersist()
     out.put_json(out.uri("graph_stats", f"{run_id}.json"), stats)
     extra = {"stats": stats, "config": asdict(cfg), "inputs": inputs}
     out.commit([edges_attempt, nodes_attempt], extra={"graph_edges": extra, "graph_nodes": extra},

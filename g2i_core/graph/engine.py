@@ -6,6 +6,10 @@ parallelPersonalizedPageRank wrap them), so callers get the same columns either 
 
 Vertex ids are strings here; GraphX needs longs, so ids are indexed once (``index_vertices``) and
 mapped back after the algorithm.
+
+Connected components also run on the driver (``method="local"``: the long edge list through Arrow, scipy's
+``connected_components``) when the graph fits the single-machine memory budget and the master is not a
+cluster: GraphX's iterations are most of build-graph's time on one machine (``cc_method_for``).
 """
 
 from __future__ import annotations
@@ -66,15 +70,65 @@ def _long_edges(edges: "DataFrame", index: "DataFrame") -> "DataFrame":
             .select(F.col("s").alias("src"), F.col("d").alias("dst")))
 
 
+CC_METHODS = ("auto", "graphx", "local")
+
+
+def local_cc_memory_bytes(num_nodes: int, num_edges: int) -> int:
+    """Peak driver memory of ``method="local"``: per edge the two longs in the JVM's Arrow batches, in
+    Python's Arrow and numpy copies and scipy's CSR (int32 indices + data), ~64 B; per node ~40 B."""
+    return 64 * num_edges + 40 * num_nodes
+
+
+def cc_method_for(num_nodes: int, num_edges: int, *, spark_master: str, memory_budget: int) -> str:
+    """``auto``: local when the master is not a cluster and the graph fits ``memory_budget`` bytes."""
+    from g2i_core.ppr.api import spark_master_is_cluster
+
+    if spark_master_is_cluster(spark_master) or local_cc_memory_bytes(num_nodes, num_edges) > memory_budget:
+        return "graphx"
+    return "local"
+
+
+def _local_components(spark: "SparkSession", index: "DataFrame", long_edges: "DataFrame") -> "DataFrame":
+    """(id long, component long) by scipy on the driver; the component is its smallest vid, as GraphX's."""
+    import numpy as np
+    import pandas as pd
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components as scipy_cc
+
+    arrow_key = "spark.sql.execution.arrow.pyspark.enabled"
+    previous = spark.conf.get(arrow_key, "false")
+    spark.conf.set(arrow_key, "true")  # columnar transfer both ways; row by row would dominate
+    try:
+        num_nodes = index.count()
+        frame = long_edges.toPandas()
+        src, dst = frame["src"].to_numpy(np.int64), frame["dst"].to_numpy(np.int64)
+        del frame
+        adjacency = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(num_nodes, num_nodes)).tocsr()
+        del src, dst
+        count, labels = scipy_cc(adjacency, directed=True, connection="weak")
+        del adjacency
+        smallest = np.full(count, num_nodes, np.int64)
+        np.minimum.at(smallest, labels, np.arange(num_nodes, dtype=np.int64))
+        components = pd.DataFrame({"id": np.arange(num_nodes, dtype=np.int64), "component": smallest[labels]})
+        return spark.createDataFrame(components, "id long, component long")
+    finally:
+        spark.conf.set(arrow_key, previous)
+
+
 def connected_components(spark: "SparkSession", vertices: "DataFrame", edges: "DataFrame",
-                         max_iterations: int = 50) -> "DataFrame":
+                         max_iterations: int = 50, method: str = "graphx") -> "DataFrame":
     """(id string, component string): every vertex with the smallest id of its weakly connected component.
 
-    ``vertices`` needs ``id``; ``edges`` needs ``src`` and ``dst`` (string ids)."""
+    ``vertices`` needs ``id``; ``edges`` needs ``src`` and ``dst`` (string ids). ``method`` is ``graphx``
+    (GraphFrames or the bridge, on the executors) or ``local`` (scipy on the driver; same answer)."""
     from pyspark.sql import functions as F
 
+    if method not in ("graphx", "local"):
+        raise ValueError(f"connected components method must be graphx or local, got {method!r}")
     index = index_vertices(vertices)
-    if backend(spark) == "graphframes":
+    if method == "local":
+        cc = _local_components(spark, index, _long_edges(edges, index))
+    elif backend(spark) == "graphframes":
         from graphframes import GraphFrame
 
         g = GraphFrame(index.select(F.col("vid").alias("id")), _long_edges(edges, index))

@@ -32,6 +32,7 @@ def test_build_graph_on_sample(spark, ingested):
         {"node_id": some[1], "image_key": None, "status": "not_found"},
         {"node_id": some[2], "image_key": None, "status": "too_many_pixels"}]), "imgs")
     stats = run_build_graph(spark, storage, BuildConfig())
+    assert stats["cc_method"] == "local"  # auto: a local master and a graph far inside the memory budget
 
     expected_edges = {r: n - truth["dangling_by_relation"].get(r, 0) for r, n in truth["edges_by_relation"].items()}
     assert stats["edges_by_relation"] == expected_edges
@@ -86,3 +87,36 @@ def test_vertex_index_is_dense_and_in_id_order_across_partitions(spark):
     got = sorted((r["id"], r["vid"]) for r in index_vertices(frame).collect())
     assert got == [(node_id, n) for n, node_id in enumerate(sorted(ids))]
     assert index_vertices(spark.createDataFrame([], "id string")).count() == 0
+
+
+def test_local_components_equal_graphx(spark, ingested):
+    """scipy on the driver and GraphX on the executors label every vertex alike (isolated ones included)."""
+    from g2i_core.graph.engine import connected_components
+
+    storage, _ = ingested
+    nodes = spark.read.parquet(*[storage.spark_uri(u) for u in storage.published_files("nodes")])
+    edges = spark.read.parquet(*[storage.spark_uri(u) for u in storage.published_files("edges")])
+    extra = spark.createDataFrame([("zz-isolated",), ("zz-pair-a",), ("zz-pair-b",)], "id string")
+    vertices = nodes.selectExpr("node_id AS id").unionByName(extra)
+    pair = spark.createDataFrame([("zz-pair-b", "zz-pair-a")], "src string, dst string")
+    edges = edges.select("src", "dst").join(nodes.selectExpr("node_id AS dst"), "dst").unionByName(pair)
+
+    by_method = {m: {r["id"]: r["component"] for r in connected_components(spark, vertices, edges,
+                                                                           method=m).collect()}
+                 for m in ("graphx", "local")}
+    assert by_method["local"] == by_method["graphx"]
+    assert len(by_method["local"]) == vertices.count()
+    assert by_method["local"]["zz-isolated"] == "zz-isolated"
+    assert by_method["local"]["zz-pair-b"] == by_method["local"]["zz-pair-a"] == "zz-pair-a"
+    assert len(set(by_method["local"].values())) > 1
+
+
+def test_cc_method_auto_rule():
+    from g2i_core.graph.engine import cc_method_for, local_cc_memory_bytes
+
+    need = local_cc_memory_bytes(1_000_000, 10_000_000)
+    assert cc_method_for(1_000_000, 10_000_000, spark_master="local[2]", memory_budget=need) == "local"
+    assert cc_method_for(1_000_000, 10_000_000, spark_master="local[2]", memory_budget=need - 1) == "graphx"
+    assert cc_method_for(1_000, 10_000, spark_master="spark://head:7077", memory_budget=need) == "graphx"
+    with pytest.raises(ValueError, match="cc_method"):
+        BuildConfig(cc_method="networkx").check()
