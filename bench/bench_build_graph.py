@@ -1,11 +1,13 @@
-"""build-graph's connected components: the vertex index built in the JVM vs the old Python-RDD index.
+"""build-graph's connected components: GraphX vs scipy on the driver, or the vertex index (JVM vs Python RDD).
 
-    .venv/bin/python bench/bench_build_graph.py [--nodes 200000] [--degree 10]
+    .venv/bin/python bench/bench_build_graph.py [--nodes 200000] [--degree 10]            # --compare cc
+    .venv/bin/python bench/bench_build_graph.py --compare index                           # the index
 
 One Spark session (local[2]), one synthetic power-law-ish graph with string ids, both contenders in the
 same run, interleaved over ``--rounds`` (best kept); each is timed on the full ``connected_components``
-call (index + GraphX CC + the joins back to string ids) and checked to give identical components.
-Writes bench/results/build_graph.{json,md}.
+call (index + CC + the joins back to string ids, collected) and checked to give identical components.
+``--compare cc``: ``method="graphx"`` vs ``method="local"`` (bench/results/build_graph_cc.{json,md});
+``--compare index``: the JVM vertex index vs the old Python-RDD one (bench/results/build_graph.{json,md}).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=200_000)
     ap.add_argument("--degree", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--compare", choices=("cc", "index"), default="cc")
     args = ap.parse_args()
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -63,13 +66,17 @@ def main() -> None:
     edges = spark.read.parquet(str(work / "edges.parquet"))
     nodes = spark.read.parquet(str(work / "nodes.parquet"))
     answers = {}
-    contenders = (("jvm_index", engine.index_vertices), ("python_rdd_index", python_rdd_index))
+    if args.compare == "cc":  # (name, index function, CC method): the first is the baseline
+        contenders = (("graphx", engine.index_vertices, "graphx"), ("local", engine.index_vertices, "local"))
+    else:
+        contenders = (("jvm_index", engine.index_vertices, "graphx"),
+                      ("python_rdd_index", python_rdd_index, "graphx"))
     best: dict[str, dict] = {}
-    for name, index_fn in contenders * args.rounds:  # interleaved; best of the rounds (warm-up and load drift)
+    for name, index_fn, method in contenders * args.rounds:  # interleaved; best of the rounds (warm-up, load drift)
         original, engine.index_vertices = engine.index_vertices, index_fn
         try:
             t0, c0 = time.perf_counter(), time.process_time()
-            comps = engine.connected_components(spark, nodes, edges)
+            comps = engine.connected_components(spark, nodes, edges, method=method)
             out = comps.toPandas()
             wall = time.perf_counter() - t0
         finally:
@@ -80,22 +87,26 @@ def main() -> None:
         print(row, flush=True)
         if name not in best or row["seconds"] < best[name]["seconds"]:
             best[name] = row
-    rows = [best[name] for name, _ in contenders]
-    same = answers["jvm_index"] == answers["python_rdd_index"]
-    ratio = rows[1]["seconds"] / rows[0]["seconds"]
+    rows = [best[name] for name, _, _ in contenders]
+    first, second = (name for name, _, _ in contenders)
+    same = answers[first] == answers[second]
+    ratio = rows[1]["seconds"] / rows[0]["seconds"] if args.compare == "index" else \
+        rows[0]["seconds"] / rows[1]["seconds"]
     result = {"nodes": args.nodes, "edges": int(len(src)), "rows": rows, "identical_components": same,
               "speedup": round(ratio, 2), "load_avg": [round(x, 2) for x in os.getloadavg()]}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "build_graph.json").write_text(json.dumps(result, indent=2) + "\n")
-    lines = ["# build-graph connected components: vertex index\n",
+    name = "build_graph" if args.compare == "index" else "build_graph_cc"
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    title = "vertex index" if args.compare == "index" else "GraphX vs scipy on the driver"
+    lines = [f"# build-graph connected components: {title}\n",
              f"{args.nodes:,} nodes, {len(src):,} edges, Spark local[2], 2 CPUs; 1-min load average at the end "
              f"{result['load_avg'][0]} (shared machine). Same components from both: {same}.\n",
              "| contender | seconds | components |", "|---|---:|---:|"]
     lines += [f"| {r['contender']} | {r['seconds']} | {r['components']:,} |" for r in rows]
-    lines += ["", f"Time of the Python-RDD index over the JVM index: {ratio:.2f} (above 1: the JVM one is faster).",
-              "",
-              f"Reproduce: `.venv/bin/python bench/bench_build_graph.py --nodes {args.nodes}`"]
-    (RESULTS / "build_graph.md").write_text("\n".join(lines) + "\n")
+    lines += ["", f"Time of the Python-RDD index over the JVM index: {ratio:.2f} (above 1: the JVM one is faster)."
+              if args.compare == "index" else f"Time of GraphX over local (scipy): {ratio:.2f}.", "",
+              f"Reproduce: `.venv/bin/python bench/bench_build_graph.py --nodes {args.nodes} --compare {args.compare}`"]
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
