@@ -270,12 +270,13 @@ def bench_spark_propagate(args) -> int:
             print(f"[{n}] {size['runs'][-1]}", flush=True)
             save()
 
-        with PeakRss() as m:
-            allc = propagate_candidates(graph, None, top_k=50, row_k=args.row_k, sweeps=args.sweeps,
-                                        refine_eps=args.refine_eps)
-        record("propagate", "one process, 2 numba threads", m.wall,
-               Candidates(sources, allc.neighbours[sources], allc.scores[sources]), {"peak_mib": round(m.mib, 1)})
-        del allc
+        if not args.no_propagate:
+            with PeakRss() as m:
+                allc = propagate_candidates(graph, None, top_k=50, row_k=args.row_k, sweeps=args.sweeps,
+                                            refine_eps=args.refine_eps)
+            record("propagate", "one process, 2 numba threads", m.wall,
+                   Candidates(sources, allc.neighbours[sources], allc.scores[sources]), {"peak_mib": round(m.mib, 1)})
+            del allc
         for master in args.masters:
             spark = get_spark(settings.replace(spark_master=master, spark_driver_memory="4g",
                                                spark_executor_memory=args.executor_memory), "g2i-bench-spp")
@@ -346,6 +347,8 @@ def main() -> int:
                    help="all nodes: propagate vs spark-propagate on each --masters entry (ppr_spark_propagate.md)")
     p.add_argument("--masters", default="local[2],local-cluster[1,1,3072],local-cluster[2,1,3072]",
                    help="--spark-propagate: Spark masters to run on, in order (';'-separated)")
+    p.add_argument("--no-propagate", action="store_true",
+                   help="--spark-propagate: skip the propagate baseline (e.g. an executor-scaling run)")
     p.add_argument("--blocks", type=int, default=0, help="spark-propagate: node blocks (0: default parallelism)")
     p.add_argument("--executor-memory", default="3g", help="spark-propagate on local-cluster: executor memory")
     p.add_argument("--route-counts", type=int, default=0, metavar="N",
