@@ -1,5 +1,6 @@
-"""Embed stage cost per text: MiniLM in torch (what `g2i embed` runs) vs ONNX Runtime fp32, titles vs the
-node text (title + description), in one process, interleaved rounds, CPU seconds of the process.
+"""Embed stage cost per text: MiniLM in torch fp32, torch with bf16 autocast (what `g2i embed` runs on a
+CPU with AMX/AVX512-BF16) and ONNX Runtime fp32, titles vs the node text (title + description), in one
+process, interleaved rounds, CPU seconds of the process.
 
     .venv/bin/python bench/bench_embed.py [--texts 512] [--threads 1] [--rounds 3]
 
@@ -91,14 +92,15 @@ def main() -> int:
     from g2i_core.embed import EmbedConfig, MiniLmText
 
     torch.set_num_threads(args.threads)
-    encoder = MiniLmText(EmbedConfig())
+    encoder = MiniLmText(EmbedConfig(precision="fp32"))
+    bf16 = MiniLmText(EmbedConfig(precision="bf16"))  # autocast; fast where the CPU has AMX/AVX512-BF16
     texts = {k: sorted(v, key=len) for k, v in _texts(args.texts).items()}  # sorted, as the embed stage does
     tokens = {k: float(np.mean([len(encoder.tokenizer(t, truncation=True, max_length=encoder.max_tokens)["input_ids"])
                                 for t in v])) for k, v in texts.items()}
     with tempfile.TemporaryDirectory() as tmp:
         long_texts = texts["title + description"]
         onnx = _onnx_encoder(encoder, Path(tmp), [long_texts[0], long_texts[-1], long_texts[len(long_texts) // 2]])
-        contenders = {"torch": encoder} | ({"onnxruntime fp32": onnx} if onnx else {})
+        contenders = {"torch": encoder, "torch bf16 autocast": bf16} | ({"onnxruntime fp32": onnx} if onnx else {})
         cpu = {(k, c): 0.0 for k in texts for c in contenders}
         vectors: dict = {}
         for _ in range(args.rounds):  # interleaved: load drift hits every contender alike

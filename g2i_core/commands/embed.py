@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--clip-path", default=None, help="local CLIP directory (default: settings.clip_vision_path)")
     p.add_argument("--batch-size", type=int, default=256, help="items per encoder call (default %(default)s)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="MiniLM matmul precision; auto: bf16 on CUDA or a CPU with AMX/AVX512-BF16, else fp32")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     storage = Storage.from_settings(settings, root=args.root).pinned(args.graph_run_id)
     config = EmbedConfig(text_encoder=args.text_encoder, image_encoder=args.image_encoder,
                          clip_path=args.clip_path or settings.clip_vision_path, batch_size=args.batch_size,
-                         device=args.device)
+                         device=args.device, precision=args.precision)
     manifest = embed_nodes(storage, config, args.run_id or settings.run_id or "manual")
     print(f"embeddings: {manifest['rows']} rows ({manifest['extra']['stats']}) under {storage.root}")
     return 0

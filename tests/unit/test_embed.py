@@ -77,3 +77,34 @@ def test_a_run_with_everything_cached_never_builds_the_model(file_storage, monke
     monkeypatch.setattr(embed, "MiniLmText", refuse)
     m = embed_nodes(file_storage, EmbedConfig(image_encoder="none"), "e2")
     assert m["extra"]["stats"]["text"] == {"nodes": 2, "encoded": 0, "cached": 2}
+
+
+def test_auto_precision_uses_bf16_only_where_the_hardware_runs_it_natively():
+    from g2i_core.embed import resolve_precision
+
+    amx = "flags : fpu sse avx2 avx512f amx_bf16 amx_tile"
+    plain = "flags : fpu sse avx2 fma"
+    assert resolve_precision("auto", "cpu", amx) == "bf16"
+    assert resolve_precision("auto", "cpu", "flags : avx512_bf16") == "bf16"
+    assert resolve_precision("auto", "cpu", plain) == "fp32"  # emulated bf16 would be slower
+    assert resolve_precision("auto", "cuda:0", plain) == "bf16"
+    assert resolve_precision("fp32", "cpu", amx) == "fp32"
+    assert resolve_precision("bf16", "cpu", plain) == "bf16"
+    with np.testing.assert_raises(ValueError):
+        EmbedConfig(precision="int8").check()
+
+
+def test_bf16_minilm_vectors_stay_faithful_to_fp32():
+    """The real MiniLM: bf16 autocast changes each vector by less than 1e-3 in cosine, and the nearest
+    neighbours among the titles do not move."""
+    texts = [f"the {w} of the {v} {n}" for n, (w, v) in enumerate(
+        [("garden", "night"), ("river", "kings"), ("ghost", "harbour"), ("secret", "stars"), ("last", "orchard"),
+         ("silent", "winter"), ("lost", "library"), ("iron", "crown"), ("glass", "city"), ("red", "tide")] * 4)]
+    fp32 = embed.MiniLmText(EmbedConfig(precision="fp32"))(texts)
+    bf16 = embed.MiniLmText(EmbedConfig(precision="bf16"))(texts)
+    assert fp32.dtype == bf16.dtype == np.float32 and fp32.shape == bf16.shape == (40, 384)
+    assert not np.array_equal(fp32, bf16)  # bf16 really ran
+    cosine = (fp32 * bf16).sum(1)
+    assert cosine.min() > 0.999, cosine.min()
+    nearest = lambda v: np.argsort(-(v @ v.T) + 2 * np.eye(len(v)), axis=1)[:, :3]  # noqa: E731
+    assert (nearest(fp32) == nearest(bf16)).mean() > 0.95
