@@ -33,14 +33,31 @@ log = logging.getLogger(__name__)
 
 
 def changed_nodes(old: CsrGraph, new: CsrGraph) -> list[str]:
-    """Ids whose out-edges (targets or transition probabilities) differ, plus added and removed ids."""
-    def out_edges(g: CsrGraph) -> dict[str, set[tuple[str, float]]]:
-        rows = (slice(g.indptr[u], g.indptr[u + 1]) for u in range(g.num_nodes))
-        return {g.ids[u]: {(g.ids[v], round(float(w), 12)) for v, w in zip(g.indices[r], g.probs[r], strict=False)}
-                for u, r in enumerate(rows)}
+    """Ids whose out-edges (targets or transition probabilities) differ, plus added and removed ids.
 
-    a, b = out_edges(old), out_edges(new)
-    return sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+    Vectorised over edges (a Python set per node costs minutes and ~10 GB at 2.4M nodes): both graphs'
+    edges become (source, target) int64 keys in one shared id space, and a node changed when one of its
+    keys is in only one graph or its probability differs (rounded to 12 digits)."""
+    ids = np.union1d(old.ids, new.ids)
+    keys, probs = [], []
+    for g in (old, new):
+        at = np.searchsorted(ids, g.ids).astype(np.int64)  # graph index -> shared index
+        src = np.repeat(at, np.diff(g.indptr))
+        keys.append(src * len(ids) + at[g.indices])
+        probs.append(np.round(g.probs, 12))
+    order = [np.argsort(k, kind="stable") for k in keys]
+    ko, kn = keys[0][order[0]], keys[1][order[1]]
+    po, pn = probs[0][order[0]], probs[1][order[1]]
+    _, io, jn = np.intersect1d(ko, kn, assume_unique=True, return_indices=True)
+    only_old = np.ones(len(ko), bool)
+    only_old[io] = False
+    only_new = np.ones(len(kn), bool)
+    only_new[jn] = False
+    moved = ko[io][po[io] != pn[jn]]
+    changed_keys = np.concatenate([ko[only_old], kn[only_new], moved])
+    changed = set((changed_keys // len(ids)).tolist())
+    changed |= set(np.flatnonzero(~np.isin(ids, old.ids) | ~np.isin(ids, new.ids)).tolist())  # added, removed
+    return sorted(ids[i] for i in changed)
 
 
 def reverse_push_mass(graph: CsrGraph, targets: np.ndarray, alpha: float, r_max: float) -> np.ndarray:
@@ -111,14 +128,19 @@ def incremental_candidates(old: CsrGraph, new: CsrGraph, previous: "pa.Table", c
 
 
 def _renumber(table: "pa.Table") -> "pa.Table":
+    """Ranks 1..n within each node, for a table sorted by (node_id, rank); vectorised over rows."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
-    ids = table.column("node_id").to_pylist()
-    ranks, last, r = [], None, 0
-    for nid in ids:
-        r = r + 1 if nid == last else 1
-        ranks.append(r)
-        last = nid
+    n = table.num_rows
+    if n == 0:
+        return table
+    ids = table.column("node_id").combine_chunks()
+    starts = np.ones(n, bool)
+    if n > 1:
+        starts[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
+    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # row where each node's run begins
+    ranks = (np.arange(n) - first + 1).astype(np.int32)
     return table.set_column(table.column_names.index("rank"), "rank", pa.array(ranks, pa.int32()))
 
 

@@ -111,3 +111,43 @@ def test_cli_incremental_refresh(file_storage, tmp_path):
     new = build_graph(src + ["c09n01"], dst + ["c09n08"])
     day2 = file_storage.read_table("ppr_candidates")
     assert day2.num_rows == exact_candidates(new, top_k=5).to_arrow(new).num_rows
+
+
+def _changed_by_sets(old, new) -> list[str]:
+    """The definition, one Python set of (target, probability) per node: the oracle for the vectorised one."""
+    def out_edges(g):
+        rows = (slice(g.indptr[u], g.indptr[u + 1]) for u in range(g.num_nodes))
+        return {g.ids[u]: {(g.ids[v], round(float(w), 12)) for v, w in zip(g.indices[r], g.probs[r], strict=True)}
+                for u, r in enumerate(rows)}
+
+    a, b = out_edges(old), out_edges(new)
+    return sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+
+
+def test_changed_nodes_matches_the_per_node_definition_on_random_edits():
+    rng = np.random.default_rng(1)
+    seen_changes = 0
+    for _ in range(150):
+        n, m = int(rng.integers(1, 30)), int(rng.integers(0, 90))
+        src, dst = [f"n{x}" for x in rng.integers(0, n, m)], [f"n{x}" for x in rng.integers(0, n, m)]
+        weight = rng.integers(1, 3, m).astype(float)
+        old = build_graph(src, dst, weight, extra_nodes=[f"iso{x}" for x in range(int(rng.integers(0, 3)))])
+        k = int(rng.integers(0, 5))  # replace the last k edges, sometimes with new nodes; reweight one
+        new_weight = list(weight[:m - k]) + [1.0] * k
+        if m and rng.random() < 0.3:
+            new_weight[0] += 1
+        new = build_graph(src[:m - k] + [f"n{x}" for x in rng.integers(0, n + 3, k)],
+                          dst[:m - k] + [f"n{x}" for x in rng.integers(0, n + 3, k)], new_weight,
+                          extra_nodes=[f"iso{x}" for x in range(int(rng.integers(0, 3)))])
+        expected = _changed_by_sets(old, new)
+        assert changed_nodes(old, new) == expected
+        seen_changes += bool(expected)
+    assert seen_changes > 50  # the edits really changed something in most trials
+
+
+def test_renumber_restarts_ranks_at_one_for_every_node():
+    from g2i_core.ppr.incremental import _renumber
+
+    table = pa.table({"node_id": ["a", "a", "a", "b", "c", "c"], "rank": pa.array([1, 3, 7, 2, 5, 9], pa.int32())})
+    assert _renumber(table)["rank"].to_pylist() == [1, 2, 3, 1, 1, 2]
+    assert _renumber(table.slice(0, 0)).num_rows == 0
