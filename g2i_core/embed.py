@@ -11,8 +11,8 @@ Encoders (the name is stored in every row's ``encoder`` column):
 
 Precision: MiniLM runs its matmuls in bfloat16 (``torch.autocast``) when the hardware has native bf16
 (a CUDA device, or a CPU with AMX/AVX512-BF16), else in fp32; ``precision`` forces either. On this
-project's 2-core AMX machine bf16 is 2.6x faster per title at min cosine 0.99996 to fp32
-(bench/bench_embed.py), so cached fp32 and fresh bf16 vectors mix safely and the cache key leaves it out.
+project's 2-core AMX machine bf16 takes 0.36x fp32's CPU time per title at min cosine 0.99997 to fp32
+(bench/results/embed.md), so cached fp32 and fresh bf16 vectors mix safely and the cache key leaves it out.
 
 Cache: a row is keyed by (kind, encoder, content_hash) where content_hash = sha256 of the encoder name
 and the text, or of the encoder name and the image's bytes hash. A rerun reuses every row of the

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from g2i_core import embed
 from g2i_core.embed import EmbedConfig, embed_nodes, load_vectors
@@ -90,7 +91,7 @@ def test_auto_precision_uses_bf16_only_where_the_hardware_runs_it_natively():
     assert resolve_precision("auto", "cuda:0", plain) == "bf16"
     assert resolve_precision("fp32", "cpu", amx) == "fp32"
     assert resolve_precision("bf16", "cpu", plain) == "bf16"
-    with np.testing.assert_raises(ValueError):
+    with pytest.raises(ValueError, match="precision"):
         EmbedConfig(precision="int8").check()
 
 
