@@ -252,15 +252,17 @@ def run_stage(stage: str, values: dict, settings, env: dict, log_path: Path, sto
 
 
 # ---- image fetch on a slice ----------------------------------------------------------------------
-def measure_fetch(n_slice: int, settings, env: dict, log_path: Path, latency_ms: float) -> dict:
-    """fetch-images of ``n_slice`` nodes from the loopback sample server (``latency_ms`` per request)."""
+def measure_fetch(n_slice: int, settings, env: dict, log_path: Path, latency_ms: float,
+                  processes: int = 0) -> dict:
+    """fetch-images of ``n_slice`` nodes from the loopback sample server (``latency_ms`` per request) into a
+    fresh prefix (no dedupe hits); ``processes`` as ``--processes`` (0: the default, auto)."""
     import pyarrow as pa
 
     from g2i_core.sample.server import ImageServer
     from g2i_core.sample.styles import encode_png
     from g2i_core.storage import Storage
 
-    root = settings.storage_root.rstrip("/") + "/fetch-slice"
+    root = settings.storage_root.rstrip("/") + f"/fetch-slice-p{processes}"
     storage = Storage.from_settings(settings, root=root)
     with tempfile.TemporaryDirectory(prefix="g2i-scale-img-") as tmp:
         img_dir = Path(tmp) / "images" / "goodreads"
@@ -281,11 +283,13 @@ def measure_fetch(n_slice: int, settings, env: dict, log_path: Path, latency_ms:
             # the slice is one host, and the default politeness limit (20 requests/s per host) would be all it
             # measured: off here, as in bench/bench_fetch.py; a real dump spreads over its CDN's hosts
             result = run_stage("fetch-images", values, settings, fenv, log_path, storage,
-                               extra_args=("--per-host-rate", "0"))
+                               extra_args=("--per-host-rate", "0", "--processes", str(processes)))
+            result["processes_used"] = storage.manifest("node_images", "fetch-slice")["extra"]["report"]["processes"]
     result["nodes"] = n_slice
     result["latency_ms"] = latency_ms
     result["fetches_per_s"] = round(n_slice / result["wall_s"], 1) if result["wall_s"] else None
     result["per_host_rate"] = 0
+    result["processes"] = processes
     return result
 
 
@@ -301,12 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="dump generator processes")
     parser.add_argument("--fetch-nodes", type=int, default=50_000, help="image-fetch slice (0: skip)")
     parser.add_argument("--fetch-latency-ms", type=float, default=20.0)
+    parser.add_argument("--fetch-only", metavar="PROCESSES", default=None,
+                        help="only the image-fetch slice, once per comma-separated --processes value in one run "
+                             "(e.g. 1,0: one process vs the default); writes scale_fetch.{md,json}")
     parser.add_argument("--work-dir", default=None, help="local folder for the dump (default: a temp dir)")
     parser.add_argument("--skip-delta", action="store_true")
     parser.add_argument("--out", default=None, help="results name (default scale[_<n>k])")
     args = parser.parse_args(argv)
 
-    name = args.out or f"scale{_label(args.nodes)}"
+    name = args.out or ("scale_fetch" if args.fetch_only else f"scale{_label(args.nodes)}")
     bucket_root = os.environ.get("G2I_STORAGE_ROOT", "s3://g2i").rstrip("/")
     storage_root = f"{bucket_root}/bench-scale/n{args.nodes}-{int(time.time())}"
     env = dict(os.environ, G2I_STORAGE_ROOT=storage_root, PYSPARK_PYTHON=str(ROOT / ".venv" / "bin" / "python"),
@@ -337,6 +344,19 @@ def main(argv: list[str] | None = None) -> int:
         report["load_avg_end"] = [round(x, 2) for x in os.getloadavg()]
         (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2))
         (RESULTS / f"{name}.md").write_text(render_md(report))
+
+    if args.fetch_only:
+        report["command"] = (f".venv/bin/python bench/bench_scale.py --fetch-only {args.fetch_only} "
+                             f"--fetch-nodes {args.fetch_nodes}")
+        report["fetch_runs"] = []
+        for processes in (int(p) for p in args.fetch_only.split(",")):
+            report["fetch_runs"].append(measure_fetch(args.fetch_nodes, settings, env, log_path,
+                                                      args.fetch_latency_ms, processes))
+            save()
+        report["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        save()
+        print(f"[scale] wrote {RESULTS / (name + '.md')}")
+        return 0 if all(r["rc"] == 0 for r in report["fetch_runs"]) else 1
 
     with tempfile.TemporaryDirectory(prefix="g2i-scale-", dir=args.work_dir) as tmp:
         # 1. the dump, uploaded under raw/
@@ -395,7 +415,29 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(r["rc"] == 0 for r in report["full"] + report["delta"]) else 1
 
 
+def render_fetch_md(report: dict) -> str:
+    runs = report["fetch_runs"]
+    base = runs[0]["fetches_per_s"] if runs and runs[0]["rc"] == 0 else None
+    lines = ["# Image fetch at scale: one slice, several process counts", "",
+             f"`{report['command']}` ({report['cpus']} CPUs; started {report['started']}; load average at the end "
+             f"{report.get('load_avg_end')}). Each row is `g2i fetch-images` (the command line mmag_refresh runs) of "
+             "the same number of distinct 48x48 PNGs from the loopback image server, with its latency per "
+             "request, into a fresh prefix of the local S3 server (no dedupe hits), per-host rate limit off "
+             "(one host). Wall includes the process start, reading nodes and publishing node_images. CPU = "
+             "user+sys of the stage's process tree (the image server and the S3 server are not in it).", "",
+             "| --processes | used | nodes | latency ms | rc | wall s | fetches/s | vs first row | CPU s "
+             "| CPU ms/fetch | peak RSS MiB |", "|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in runs:
+        ratio = f"{r['fetches_per_s'] / base:.2f}×" if base and r["fetches_per_s"] else ""
+        lines.append(f"| {r['processes'] or 'auto'} | {r.get('processes_used')} | {r['nodes']:,} | {r['latency_ms']} "
+                     f"| {r['rc']} | {r['wall_s']} | {r['fetches_per_s']} | {ratio} | {r['cpu_s']} "
+                     f"| {1000 * r['cpu_s'] / r['nodes']:.2f} | {r['peak_rss_mb']} |")
+    return "\n".join(lines) + "\n"
+
+
 def render_md(report: dict) -> str:
+    if "fetch_runs" in report:
+        return render_fetch_md(report)
     n = report["nodes"]
     lines = [f"# Scale: {n:,} Goodreads-format books, end to end", "",
              f"`{report['command']}` ({report['cpus']} CPUs; started {report['started']}; load average at the end "

@@ -33,13 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import io
 import logging
+import math
 import os
+import pickle
+import queue
 import random
 import threading
 import time
+import traceback
+import zlib
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterable
@@ -62,6 +68,9 @@ FORMATS = tuple(EXTENSIONS)  # the only Pillow plugins that ever parse fetched b
 COLUMNS = ("node_id", "image_url", "image_key", "sha256", "width", "height", "status", "error")
 CLIENTS = ("async", "threads")
 WORK_THREADS = 32  # async client: threads for validation and storage writes
+DECODE_SLOTS = min(4, os.cpu_count() or 1)  # Pillow decodes at once per job (shared out among its processes)
+MAX_AUTO_PROCESSES = 4
+AUTO_PROCESSES_MIN_URLS = 2000  # fewer URLs than this: one process (starting another costs a second or two)
 
 
 @dataclass(frozen=True)
@@ -79,6 +88,11 @@ class FetchConfig:
     allow_hosts: tuple[str, ...] = ()  # `host` / `host:port` reachable even on loopback/private addresses
     max_failure_fraction: float = 0.2  # more non-ok rows among real URLs than this: fail, publish nothing
     client: str = "async"  # "async" (aiohttp, connections reused) or "threads" (the earlier client)
+    # fetch processes, each with a hash share of the nodes, of `concurrency` and of `per_host_rate` (so the
+    # per-host limit holds in sum); 0 = auto: one per CPU (at most 4) once there are 2,000 URLs to fetch.
+    # More than one because the client's CPU work (HTTP, Pillow, the S3 client) holds the GIL: one process
+    # tops out near one core.
+    processes: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "allow_hosts", parse_allow_hosts(self.allow_hosts))
@@ -94,7 +108,17 @@ class FetchConfig:
             raise ValueError(f"max_failure_fraction must be in [0, 1], got {self.max_failure_fraction}")
         if self.client not in CLIENTS:
             raise ValueError(f"client must be one of {CLIENTS}, got {self.client!r}")
+        if self.processes < 0:
+            raise ValueError(f"processes must be >= 0 (0 = auto), got {self.processes}")
         return self
+
+    def processes_for(self, urls: int) -> int:
+        """Fetch processes for ``urls`` URLs to fetch (``processes``, or the auto rule for 0)."""
+        if self.processes:
+            return max(1, min(self.processes, urls))
+        if urls < AUTO_PROCESSES_MIN_URLS:
+            return 1
+        return max(1, min(os.cpu_count() or 1, MAX_AUTO_PROCESSES))
 
     @property
     def policy(self) -> EgressPolicy:
@@ -110,10 +134,15 @@ class FetchReport:
     by_status: dict[str, int] = field(default_factory=dict)
     stored_new: int = 0  # objects written (others were sha256 dedupe hits)
     seconds: float = 0.0
+    processes: int = 1  # fetch processes used
 
 
 class FetchFailedError(RuntimeError):
     """Too many nodes with a real URL failed to fetch: the job fails and publishes nothing."""
+
+
+class FetchProcessError(RuntimeError):
+    """A fetch process died without a result, or raised an error that could not be sent back as it was."""
 
 
 class HostRateLimiter:
@@ -388,10 +417,14 @@ def fetch_images(nodes_storage: "Storage", storage: "Storage", cfg: FetchConfig)
     log.info("fetch-images run=%s: %d nodes, %d to fetch, %d already fetched, %d without a real image",
              run_id, len(nodes), len(todo), reused, len(rows) - reused)
     # 2. Download with bounded concurrency, checkpointing as rows finish (a storage error ends the job here).
+    processes = cfg.processes_for(len(todo))
     with pillow_pixel_limit(cfg.max_pixels):
-        fetched, stored_new, checkpointed = _fetch_all(todo, storage, cfg, staging)
+        if processes > 1:
+            fetched, stored_new, checkpointed = _fetch_all_processes(todo, storage, cfg, staging, processes)
+        else:
+            fetched, stored_new, checkpointed = _fetch_all(todo, storage, cfg, staging)
     rows.extend(fetched)
-    report = FetchReport(run_id, len(nodes), len(todo), reused, stored_new=stored_new)
+    report = FetchReport(run_id, len(nodes), len(todo), reused, stored_new=stored_new, processes=processes)
     for r in rows:
         report.by_status[r["status"]] = report.by_status.get(r["status"], 0) + 1
     report.by_status = dict(sorted(report.by_status.items()))
@@ -435,13 +468,14 @@ class _Progress:
             self.last_log = time.monotonic()
 
 
-def _fetch_all(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig,
-               staging: str) -> tuple[list[dict], int, int]:
-    """(rows, objects newly stored, rows already checkpointed); any storage error propagates at once."""
+def _fetch_all(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig, staging: str,
+               decode_slots: int = DECODE_SLOTS) -> tuple[list[dict], int, int]:
+    """(rows, objects newly stored, rows already checkpointed) in this process; any storage error
+    propagates at once."""
     if storage.scheme == "s3":
         _ = storage.s3  # create the (thread-safe) client once, before the threads race to do it
     if cfg.client == "async":
-        return _run_async(functools.partial(_fetch_all_async, todo, storage, cfg, staging))
+        return _run_async(functools.partial(_fetch_all_async, todo, storage, cfg, staging, decode_slots))
     limiter = HostRateLimiter(cfg.per_host_rate)
     progress = _Progress(len(todo))
     pending: set[Future] = set()
@@ -469,7 +503,7 @@ def _fetch_all(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig
 
 
 async def _fetch_all_async(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig,
-                           staging: str) -> tuple[list[dict], int, int]:
+                           staging: str, decode_slots: int) -> tuple[list[dict], int, int]:
     """:func:`_fetch_all` on one event loop: ``cfg.concurrency`` workers, each taking the next URL when its
     last one is done, share one session (connections reused per host)."""
     loop = asyncio.get_running_loop()
@@ -490,7 +524,7 @@ async def _fetch_all_async(todo: list[tuple[str, str]], storage: "Storage", cfg:
     try:
         async with _session(cfg) as session:
             work = _AsyncWork(session, storage, cfg, HostRateLimiter(cfg.per_host_rate), pool,
-                              threading.BoundedSemaphore(min(4, os.cpu_count() or 1)))
+                              threading.BoundedSemaphore(decode_slots))
             workers = [asyncio.create_task(worker(work)) for _ in range(min(cfg.concurrency, len(todo)))]
             await asyncio.gather(*workers)
     except BaseException:  # a storage error (or a kill): drop the work in flight instead of finishing it
@@ -512,3 +546,87 @@ def _checkpoint(storage: "Storage", staging: str, results: list[dict], checkpoin
     if len(results) > checkpointed:
         _write_checkpoint(storage, staging, results[checkpointed:], len(results))
     return len(results)
+
+
+# ---- several processes ------------------------------------------------------------------------------
+def share_of(node_id: str, shares: int) -> int:
+    """The fetch process (0..shares-1) that fetches ``node_id``: a stable hash, the same in every process."""
+    return zlib.crc32(node_id.encode("utf-8", "surrogatepass")) % shares
+
+
+def _fetch_all_processes(todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig, staging: str,
+                         processes: int) -> tuple[list[dict], int, int]:
+    """:func:`_fetch_all` over ``processes`` spawned processes. Each takes the nodes whose id hashes to its
+    share, 1/processes of ``concurrency``, of ``per_host_rate`` and of the decode slots, and checkpoints
+    under ``<staging>/share-<i>/`` (a rerun reads every share's checkpoints, whatever its process count).
+    The first error in any process terminates the others and is raised here, as in one process."""
+    import multiprocessing
+
+    shares: list[list[tuple[str, str]]] = [[] for _ in range(processes)]
+    for node_id, url in todo:
+        shares[share_of(node_id, processes)].append((node_id, url))
+    share_cfg = dataclasses.replace(cfg, concurrency=max(1, math.ceil(cfg.concurrency / processes)),
+                                    per_host_rate=cfg.per_host_rate / processes)
+    decode_slots = max(1, DECODE_SLOTS // processes)
+    log.info("fetching %d URLs in %d processes (%s per process: concurrency %d, per-host rate %g/s)", len(todo),
+             processes, "/".join(str(len(s)) for s in shares), share_cfg.concurrency, share_cfg.per_host_rate)
+    # spawn, not fork: the parent holds threads (S3 client pools) that a forked child would inherit mid-call
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    level = logging.getLogger().getEffectiveLevel()
+    procs = [ctx.Process(target=_fetch_share, name=f"fetch-share-{i}", daemon=True,
+                         args=(i, share, storage, share_cfg, f"{staging}/share-{i}", decode_slots, results, level))
+             for i, share in enumerate(shares)]
+    rows: list[dict] = []
+    stored_new = 0
+    pending = set(range(processes))
+    exited_at: dict[int, float] = {}
+    try:
+        for proc in procs:
+            proc.start()
+        while pending:
+            try:
+                index, outcome, *payload = results.get(timeout=1.0)
+            except queue.Empty:
+                now = time.monotonic()
+                for i in pending:
+                    if procs[i].exitcode is not None:
+                        exited_at.setdefault(i, now)
+                        if now - exited_at[i] > 5:  # its result, had it sent one, would be here by now
+                            raise FetchProcessError(f"fetch process {i} exited with code {procs[i].exitcode} "
+                                                    f"and sent no result (killed? out of memory?)") from None
+                continue
+            if outcome == "error":
+                raise payload[0]
+            share_rows, share_new = payload
+            rows.extend(share_rows)
+            stored_new += share_new
+            pending.discard(index)
+    finally:  # an error (or a kill of this process): the other processes stop too
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        for proc in procs:
+            if proc.pid is not None:
+                proc.join(timeout=30)
+        results.close()
+    return rows, stored_new, len(rows)  # every share checkpointed its rows before sending them
+
+
+def _fetch_share(index: int, todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig, staging: str,
+                 decode_slots: int, results, log_level: int) -> None:
+    """One fetch process: its share fetched and checkpointed to the last row, then the rows sent back."""
+    logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s fetch-share-{index}: %(message)s")
+    try:
+        with pillow_pixel_limit(cfg.max_pixels):
+            rows, stored_new, checkpointed = _fetch_all(todo, storage, cfg, staging, decode_slots)
+        _checkpoint(storage, staging, rows, checkpointed)  # the parent never needs to write this share's rows
+        results.put((index, "ok", rows, stored_new))
+    except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+        log.error("fetch process %d failed: %s", index, "".join(traceback.format_exception(exc)).rstrip())
+        try:
+            pickle.dumps(exc)
+            sent = exc
+        except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as its text
+            sent = FetchProcessError(f"fetch process {index}: {type(exc).__name__}: {exc}")
+        results.put((index, "error", sent))

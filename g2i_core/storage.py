@@ -58,7 +58,9 @@ DEFAULT_LEASE_SECONDS = 600.0  # a killed publisher's lease expires after this
 ATTEMPT_GRACE_SECONDS = 24 * 3600.0
 
 
-_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500", "Throttling"}
+# ConditionalRequestConflict (409): a conditional PUT raced another write of the same key; a retry settles it
+_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500", "Throttling",
+                    "ConditionalRequestConflict"}
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -109,6 +111,11 @@ class Storage:
         self._client = s3_client
         self._attempts = settings.s3_max_attempts if settings else 6
         self.attempt_grace_s = ATTEMPT_GRACE_SECONDS
+
+    def __getstate__(self) -> dict:
+        # pickled for another process (fetch-images' workers): boto3 clients do not pickle, and each
+        # process makes its own on first use
+        return {**self.__dict__, "_client": None}
 
     @classmethod
     def from_settings(cls, settings: "Settings", root: str | None = None) -> "Storage":
@@ -256,11 +263,46 @@ class Storage:
         """Store bytes at ``<prefix>/<sha[:2]>/<sha>.<ext>``; identical bytes are stored once."""
         sha = hashlib.sha256(data).hexdigest()
         key = f"{prefix.strip('/')}/{sha[:2]}/{sha}.{ext.lstrip('.')}"
-        uri = self.uri(key)
-        if self.exists(uri):
-            return ContentRef(key, sha, len(data), created=False)
-        self.put_bytes(uri, data, content_type)
-        return ContentRef(key, sha, len(data), created=True)
+        return ContentRef(key, sha, len(data), created=self.put_if_absent(self.uri(key), data, content_type))
+
+    _conditional_put = True  # False once the S3 server has answered that it does not implement If-None-Match
+
+    def put_if_absent(self, uri: str, data: bytes, content_type: str | None = None) -> bool:
+        """Write ``uri`` unless an object is already there; whether this call wrote it.
+
+        For keys whose content is fixed by the key (content-addressed objects): on S3 it is one conditional
+        PUT (``If-None-Match: *``, answered 412 when the key exists) instead of a HEAD and a PUT, which halves
+        the requests of an image fetch. A server that does not implement it (501) gets a HEAD and a PUT
+        from then on; one that ignores the header overwrites the object with the same bytes, which
+        readers cannot tell apart."""
+        if not self._is_s3(uri):
+            if self._local(uri).exists():
+                return False
+            self.put_bytes(uri, data, content_type)
+            return True
+        if not self._conditional_put:
+            if self.exists(uri):
+                return False
+            self.put_bytes(uri, data, content_type)
+            return True
+        from botocore.exceptions import ClientError
+
+        bucket, key = self._split_s3(uri)
+        extra = {"ContentType": content_type} if content_type else {}
+        try:
+            with_retries(lambda: self.s3.put_object(Bucket=bucket, Key=key, Body=data, IfNoneMatch="*", **extra),
+                         attempts=self._attempts, what=f"PUT {uri} (if absent)")
+            return True
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if code == "PreconditionFailed" or status == 412:
+                return False
+            if code == "NotImplemented" or status == 501:
+                log.warning("S3 server does not implement conditional PUT (If-None-Match); using HEAD + PUT")
+                self._conditional_put = False
+                return self.put_if_absent(uri, data, content_type)
+            raise
 
     # ---- parquet ---------------------------------------------------------------------------
     def write_parquet(self, uri: str, table: "pa.Table") -> None:
@@ -714,6 +756,9 @@ def make_s3_client(settings: "Settings | None"):
         s3={"addressing_style": "path" if settings.s3_path_style else "auto"},
         connect_timeout=5,
         read_timeout=60,
+        # connections kept per client: fetch-images writes from 32 threads, and the default (10) makes it
+        # open and discard a connection for most writes
+        max_pool_connections=32,
         signature_version="s3v4",
     )
     return boto3.client(

@@ -3,6 +3,7 @@
 Examples:
   g2i fetch-images --in s3://g2i/goodreads
   g2i fetch-images --in s3://g2i/goodreads --concurrency 128 --per-host-rate 50 --timeout 5
+  g2i fetch-images --in s3://g2i/goodreads --processes 1   # one process (the default uses one per CPU)
 
   G2I_FETCH_ALLOW_HOSTS=127.0.0.1:8765 g2i fetch-images --in s3://g2i/goodreads   # a loopback test server
 
@@ -15,6 +16,7 @@ Egress policy (g2i_core/egress.py): only http/https to globally routable address
 re-checked (at most 3), one deadline (--timeout) per request; a refused URL gets status blocked.
 --client async (default) keeps --concurrency downloads in flight on one event loop and reuses connections
 per host (g2i_core/egress_async.py); --client threads is the earlier one-connection-per-request client.
+--processes splits the nodes by a hash of their id over several such clients (the GIL caps one near a core).
 --allow-hosts (default: the fetch_allow_hosts setting, G2I_FETCH_ALLOW_HOSTS) opens named hosts.
 The job fails and publishes nothing on a storage error, or when more than --max-failure-fraction of the
 nodes with an image URL are not ok.
@@ -39,6 +41,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run-id", default="", type=optional_run_id_arg,
                    help="default: the nodes run id (a rerun replaces it)")
     p.add_argument("--concurrency", type=int, default=64, help="downloads in flight")
+    p.add_argument("--processes", type=int, default=0,
+                   help="fetch processes, each with a hash share of the nodes, of --concurrency and of "
+                        "--per-host-rate; 0 = one per CPU (at most 4) once there are 2,000 URLs to fetch")
     p.add_argument("--client", choices=("async", "threads"), default="async",
                    help="async: one event loop, connections reused per host; threads: the earlier client")
     p.add_argument("--per-host-rate", type=float, default=20.0, help="requests/s per host; 0 = unlimited")
@@ -63,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     settings = Settings.load()
     nodes_storage = Storage.from_settings(settings, root=args.inp).pinned(args.graph_run_id)
     out = Storage.from_settings(settings, root=args.out or nodes_storage.root)
-    cfg = FetchConfig(run_id=args.run_id, concurrency=args.concurrency, client=args.client,
+    cfg = FetchConfig(run_id=args.run_id, concurrency=args.concurrency, client=args.client, processes=args.processes,
                       per_host_rate=args.per_host_rate,
                       timeout_s=args.timeout, retries=args.retries, max_bytes=args.max_bytes,
                       max_pixels=args.max_pixels, max_failure_fraction=args.max_failure_fraction,

@@ -5,6 +5,8 @@
   The job must fail at the first storage error, and no ``node_images`` run may appear.
 - A mostly failed fetch (most URLs answer 404) must fail the job too, above ``max_failure_fraction`` of
   the nodes with a real URL (nodes without an image do not count).
+- With several fetch processes, the same outage inside one of them fails the whole job; and a fetch
+  process killed outright (the OOM killer's way) fails the job instead of leaving it waiting forever.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from __future__ import annotations
 import dataclasses
 import io
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from PIL import Image
 
-from g2i_core.images import FetchConfig, FetchFailedError, fetch_images
+from g2i_core.images import FetchConfig, FetchFailedError, FetchProcessError, fetch_images
 
 pytestmark = pytest.mark.s3
 
@@ -30,7 +33,8 @@ def _png(seed: int) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     """``/img/<i>`` a PNG; ``/outage/<i>`` stops the S3 server before answering (the first time only);
-    ``/recover/<i>`` starts it again first. Anything else: 404."""
+    ``/recover/<i>`` starts it again first; ``/kill/<i>`` SIGKILLs the fetch processes (spawned children
+    of the test process) and never answers. Anything else: 404."""
 
     s3 = None
 
@@ -42,6 +46,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.s3.stop()
         elif kind == "recover" and not self.s3.is_running():
             self.s3.start(timeout=90)
+        elif kind == "kill":
+            import psutil
+
+            for child in psutil.Process().children():
+                if "spawn_main" in " ".join(child.cmdline()):
+                    child.kill()
+            return
         if kind not in ("img", "outage", "recover"):
             self.send_response(404)
             self.send_header("Content-Length", "0")
@@ -139,6 +150,46 @@ def test_mostly_failed_fetch_fails_the_job_and_publishes_nothing(s3_storage):
         report = fetch_images(s3_storage, s3_storage, dataclasses.replace(cfg, max_failure_fraction=0.3))
         assert report.by_status == {"no_image": 20, "not_found": 3, "ok": 7}
         assert report.reused == 7 and report.fetched == 3
+    finally:
+        images.shutdown()
+        images.server_close()
+
+
+def test_s3_outage_in_one_of_several_fetch_processes_fails_the_job(s3_storage, private_s3):
+    server, out = private_s3
+    images = _serve(server)
+    try:
+        urls = [f"{images.base}/img/{i}" for i in range(20)] + [f"{images.base}/outage/20"] \
+            + [f"{images.base}/img/{i}" for i in range(21, 40)]
+        _publish_nodes(s3_storage, urls)
+        cfg = FetchConfig(concurrency=2, per_host_rate=0, retries=0, timeout_s=60, max_failure_fraction=1.0,
+                          allow_hosts=(images.entry,), processes=2)
+        with pytest.raises(Exception) as err:
+            fetch_images(s3_storage, out, cfg)
+        assert not isinstance(err.value, (AssertionError, FetchFailedError, FetchProcessError)), err.value
+        # the other process met the outage while the handler was still stopping the server: let it finish
+        deadline = time.monotonic() + 60
+        while server.is_running() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        server.start(timeout=90)
+        assert not out.is_published("node_images")
+        assert out.list(out.uri("node_images")) == []
+        report = fetch_images(s3_storage, out, cfg)  # storage back: a rerun publishes every image
+        assert report.by_status == {"ok": len(urls)} and report.processes == 2
+    finally:
+        images.shutdown()
+        images.server_close()
+
+
+def test_killed_fetch_process_fails_the_job(s3_storage):
+    images = _serve()
+    try:
+        urls = [f"{images.base}/img/{i}" for i in range(10)] + [f"{images.base}/kill/10"]
+        _publish_nodes(s3_storage, urls)
+        cfg = FetchConfig(per_host_rate=0, retries=0, timeout_s=120, allow_hosts=(images.entry,), processes=2)
+        with pytest.raises(FetchProcessError, match="exited with code -9 and sent no result"):
+            fetch_images(s3_storage, s3_storage, cfg)
+        assert not s3_storage.is_published("node_images")
     finally:
         images.shutdown()
         images.server_close()

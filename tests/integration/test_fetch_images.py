@@ -1,6 +1,7 @@
 """fetch-images against the loopback sample image server: good images, 404s, slow responses, corrupt bytes
 and a decompression bomb each land in node_images with their status; reruns only fetch what failed."""
 
+import dataclasses
 import gzip
 import json
 
@@ -88,3 +89,33 @@ def test_interrupted_run_resumes_from_checkpoints(file_storage, served_sample, m
     resumed = fetch_images(file_storage, file_storage, cfg)
     assert resumed.reused > 0 and resumed.fetched < truth["nodes_expected"] - resumed.by_status["no_image"]
     assert resumed.by_status.get("ok", 0) == resumed.reused + resumed.fetched - len(_expected_status(truth))
+
+
+def test_several_processes_fetch_the_same_rows_and_resume_whatever_their_count(file_storage, served_sample,
+                                                                                monkeypatch):
+    sample, truth, allow = served_sample
+    n = _publish_nodes(file_storage, sample)
+    cfg = FetchConfig(**FAST, allow_hosts=allow, checkpoint_every=5, processes=2)
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt("killed before publishing")
+
+    # on the class: the storage is pickled for the fetch processes, and a local function would not pickle
+    monkeypatch.setattr(type(file_storage), "publish_table", crash)
+    with pytest.raises(KeyboardInterrupt):
+        fetch_images(file_storage, file_storage, cfg)
+    monkeypatch.undo()
+    staging = file_storage.uri("_staging", "node_images", "nodes-run")
+    shares = {u.split("/share-")[1].split("/")[0] for u in file_storage.list(staging)}
+    assert shares == {"0", "1"}  # each process checkpointed its own share, to its last row
+
+    # a rerun with another process count reads every share's checkpoints: only the failures are fetched
+    resumed = fetch_images(file_storage, file_storage, dataclasses.replace(cfg, processes=3))
+    assert resumed.processes == 3
+    assert resumed.fetched == len(_expected_status(truth)) and resumed.stored_new == 0
+    rows = {r["node_id"]: r for r in file_storage.read_table("node_images").to_pylist()}
+    assert len(rows) == n
+    for node, status in _expected_status(truth).items():
+        assert rows[node]["status"] == status, (node, rows[node])
+    assert resumed.by_status["ok"] == n - len(_expected_status(truth)) - resumed.by_status["no_image"]
+    assert file_storage.list(staging) == []  # published: the checkpoints are gone

@@ -44,6 +44,56 @@ def test_content_addressed_put_dedupes(storage):
     assert storage.get_bytes(storage.uri(first.key)) == b"pixels"
 
 
+def test_content_addressed_put_is_one_conditional_request_on_s3(s3_storage):
+    """A dedupe hit costs one PUT answered 412 by the real server (If-None-Match), not a HEAD and a PUT."""
+    sent = []
+    s3_storage.s3.meta.events.register("before-send.s3", lambda request, **_: sent.append(
+        (request.method, request.headers.get("If-None-Match"))))
+    first = s3_storage.put_content_addressed(b"cover", prefix="images", ext="png")
+    again = s3_storage.put_content_addressed(b"cover", prefix="images", ext="png")
+    assert first.created and not again.created
+    assert sent == [("PUT", b"*"), ("PUT", b"*")]
+    assert s3_storage.get_bytes(s3_storage.uri(first.key)) == b"cover"
+
+
+def test_content_addressed_put_falls_back_where_conditional_put_is_not_implemented(s3_storage):
+    """A server answering 501 to If-None-Match (SeaweedFS implements it, so a botocore hook plays that
+    server) gets a HEAD and a PUT from then on, and dedupe still holds."""
+    from botocore.awsrequest import AWSResponse
+
+    class _Raw:
+        def __init__(self, body: bytes):
+            self.body = body
+
+        def stream(self, **_):
+            yield self.body
+
+    sent = []
+
+    def no_conditional_put(request, **_):
+        sent.append((request.method, request.headers.get("If-None-Match")))
+        if request.headers.get("If-None-Match"):
+            body = b"<Error><Code>NotImplemented</Code><Message>conditional PUT</Message></Error>"
+            return AWSResponse(request.url, 501, {"Content-Type": "application/xml"}, _Raw(body))
+        return None
+
+    s3_storage.s3.meta.events.register("before-send.s3", no_conditional_put)
+    first = s3_storage.put_content_addressed(b"cover-501", prefix="images", ext="png")
+    again = s3_storage.put_content_addressed(b"cover-501", prefix="images", ext="png")
+    assert first.created and not again.created
+    assert sent == [("PUT", b"*"), ("HEAD", None), ("PUT", None), ("HEAD", None)]
+    assert s3_storage.get_bytes(s3_storage.uri(first.key)) == b"cover-501"
+
+
+def test_storage_pickles_without_its_client(s3_storage):
+    import pickle
+
+    s3_storage.put_bytes(s3_storage.uri("pickled.txt"), b"x")  # the client exists now
+    copy = pickle.loads(pickle.dumps(s3_storage))
+    assert copy._client is None and copy.root == s3_storage.root
+    assert copy.get_bytes(copy.uri("pickled.txt")) == b"x"  # it makes its own
+
+
 def test_publish_replaces_and_versions(storage):
     with pytest.raises(NotPublishedError):
         storage.read_table("t")

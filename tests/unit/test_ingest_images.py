@@ -7,7 +7,7 @@ import time
 import pytest
 from PIL import Image
 
-from g2i_core.images import FetchConfig, FetchError, HostRateLimiter, validate_image
+from g2i_core.images import FetchConfig, FetchError, HostRateLimiter, share_of, validate_image
 from g2i_core.sample.styles import decompression_bomb_png
 
 
@@ -61,3 +61,23 @@ def test_fetch_config_errors_name_the_field():
         FetchConfig(concurrency=0).check()
     with pytest.raises(ValueError, match="timeout_s must be > 0"):
         FetchConfig(timeout_s=0).check()
+    with pytest.raises(ValueError, match="processes must be >= 0"):
+        FetchConfig(processes=-1).check()
+
+
+def test_process_count_auto_rule(monkeypatch):
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert FetchConfig().processes_for(1999) == 1  # a small fetch is not worth starting processes
+    assert FetchConfig().processes_for(2000) == 4  # one per CPU, at most 4
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert FetchConfig().processes_for(10**6) == 2
+    assert FetchConfig(processes=3).processes_for(10) == 3
+    assert FetchConfig(processes=3).processes_for(2) == 2  # never more processes than URLs
+
+
+def test_shares_are_stable_and_spread():
+    ids = [f"goodreads:{i}" for i in range(10_000)]
+    shares = [share_of(n, 4) for n in ids]
+    assert shares == [share_of(n, 4) for n in ids]  # the same node always goes to the same process
+    counts = [shares.count(k) for k in range(4)]
+    assert min(counts) > 2300, counts  # about a quarter each
