@@ -11,7 +11,7 @@ import pytest
 from g2i_core.ppr.api import PprConfig, compute_candidates
 from g2i_core.ppr.candidates import precision_at_k
 from g2i_core.ppr.exact import exact_candidates, ppr_rows
-from g2i_core.ppr.graph import build_graph, powerlaw_graph
+from g2i_core.ppr.graph import build_graph, graph_from_arrow, powerlaw_graph
 from g2i_core.ppr.propagate import propagate_candidates
 from g2i_core.ppr.push import push_candidates
 
@@ -147,6 +147,38 @@ def test_isolated_and_dangling_sources_get_only_reachable_candidates():
     assert cand["a"] == ["b", "c"]
     assert exact_candidates(graph, top_k=5).as_dict(graph) == cand
     assert propagate_candidates(graph, top_k=5).as_dict(graph) == cand
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_arrow_graph_is_the_numpy_graph(seed):
+    """graph_from_arrow numbers ids with Arrow's hash and sort; build_graph (np.unique over Python strings)
+    is the definition: same ids in the same order, same CSR, on non-ASCII ids, duplicate edges, weights,
+    multi-chunk columns and nodes without edges."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(seed)
+    alphabet = ["a", "b", "Z", "é", "ß", "中", "😀", "0", ":", " "]
+    names = sorted({"".join(rng.choice(alphabet, rng.integers(1, 5))) for _ in range(300)})
+    m = 2000
+    src = [names[i] for i in rng.integers(0, len(names), m)]
+    dst = [names[i] for i in rng.integers(0, len(names), m)]
+    w = rng.uniform(0.1, 3.0, m)
+    extra = [names[i] for i in rng.integers(0, len(names), 20)] + ["only-a-node", "\u00e9"]
+    table = pa.Table.from_batches([pa.record_batch({"src": src[:m // 2], "dst": dst[:m // 2], "weight": w[:m // 2]}),
+                                   pa.record_batch({"src": src[m // 2:], "dst": dst[m // 2:], "weight": w[m // 2:]})])
+    for use_weights in (True, False):
+        want = build_graph(src, dst, w if use_weights else None, extra_nodes=extra)
+        got = graph_from_arrow(table, use_weights=use_weights, extra_nodes=extra)
+        assert got.ids.tolist() == want.ids.tolist()
+        np.testing.assert_array_equal(got.indptr, want.indptr)
+        np.testing.assert_array_equal(got.indices, want.indices)
+        np.testing.assert_allclose(got.probs, want.probs, rtol=1e-12)
+    with pytest.raises(ValueError, match="null src/dst"):
+        graph_from_arrow(pa.table({"src": ["a", None], "dst": ["b", "c"]}))
+    with pytest.raises(ValueError, match="weights must be finite and > 0"):
+        graph_from_arrow(pa.table({"src": ["a"], "dst": ["b"], "weight": [0.0]}))
+    assert graph_from_arrow(pa.table({"src": pa.array([], pa.string()), "dst": pa.array([], pa.string())})) \
+        .num_nodes == 0
 
 
 def test_empty_graph_and_empty_sources():
