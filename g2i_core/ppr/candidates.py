@@ -25,15 +25,25 @@ class Candidates:
     def top_k(self) -> int:
         return self.neighbours.shape[1]
 
-    def to_arrow(self, graph: CsrGraph) -> "pa.Table":
+    def to_arrow(self, graph: CsrGraph, chunk_rows: int = 8_000_000) -> "pa.Table":
+        """The ``ppr_candidates`` table: one row per (source, rank) that has a candidate.
+
+        The id columns are gathered by Arrow from one string array of the node ids, in chunks (a
+        32-bit-offset string chunk holds at most 2 GiB); turning 100M indices into Python strings first
+        would cost minutes and several GB at Goodreads size (2.4M sources x 42 candidates)."""
         import pyarrow as pa
 
-        valid = self.neighbours >= 0
-        rows, cols = np.nonzero(valid)
+        ids = pa.array(graph.ids.tolist(), pa.string())
+        rows, cols = np.nonzero(self.neighbours >= 0)
+
+        def gather(index: np.ndarray) -> "pa.ChunkedArray":
+            return pa.chunked_array([ids.take(pa.array(index[i:i + chunk_rows]))
+                                     for i in range(0, len(index), chunk_rows)], pa.string())
+
         return pa.table({
-            "node_id": pa.array(graph.ids[self.sources[rows]].tolist(), pa.string()),
+            "node_id": gather(self.sources[rows]),
             "rank": pa.array((cols + 1).astype(np.int32), pa.int32()),
-            "neighbour_id": pa.array(graph.ids[self.neighbours[rows, cols]].tolist(), pa.string()),
+            "neighbour_id": gather(self.neighbours[rows, cols]),
             "ppr_score": pa.array(self.scores[rows, cols], pa.float64()),
         })
 

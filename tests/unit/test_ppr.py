@@ -115,6 +115,19 @@ def test_propagate_on_powerlaw_graph_matches_exact_top10():
         PprConfig(method="propagate", refine_eps=0).check()
 
 
+def test_candidates_table_is_one_row_per_candidate_in_any_chunking():
+    graph = powerlaw_graph(300, avg_degree=6, seed=3)
+    cand = propagate_candidates(graph, top_k=8)
+    want = [{"node_id": graph.ids[s], "rank": r + 1, "neighbour_id": graph.ids[v], "ppr_score": cand.scores[i, r]}
+            for i, s in enumerate(cand.sources.tolist()) for r, v in enumerate(cand.neighbours[i].tolist())
+            if v >= 0]
+    assert len(want) > 1000
+    for chunk_rows in (7, 1000, 8_000_000):  # chunks split mid-source, and one chunk
+        table = cand.to_arrow(graph, chunk_rows=chunk_rows)
+        assert table.schema.names == ["node_id", "rank", "neighbour_id", "ppr_score"]
+        assert table.to_pylist() == want
+
+
 def test_candidates_exclude_source_rank_from_one_and_sorted():
     graph = powerlaw_graph(300, avg_degree=6, seed=3)
     for cand in (exact_candidates(graph, top_k=8), push_candidates(graph, top_k=8),
