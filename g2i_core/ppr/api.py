@@ -59,18 +59,27 @@ def resolve_auto(num_nodes: int, sources: np.ndarray | None) -> str:
     return "push"
 
 
-def propagate_memory_bytes(num_nodes: int, num_edges: int, row_k: int = 128, top_k: int = 50) -> int:
-    """Peak memory of the single-machine ``propagate`` stage, from node and edge counts.
+def propagate_phase_bytes(num_nodes: int, num_edges: int, row_k: int = 128, top_k: int = 50) -> dict[str, int]:
+    """Memory of the single-machine ``propagate`` stage in each of its phases, from node and edge counts.
 
-    Calibrated on the 1M-node benchmark (docs/neighbours.md: 2,542 MiB above the loaded graph at
-    K' = 128, K = 50): rows 8 K' B/node, the all-node output twice while its blocks are joined
-    (2 x 16 K B/node) and ~40 B/node scratch, measured together as 2,666 B/node there. The graph
-    adds 16 B/edge (CSR) and ~90 B/node (offsets and ids); building it from string edges holds
-    ~150 B/edge for a while (estimate), before the rows exist."""
+    - ``load``: the CSR graph (16 B/edge, ~90 B/node for offsets and ids) plus the string edges it is
+      built from, ~150 B/edge (estimate).
+    - ``compute``: the graph plus rows 8 K' B/node, the all-node output twice while its blocks are joined
+      (2 x 16 K B/node) and ~40 B/node scratch; 2,542 MiB above the graph on the 1M-node benchmark
+      (docs/neighbours.md).
+    - ``output``: the graph, the candidate arrays (16 K B/node) and the ``ppr_candidates`` table being
+      built and written, 66 B per candidate slot (two id strings of Goodreads length, rank, score, and
+      the index arrays they are gathered with), fitted on the 2.4M-node run: 9.5 GiB peak RSS
+      (docs/neighbours.md). Longer ids need more."""
     graph = 16 * num_edges + 90 * num_nodes
-    compute = graph + num_nodes * (8 * row_k + 32 * top_k + 40)
-    load = graph + 150 * num_edges
-    return int(max(compute, load))
+    return {"load": graph + 150 * num_edges,
+            "compute": graph + num_nodes * (8 * row_k + 32 * top_k + 40),
+            "output": graph + num_nodes * top_k * (16 + 66)}
+
+
+def propagate_memory_bytes(num_nodes: int, num_edges: int, row_k: int = 128, top_k: int = 50) -> int:
+    """Peak memory of the single-machine ``propagate`` stage: its largest phase (:func:`propagate_phase_bytes`)."""
+    return max(propagate_phase_bytes(num_nodes, num_edges, row_k, top_k).values())
 
 
 def spark_master_is_cluster(master: str) -> bool:

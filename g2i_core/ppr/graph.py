@@ -105,7 +105,11 @@ def graph_from_arrow(edges: "pa.Table", *, use_weights: bool = True, extra_nodes
     missing = {"src", "dst"} - set(edges.column_names)
     if missing:
         raise ValueError(f"edges table needs string columns src and dst; it has {edges.column_names}")
-    src, dst = (edges.column(c).cast(pa.large_string()) for c in ("src", "dst"))
+    src, dst = edges.column("src"), edges.column("dst")
+    if not (pa.types.is_string(src.type) or pa.types.is_large_string(src.type)):
+        raise ValueError(f"edges src/dst must be strings, got {src.type}")
+    if dst.type != src.type:  # e.g. string and large_string from different writers
+        dst = dst.cast(src.type)
     if src.null_count or dst.null_count:
         raise ValueError("edges table has null src/dst ids; clean the graph first (g2i build-graph)")
     weight = None
@@ -114,10 +118,10 @@ def graph_from_arrow(edges: "pa.Table", *, use_weights: bool = True, extra_nodes
         if len(weight) and not (np.all(np.isfinite(weight)) and np.all(weight > 0)):
             raise ValueError("edge weights must be finite and > 0 (drop or fix edges with null/zero weights, "
                              "or run without weights)")
-    extra = pa.chunked_array([pa.array(list(extra_nodes), pa.large_string())])
+    extra = pa.chunked_array([pa.array(list(extra_nodes), src.type)])
     if extra.null_count:
         extra = extra.filter(pc.is_valid(extra))
-    every = pa.chunked_array(src.chunks + dst.chunks + extra.chunks, pa.large_string())
+    every = pa.chunked_array(src.chunks + dst.chunks + extra.chunks, src.type)
     unique = pc.unique(every)
     ids = unique.take(pc.sort_indices(unique))
     s = pc.index_in(src, value_set=ids).to_numpy().astype(np.int64)

@@ -186,6 +186,8 @@ def test_arrow_graph_is_the_numpy_graph(seed):
         np.testing.assert_array_equal(got.indptr, want.indptr)
         np.testing.assert_array_equal(got.indices, want.indices)
         np.testing.assert_allclose(got.probs, want.probs, rtol=1e-12)
+    mixed = pa.table({"src": pa.array(src, pa.large_string()), "dst": pa.array(dst, pa.string())})
+    assert graph_from_arrow(mixed).ids.tolist() == build_graph(src, dst).ids.tolist()
     with pytest.raises(ValueError, match="null src/dst"):
         graph_from_arrow(pa.table({"src": ["a", None], "dst": ["b", "c"]}))
     with pytest.raises(ValueError, match="weights must be finite and > 0"):
