@@ -2,12 +2,13 @@
 (build_graph), on the same table in the same run.
 
     .venv/bin/python bench/bench_graph_load.py                       # a synthetic 2.4M-node graph
-    .venv/bin/python bench/bench_graph_load.py --nodes 200000
+    .venv/bin/python bench/bench_graph_load.py --quick             # 200,000 nodes
     .venv/bin/python bench/bench_graph_load.py --root s3://g2i/bench-scale/<run>/mmag/goodreads --run <graph run>
 
 ``--root`` reads a published build-graph commit (graph_edges + graph_nodes, as ``g2i ppr`` does); the
 synthetic graph is ``powerlaw_graph`` with Goodreads-like ids. Both paths must give the same graph (checked).
-Reading from storage is timed apart and is the same for both. Writes bench/results/graph_load.{md,json}.
+Reading from storage is timed apart and is the same for both. Writes bench/results/graph_load.{md,json}
+(graph_load_published with --root, graph_load_quick with --quick).
 """
 
 from __future__ import annotations
@@ -71,8 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=2_400_000, help="synthetic graph size (without --root)")
     parser.add_argument("--root", default=None, help="a graph root with a published build-graph commit")
     parser.add_argument("--run", default=None, help="its graph run id (default: the live one)")
-    parser.add_argument("--out", default="graph_load")
+    parser.add_argument("--quick", action="store_true", help="a 200,000-node synthetic graph")
+    parser.add_argument("--out", default=None, help="results name (default graph_load[_quick])")
     args = parser.parse_args(argv)
+    if args.quick:
+        args.nodes = 200_000
+    args.out = args.out or ("graph_load_published" if args.root else "graph_load_quick" if args.quick
+                            else "graph_load")
 
     (edges, extra), read_s, _ = _timed(lambda: _published(args.root, args.run) if args.root
                                        else _synthetic(args.nodes))
