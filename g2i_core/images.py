@@ -575,7 +575,8 @@ def _fetch_all_processes(todo: list[tuple[str, str]], storage: "Storage", cfg: F
     results = ctx.Queue()
     level = logging.getLogger().getEffectiveLevel()
     procs = [ctx.Process(target=_fetch_share, name=f"fetch-share-{i}", daemon=True,
-                         args=(i, share, storage, share_cfg, f"{staging}/share-{i}", decode_slots, results, level))
+                         args=(i, share, storage, share_cfg, f"{staging}/share-{i}", decode_slots, results, level,
+                               os.getpid()))
              for i, share in enumerate(shares)]
     rows: list[dict] = []
     stored_new = 0
@@ -613,9 +614,25 @@ def _fetch_all_processes(todo: list[tuple[str, str]], storage: "Storage", cfg: F
     return rows, stored_new, len(rows)  # every share checkpointed its rows before sending them
 
 
+def _exit_with_parent(parent: int) -> None:
+    """On Linux, have the kernel send this process SIGTERM when its parent dies: a job killed outright
+    (SIGKILL, the OOM killer) must not leave its fetch processes writing checkpoints next to its retry."""
+    import ctypes
+    import signal
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's terminate() on error still applies
+        return
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
 def _fetch_share(index: int, todo: list[tuple[str, str]], storage: "Storage", cfg: FetchConfig, staging: str,
-                 decode_slots: int, results, log_level: int) -> None:
+                 decode_slots: int, results, log_level: int, parent: int) -> None:
     """One fetch process: its share fetched and checkpointed to the last row, then the rows sent back."""
+    _exit_with_parent(parent)
     logging.basicConfig(level=log_level, format=f"%(asctime)s %(levelname)s fetch-share-{index}: %(message)s")
     try:
         with pillow_pixel_limit(cfg.max_pixels):

@@ -7,12 +7,20 @@
   the nodes with a real URL (nodes without an image do not count).
 - With several fetch processes, the same outage inside one of them fails the whole job; and a fetch
   process killed outright (the OOM killer's way) fails the job instead of leaving it waiting forever.
+  A job killed outright takes its fetch processes with it (they would otherwise go on writing
+  checkpoints next to its retry).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -32,9 +40,9 @@ def _png(seed: int) -> bytes:
 
 
 class _Handler(BaseHTTPRequestHandler):
-    """``/img/<i>`` a PNG; ``/outage/<i>`` stops the S3 server before answering (the first time only);
-    ``/recover/<i>`` starts it again first; ``/kill/<i>`` SIGKILLs the fetch processes (spawned children
-    of the test process) and never answers. Anything else: 404."""
+    """``/img/<i>`` a PNG; ``/slow/<i>`` a PNG after 0.5 s; ``/outage/<i>`` stops the S3 server before
+    answering (the first time only); ``/recover/<i>`` starts it again first; ``/kill/<i>`` SIGKILLs the
+    fetch processes (spawned children of the test process) and never answers. Anything else: 404."""
 
     s3 = None
 
@@ -53,7 +61,9 @@ class _Handler(BaseHTTPRequestHandler):
                 if "spawn_main" in " ".join(child.cmdline()):
                     child.kill()
             return
-        if kind not in ("img", "outage", "recover"):
+        elif kind == "slow":
+            time.sleep(0.5)
+        if kind not in ("img", "slow", "outage", "recover"):
             self.send_response(404)
             self.send_header("Content-Length", "0")
             self.end_headers()
@@ -190,6 +200,46 @@ def test_killed_fetch_process_fails_the_job(s3_storage):
         with pytest.raises(FetchProcessError, match="exited with code -9 and sent no result"):
             fetch_images(s3_storage, s3_storage, cfg)
         assert not s3_storage.is_published("node_images")
+    finally:
+        images.shutdown()
+        images.server_close()
+
+
+def test_killed_job_takes_its_fetch_processes_with_it(file_storage, tmp_path):
+    import psutil
+
+    images = _serve()
+    try:
+        _publish_nodes(file_storage, [f"{images.base}/slow/{i}" for i in range(400)])  # 100 s at 2 x 1 in flight
+        script = textwrap.dedent(f"""
+            from g2i_core.images import FetchConfig, fetch_images
+            from g2i_core.storage import Storage
+            storage = Storage({file_storage.root!r})
+            fetch_images(storage, storage, FetchConfig(concurrency=2, per_host_rate=0, retries=0, processes=2,
+                                                       allow_hosts=({images.entry!r},)))
+        """)
+        job = subprocess.Popen([sys.executable, "-c", script])
+        children: list = []
+        try:
+            deadline = time.monotonic() + 60
+            while len(children) < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
+                children = [c for c in psutil.Process(job.pid).children()
+                            if "spawn_main" in " ".join(c.cmdline())]
+            assert len(children) == 2, "the fetch processes did not start"
+            while len(images.paths) < 4 and time.monotonic() < deadline:  # both are fetching
+                time.sleep(0.1)
+            os.kill(job.pid, signal.SIGKILL)
+            job.wait(timeout=10)
+            gone, alive = psutil.wait_procs(children, timeout=10)
+            assert not alive, f"fetch processes outlived the killed job: {[p.pid for p in alive]}"
+            assert len(images.paths) < 100  # they stopped fetching, not finished
+        finally:  # orphans belong to init, not to this test: kill them by pid
+            for c in children:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    c.kill()
+            if job.poll() is None:
+                job.kill()
     finally:
         images.shutdown()
         images.server_close()
