@@ -133,11 +133,13 @@ def _sorted_codes(column: "pa.ChunkedArray | pa.Array") -> tuple["pa.Array", np.
 def _rank_all_candidates(candidates: "pa.Table", text: VectorIndex, others: dict[str, VectorIndex],
                          config: RerankConfig, chunk_rows: int = 131_072) -> "pa.Table":
     """semantic_ppr / ppr for every node at once, vectorised (numpy over candidate rows, chunked along
-    node boundaries: two gathered chunk_rows x dim float32 blocks, ~200 MB at 384 dims; larger chunks
-    were slower). Same result as scoring each node's candidates one by one:
+    node boundaries; the dot products in a numba kernel that reads the vectors in place). Same result
+    as scoring each node's candidates one by one:
     score = (1 - w) * (semantic or 0) + w * ppr / (node's max ppr or 1) (ppr: score = ppr),
     the node itself skipped, ties by higher PPR then neighbour id, the top k kept, rows by node id."""
     import pyarrow as pa
+
+    from g2i_core._rerank_kernels import row_dots
 
     nodes, node_code = _sorted_codes(candidates.column("node_id"))
     nbrs, nbr_code = _sorted_codes(candidates.column("neighbour_id"))
@@ -160,14 +162,13 @@ def _rank_all_candidates(candidates: "pa.Table", text: VectorIndex, others: dict
         keep = bc != self_code[nc]
         rows, nc, bc, pp = rows[keep], nc[keep], bc[keep], pp[keep]
         tpos = target_pos[nc]
-        total, count = np.zeros(len(rows)), np.zeros(len(rows))
+        total, count, dots = np.zeros(len(rows)), np.zeros(len(rows)), np.empty(len(rows))
         for k, positions in nbr_pos.items():
             npos = positions[bc]
+            row_dots(text.vectors, tpos, others[k].vectors, npos, dots)  # 0 where a vector is missing
             ok = (tpos >= 0) & (npos >= 0)
-            if ok.any():
-                dots = np.einsum("ij,ij->i", text.vectors[tpos[ok]], others[k].vectors[npos[ok]])
-                total[ok] += dots.astype(np.float64)
-                count[ok] += 1
+            total[ok] += dots[ok]
+            count[ok] += 1
         sem = np.where(count > 0, total / np.maximum(count, 1), np.nan)
         if config.strategy == "ppr":
             score = pp
