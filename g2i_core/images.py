@@ -14,6 +14,11 @@ Two clients, one behaviour (``FetchConfig.client``):
 - ``threads``: the earlier client, ``concurrency`` threads each making one checked connection per request
   (:func:`g2i_core.egress.open_url`); kept for comparison (``bench/bench_fetch.py``).
 
+Either runs in ``FetchConfig.processes`` spawned processes (default: one per CPU, at most 4, from 2,000 URLs
+on), each with the nodes whose id hashes to its share and its share of ``concurrency`` and ``per_host_rate``:
+one process tops out near one core, since HTTP, Pillow and the S3 client hold the GIL. An image is stored
+with one conditional PUT (:meth:`g2i_core.storage.Storage.put_if_absent`).
+
 Image URLs come from untrusted dumps: every request goes through the egress policy of
 :mod:`g2i_core.egress` (http/https only, globally routable addresses only, the checked address is the one
 connected to, every redirect hop re-checked, at most 3; ``allow_hosts`` opens named hosts). A refused URL
@@ -642,7 +647,7 @@ def _fetch_share(index: int, todo: list[tuple[str, str]], storage: "Storage", cf
     except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
         log.error("fetch process %d failed: %s", index, "".join(traceback.format_exception(exc)).rstrip())
         try:
-            pickle.dumps(exc)
+            pickle.loads(pickle.dumps(exc))  # the round trip: some exceptions pickle but do not unpickle
             sent = exc
         except Exception:  # noqa: BLE001 - an exception that does not pickle goes back as its text
             sent = FetchProcessError(f"fetch process {index}: {type(exc).__name__}: {exc}")
