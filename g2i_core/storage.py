@@ -275,12 +275,7 @@ class Storage:
         the requests of an image fetch. A server that does not implement it (501) gets a HEAD and a PUT
         from then on; one that ignores the header overwrites the object with the same bytes, which
         readers cannot tell apart."""
-        if not self._is_s3(uri):
-            if self._local(uri).exists():
-                return False
-            self.put_bytes(uri, data, content_type)
-            return True
-        if not self._conditional_put:
+        if not self._is_s3(uri) or not self._conditional_put:
             if self.exists(uri):
                 return False
             self.put_bytes(uri, data, content_type)
