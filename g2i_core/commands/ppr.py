@@ -20,8 +20,13 @@ Methods (see docs/neighbours.md for the measured speed/precision of each):
                (--row-k, --sweeps, --refine-eps; --partitions = node blocks)
   graphframes  GraphFrames/GraphX parallelPersonalizedPageRank (fixed --iterations); the Spark anchor
 
-Incremental refresh: --previous-edges URI --changed URI recomputes only the sources whose
-candidates can move by more than --refresh-tol, and copies the rest from the previous run.
+Incremental refresh (the nightly delta path): --incremental refreshes the live ppr_candidates
+for this graph. It diffs the graph against the one that version was computed from, recomputes the
+new and changed nodes and the sources within --refresh-hops edges of them (--refresh-rule hops), or
+every source whose candidates can move by more than --refresh-tol (--refresh-rule bound), and copies
+the rest. It computes every source instead when there is no usable previous version (none, other
+settings, a subset, Spark), or after --refresh-max-age refreshes in a row; the manifest says which
+and why. --previous-edges URI [--changed URI] refreshes against explicitly given old edges.
 
 Examples:
   g2i ppr --edges s3://g2i --out s3://g2i --top-k 50
@@ -37,6 +42,7 @@ import argparse  # noqa: E402
 
 from g2i_core.commands import add_graph_run_arg  # noqa: E402
 from g2i_core.ids import optional_run_id_arg  # noqa: E402
+from g2i_core.ppr.pipeline import DEFAULT_REFRESH_MAX_AGE  # noqa: E402
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -69,8 +75,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--previous-edges", default=None, help="incremental: the edges the previous run used")
     p.add_argument("--changed", default=None,
                    help="incremental: Parquet/table URI with node_id of changed/new nodes (default: diff of edges)")
+    p.add_argument("--incremental", action="store_true",
+                   help="refresh the live ppr_candidates for this graph instead of computing every source")
+    p.add_argument("--refresh-rule", choices=["hops", "bound"], default="hops",
+                   help="incremental: which sources to recompute besides new and changed nodes: those within "
+                        "--refresh-hops edges of them, or those the L1 bound cannot rule out (--refresh-tol); "
+                        "default %(default)s")
+    p.add_argument("--refresh-hops", type=int, default=1,
+                   help="incremental, rule hops: path length into a changed node (default %(default)s)")
     p.add_argument("--refresh-tol", type=float, default=1e-3,
-                   help="incremental: max L1 change of a kept node's ppr vector (default %(default)s)")
+                   help="incremental, rule bound: max L1 change of a kept node's ppr vector (default %(default)s)")
+    p.add_argument("--refresh-max-age", type=int, default=DEFAULT_REFRESH_MAX_AGE,
+                   help="--incremental: refreshes in a row before a run computes every source (default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -90,6 +106,8 @@ def run(args: argparse.Namespace) -> int:
     manifest = run_ppr(settings, config, edges_uri=edges, out_uri=out, graph_run_id=args.graph_run_id or None,
                        nodes_uri=args.nodes, run_id=args.run_id or settings.run_id or "manual",
                        previous_edges_uri=args.previous_edges, changed_uri=args.changed,
-                       refresh_tol=args.refresh_tol)
+                       refresh_tol=args.refresh_tol, incremental=args.incremental,
+                       refresh_hops=args.refresh_hops if args.refresh_rule == "hops" else None,
+                       refresh_max_age=args.refresh_max_age)
     print(f"ppr_candidates: {manifest['rows']} rows, run {manifest['run_id']} under {out}")
     return 0

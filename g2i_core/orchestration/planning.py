@@ -87,8 +87,9 @@ def plan_source(source: str, *, ds: str, raw: str, full_fingerprint: str, delta:
         mode, uri = "full", raw
     else:
         return None
+    # a delta night refreshes the neighbour candidates of the last version; a full dump recomputes them
     return {"source": source, "raw": uri, "mode": mode, "ds": ds, "run_id": run_id_for(source, ds),
-            "full_fingerprint": full_fingerprint}
+            "full_fingerprint": full_fingerprint, "incremental": mode == "delta"}
 
 
 def coverage_report(targets: Iterable[str], generated: Iterable[str]) -> dict[str, list[str]]:

@@ -39,9 +39,9 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "Downloads `nodes.image_url` with bounded concurrency into content-addressed `images/` + `node_images`."),
     Stage("build-graph", "spark", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Spark: cleaned `graph_nodes`, `graph_edges`, split and stats."),
-    Stage("ppr", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
+    Stage("ppr", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id} --incremental {incremental?}",
           "Personalized PageRank top-K candidates per node (`ppr_candidates`; single-machine propagation by default, "
-          "`--method spark-push|graphframes` for the distributed engines)."),
+          "`--method spark-push|graphframes` for the distributed engines; a delta night refreshes the last version)."),
     Stage("embed", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Text/image embeddings of every node (`embeddings`)."),
     Stage("rerank", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",

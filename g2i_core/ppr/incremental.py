@@ -16,6 +16,7 @@ recompute. Everything else, plus new nodes, is recomputed with the configured me
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -102,49 +103,122 @@ def _has(graph: CsrGraph, node_id: str) -> bool:
     return bool(i < graph.num_nodes and graph.ids[i] == node_id)
 
 
+def sources_within_hops(graph: CsrGraph, seeds: np.ndarray, hops: int) -> np.ndarray:
+    """(n,) bool: nodes with a path of at most ``hops`` out-edges into ``seeds`` (the seeds included)."""
+    mask = np.zeros(graph.num_nodes, bool)
+    mask[np.asarray(seeds, np.int64)] = True
+    if hops <= 0 or not mask.any():
+        return mask
+    src = np.repeat(np.arange(graph.num_nodes, dtype=np.int64), np.diff(graph.indptr))
+    frontier = mask.copy()
+    for _ in range(hops):
+        reached = np.zeros(graph.num_nodes, bool)
+        reached[src[frontier[graph.indices]]] = True  # u -> v with v on the frontier
+        frontier = reached & ~mask
+        if not frontier.any():
+            break
+        mask |= frontier
+    return mask
+
+
 def incremental_candidates(old: CsrGraph, new: CsrGraph, previous: "pa.Table", config: PprConfig,
                            changed: list[str] | None = None, tol: float = 1e-3,
-                           sources: list[str] | None = None) -> tuple["pa.Table", dict]:
-    """Candidates on ``new``: recomputed where needed, copied from ``previous`` elsewhere."""
+                           sources: list[str] | None = None, hops: int | None = None) -> tuple["pa.Table", dict]:
+    """Candidates on ``new``: recomputed where needed, copied from ``previous`` elsewhere.
+
+    Which sources are recomputed, besides new and changed nodes:
+    - ``hops`` None (the bound rule): every source whose PPR vector can move by more than ``tol`` (L1);
+    - ``hops`` h: every source with a path of at most h edges into a changed node. Not a bound: sources
+      further away keep candidates that a full recompute could order slightly differently (measured in
+      docs/neighbours.md, "Incremental refresh")."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if config.method in SPARK_METHODS:
         raise ValueError("incremental refresh runs the single-machine methods (auto, push, propagate, exact); "
                          "the recomputed set is small by design")
-    # 1. what changed, and which sources can feel it
-    changed = sorted(set(changed if changed is not None else changed_nodes(old, new))
-                     | (set(new.ids.tolist()) - set(old.ids.tolist())))
-    wanted = set(sources) if sources is not None else set(new.ids.tolist())
-    stale = {old.ids[i] for i in affected_sources(old, changed, config.alpha, tol)}
-    new_nodes = set(new.ids.tolist()) - set(old.ids.tolist())
-    redo = sorted(wanted & ((stale | new_nodes | set(changed)) & set(new.ids.tolist())))
+    started = time.monotonic()
+    new_ids, old_ids = pa.array(new.ids.tolist(), pa.string()), pa.array(old.ids.tolist(), pa.string())
+    # 1. what changed, and which sources can feel it (masks over the new graph's nodes)
+    changed = changed if changed is not None else changed_nodes(old, new)
+    is_new = pc.invert(pc.is_in(new_ids, value_set=old_ids)).to_numpy(zero_copy_only=False)
+    changed_mask = _mask_of(pa.array(changed, pa.string()), new_ids) | is_new
+    if hops is None:
+        stale = affected_sources(old, sorted(set(changed) | set(new_ids.filter(pa.array(is_new)).to_pylist())),
+                                 config.alpha, tol)
+        redo = changed_mask | _mask_of(old_ids.take(pa.array(stale, pa.int64())), new_ids)
+    else:
+        redo = sources_within_hops(new, np.flatnonzero(changed_mask), hops)
+    wanted = _mask_of(pa.array(sources, pa.string()), new_ids) if sources is not None else np.ones(new.num_nodes, bool)
+    redo &= wanted
+    redo_idx = np.flatnonzero(redo).astype(np.int64)
+    log.info("incremental ppr: %d changed nodes -> %d of %d sources to recompute (%.1fs)", int(changed_mask.sum()),
+             len(redo_idx), int(wanted.sum()), time.monotonic() - started)
     # 2. recompute those on the new graph
-    fresh = compute_candidates(new, config, new.index_of(redo)).to_arrow(new)
-    # 3. keep the rest, minus neighbours that no longer exist (ranks renumbered)
-    keep_mask = pc.and_(pc.invert(pc.is_in(previous.column("node_id"), pa.array(redo, pa.string()))),
-                        pc.is_in(previous.column("node_id"), pa.array(sorted(wanted), pa.string())))
-    kept = previous.filter(keep_mask)
-    kept = kept.filter(pc.is_in(kept.column("neighbour_id"), pa.array(new.ids.tolist(), pa.string())))
-    kept = _renumber(kept.sort_by([("node_id", "ascending"), ("rank", "ascending")]))
+    fresh = compute_candidates(new, config, redo_idx).to_arrow(new)
+    # 3. keep the rest; drop neighbours that no longer exist (ranks renumbered)
+    node_at = _positions(previous.column("node_id"), new_ids)  # -1: the node left the graph
+    keep = node_at >= 0
+    keep[keep] = wanted[node_at[keep]] & ~redo[node_at[keep]]
+    kept = previous.filter(pa.array(keep))
+    node_at = node_at[keep]
+    if len(old_ids) > int((~is_new).sum()):  # some old node is gone: it may be someone's neighbour
+        present = _positions(kept.column("neighbour_id"), new_ids) >= 0
+        kept, node_at = kept.filter(pa.array(present)), node_at[present]
+        kept, node_at = _renumber_by_position(kept, node_at)
+    # 4. one table in (node, rank) order, sorted on integers (sorting 100M id strings takes minutes)
+    fresh_at = _positions(fresh.column("node_id"), new_ids)
     table = pa.concat_tables([kept.select(fresh.column_names).cast(fresh.schema), fresh])
-    table = table.sort_by([("node_id", "ascending"), ("rank", "ascending")])
-    stats = {"changed": len(changed), "recomputed": len(redo), "kept": len(wanted) - len(redo), "tol": tol}
-    log.info("incremental ppr: %d changed nodes -> %d of %d sources recomputed", len(changed), len(redo), len(wanted))
+    ranks = table.column("rank").to_numpy().astype(np.int64)
+    order = np.argsort(np.concatenate([node_at, fresh_at]) * (int(ranks.max(initial=0)) + 1) + ranks)
+    table = table.take(pa.array(order))
+    stats = {"changed": int(changed_mask.sum()), "recomputed": len(redo_idx), "kept": int(wanted.sum()) - len(redo_idx),
+             "rule": "bound" if hops is None else "hops", **({"tol": tol} if hops is None else {"hops": hops})}
+    log.info("incremental ppr: %d recomputed, %d kept, %d rows in %.1fs", stats["recomputed"], stats["kept"],
+             table.num_rows, time.monotonic() - started)
     return table, stats
 
 
-def _renumber(table: "pa.Table") -> "pa.Table":
-    """Ranks 1..n within each node, for a table sorted by (node_id, rank); vectorised over rows."""
+def _positions(values: "pa.ChunkedArray | pa.Array", pool: "pa.Array") -> np.ndarray:
+    """Index of each value in ``pool`` (Arrow hash lookup), -1 where absent."""
+    import pyarrow.compute as pc
+
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
+    return pc.fill_null(pc.index_in(values, value_set=pool), -1).to_numpy().astype(np.int64)
+
+
+def _mask_of(values: "pa.Array", pool: "pa.Array") -> np.ndarray:
+    """(len(pool),) bool: which pool entries are among ``values``."""
+    mask = np.zeros(len(pool), bool)
+    at = _positions(values, pool)
+    mask[at[at >= 0]] = True
+    return mask
+
+
+def _renumber_by_position(table: "pa.Table", node_at: np.ndarray) -> tuple["pa.Table", np.ndarray]:
+    """``_renumber`` for rows whose node is given by position, in any row order."""
+    order = np.lexsort((table.column("rank").to_numpy(), node_at))
+    import pyarrow as pa
+
+    table, node_at = table.take(pa.array(order)), node_at[order]
+    return _renumber(table, node_at), node_at
+
+
+def _renumber(table: "pa.Table", groups: np.ndarray | None = None) -> "pa.Table":
+    """Ranks 1..n within each node, for a table sorted by (node_id, rank); vectorised over rows.
+    ``groups``: the rows' node as integers (compared instead of the id strings)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     n = table.num_rows
     if n == 0:
         return table
-    ids = table.column("node_id").combine_chunks()
     starts = np.ones(n, bool)
-    if n > 1:
+    if n > 1 and groups is not None:
+        starts[1:] = groups[1:] != groups[:-1]
+    elif n > 1:
+        ids = table.column("node_id").combine_chunks()
         starts[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
     first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # row where each node's run begins
     ranks = (np.arange(n) - first + 1).astype(np.int32)
@@ -153,13 +227,15 @@ def _renumber(table: "pa.Table") -> "pa.Table":
 
 def refresh_candidates(settings: "Settings", config: PprConfig, out: "Storage", *, edges_uri: str,
                        previous_edges_uri: str, changed_uri: str | None, refresh_tol: float,
-                       nodes_uri: str | None = None) -> tuple["pa.Table", dict]:
-    """The CLI's incremental mode: previous candidates come from the latest ``ppr_candidates`` in ``out``."""
+                       nodes_uri: str | None = None, hops: int | None = None, previous_manifest: dict | None = None,
+                       pin: str | None = None, previous_pin: str | None = None) -> tuple["pa.Table", dict]:
+    """The CLI's incremental mode: previous candidates are ``previous_manifest``'s rows (default: the live
+    ``ppr_candidates`` in ``out``); the graphs are read pinned to ``pin`` and ``previous_pin``."""
     from g2i_core.ppr.io import load_graph, load_node_ids
 
-    new = load_graph(edges_uri, settings, use_weights=config.use_weights)
-    old = load_graph(previous_edges_uri, settings, use_weights=config.use_weights)
-    previous = out.read_table("ppr_candidates")
+    new = load_graph(edges_uri, settings, use_weights=config.use_weights, pin=pin)
+    old = load_graph(previous_edges_uri, settings, use_weights=config.use_weights, pin=previous_pin)
+    previous = out.read_table("ppr_candidates", manifest=previous_manifest)
     changed = load_node_ids(changed_uri, settings) if changed_uri else None
     sources = load_node_ids(nodes_uri, settings) if nodes_uri else None
-    return incremental_candidates(old, new, previous, config, changed, refresh_tol, sources)
+    return incremental_candidates(old, new, previous, config, changed, refresh_tol, sources, hops)

@@ -22,27 +22,47 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 TABLE = "ppr_candidates"
+DEFAULT_REFRESH_MAX_AGE = 6  # refreshes in a row; the 7th run computes every source
 
 
 def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri: str, run_id: str,
             nodes_uri: str | None = None, previous_edges_uri: str | None = None, changed_uri: str | None = None,
-            refresh_tol: float = 1e-3, graph_run_id: str | None = None) -> dict:
-    """Compute and publish ``ppr_candidates`` under ``out_uri``; returns the manifest."""
+            refresh_tol: float = 1e-3, graph_run_id: str | None = None, incremental: bool = False,
+            refresh_hops: int | None = None, refresh_max_age: int = DEFAULT_REFRESH_MAX_AGE) -> dict:
+    """Compute and publish ``ppr_candidates`` under ``out_uri``; returns the manifest.
+
+    ``incremental``: refresh the live ``ppr_candidates`` for this graph (``refresh_base`` says when that
+    is not possible, and the run computes every source instead). ``previous_edges_uri``: refresh from
+    the live version against those edges. Either way ``refresh_hops`` None recomputes the sources the
+    L1 bound names at ``refresh_tol``, h the sources within h hops of a changed node."""
     config.check()
     out = open_storage(out_uri, settings)
     started = time.monotonic()
-    extra = {"config": config.as_dict(), "edges": edges_uri, "nodes": nodes_uri}
-    if config.method == "auto" and not previous_edges_uri:
+    graph_run = _graph_run_id(edges_uri, settings, graph_run_id)
+    extra = {"config": config.as_dict(), "edges": edges_uri, "nodes": nodes_uri, "graph_run_id": graph_run}
+    if config.method == "auto" and (not previous_edges_uri or incremental):
         config = dataclasses.replace(config, method=_resolve_auto(settings, config, edges_uri, nodes_uri,
                                                                   graph_run_id))
         extra["auto"] = config.method
     logical_date = _graph_logical_date(edges_uri, settings, graph_run_id)
+    base, previous_pin = None, None
+    if incremental and not previous_edges_uri:
+        base, reason = refresh_base(out, config, graph_run, nodes_uri, refresh_max_age)
+        if base is None:
+            log.info("ppr: every source computed, not refreshed: %s", reason)
+            extra["incremental"] = {"full_because": reason}
+        else:
+            previous_edges_uri, previous_pin = edges_uri, base["extra"]["graph_run_id"]
     if previous_edges_uri:
         from g2i_core.ppr.incremental import refresh_candidates
 
         table, stats = refresh_candidates(settings, config, out, edges_uri=edges_uri,
                                           previous_edges_uri=previous_edges_uri, changed_uri=changed_uri,
-                                          refresh_tol=refresh_tol, nodes_uri=nodes_uri)
+                                          refresh_tol=refresh_tol, nodes_uri=nodes_uri, hops=refresh_hops,
+                                          previous_manifest=base, pin=graph_run_id, previous_pin=previous_pin)
+        if base is not None:
+            stats.update(previous_run_id=base["run_id"], previous_graph_run_id=previous_pin,
+                         age=int(base["extra"].get("incremental", {}).get("age", 0)) + 1)
         extra["incremental"] = stats
     elif config.method in SPARK_METHODS:
         return _run_on_spark(settings, config, out, edges_uri, nodes_uri, run_id, extra, logical_date, graph_run_id)
@@ -52,6 +72,60 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
         table = compute_candidates(graph, config, sources).to_arrow(graph)
     extra["seconds"] = round(time.monotonic() - started, 3)
     return out.publish_table(TABLE, table, run_id, extra=extra, logical_date=logical_date)
+
+
+# what must match between the version refreshed and this run, or its kept rows answer another question
+_REFRESH_KEYS = ("alpha", "top_k", "eps", "row_k", "sweeps", "refine_eps", "tol", "use_weights")
+
+
+def refresh_base(out, config: PprConfig, graph_run: str | None, nodes_uri: str | None,
+                 max_age: int) -> tuple[dict | None, str]:
+    """(the ``ppr_candidates`` manifest an incremental run starts from, or None and why not).
+
+    The base is the live version, or, when the live version was computed from this same graph (a
+    retry), the version it was refreshed from. It must record its graph run, use the same settings
+    and method, and be at most ``max_age`` refreshes away from a full computation: refreshes keep
+    rows a full run could order slightly differently, so a full run bounds the drift."""
+    if config.method in SPARK_METHODS:
+        return None, f"method {config.method} (refreshes run on one machine)"
+    if nodes_uri:
+        return None, "--nodes restricts the sources (refreshes cover every node)"
+    if graph_run is None:
+        return None, "the edges are not a published graph (no graph run to diff against)"
+    if not out.is_published(TABLE):
+        return None, "no published ppr_candidates yet"
+    base = out.manifest(TABLE)
+    if base.get("extra", {}).get("graph_run_id") == graph_run:
+        previous = base["extra"].get("incremental", {}).get("previous_run_id")
+        if not previous:
+            return None, f"the live ppr_candidates ({base['run_id']}) was computed in full from this graph"
+        if not out.is_published(TABLE, previous):
+            return None, f"ppr_candidates run {previous} (what the live version refreshed) is gone"
+        base = out.manifest(TABLE, previous)
+    extra = base.get("extra", {})
+    if not extra.get("graph_run_id"):
+        return None, f"ppr_candidates run {base['run_id']} does not record its graph run"
+    if extra.get("nodes"):
+        return None, f"ppr_candidates run {base['run_id']} covers a subset of the nodes"
+    before = extra.get("config", {})
+    differ = [k for k in _REFRESH_KEYS if before.get(k) != getattr(config, k)]
+    if differ:
+        return None, f"settings changed since run {base['run_id']}: {', '.join(differ)}"
+    method = extra.get("auto") or before.get("method")
+    if method != config.method:
+        return None, f"method changed since run {base['run_id']}: {method} -> {config.method}"
+    age = int(extra.get("incremental", {}).get("age", 0))
+    if age >= max_age:
+        return None, f"run {base['run_id']} is {age} refreshes from a full computation (refresh_max_age {max_age})"
+    return base, ""
+
+
+def _graph_run_id(edges_uri: str, settings: "Settings", pin: str | None) -> str | None:
+    """The build-graph run whose edges are read, when they are a published graph."""
+    storage = open_storage(edges_uri, settings).pinned(pin)
+    if edges_uri.endswith(".parquet") or not storage.is_published("graph_nodes"):
+        return None
+    return storage.manifest("graph_nodes").get("run_id")
 
 
 def _resolve_auto(settings: "Settings", config: PprConfig, edges_uri: str, nodes_uri: str | None,

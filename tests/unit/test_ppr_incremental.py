@@ -151,3 +151,100 @@ def test_renumber_restarts_ranks_at_one_for_every_node():
     table = pa.table({"node_id": ["a", "a", "a", "b", "c", "c"], "rank": pa.array([1, 3, 7, 2, 5, 9], pa.int32())})
     assert _renumber(table)["rank"].to_pylist() == [1, 2, 3, 1, 1, 2]
     assert _renumber(table.slice(0, 0)).num_rows == 0
+
+
+def test_sources_within_hops_is_breadth_first_search_on_reversed_edges():
+    from g2i_core.ppr.graph import powerlaw_graph
+    from g2i_core.ppr.incremental import sources_within_hops
+
+    for seed in range(5):
+        g = powerlaw_graph(200, avg_degree=3, seed=seed)
+        seeds = np.random.default_rng(seed).choice(g.num_nodes, 3, replace=False)
+        into = {v: set() for v in range(g.num_nodes)}  # v -> nodes with an edge into v
+        for u in range(g.num_nodes):
+            for v in g.indices[g.indptr[u]:g.indptr[u + 1]]:
+                into[int(v)].add(u)
+        for hops in (0, 1, 2, 3):
+            reached, frontier = set(seeds.tolist()), set(seeds.tolist())
+            for _ in range(hops):
+                frontier = {u for v in frontier for u in into[v]} - reached
+                reached |= frontier
+            assert set(np.flatnonzero(sources_within_hops(g, seeds, hops)).tolist()) == reached
+
+
+def _publish_graph(storage, src, dst, run_id, ds):
+    """graph_edges + graph_nodes as one commit, as build-graph publishes them."""
+    from g2i_core.ppr.graph import edges_table
+
+    graph = build_graph(src, dst)
+    attempts = []
+    nodes = pa.table({"node_id": graph.ids.tolist()})
+    for name, table in (("graph_edges", edges_table(graph)), ("graph_nodes", nodes)):
+        attempt = storage.begin(name, run_id)
+        storage.write_parquet(f"{attempt.uri}/part-0.parquet", table)
+        attempts.append(attempt)
+    storage.commit(attempts, logical_date=ds)
+    return graph
+
+
+def test_incremental_run_refreshes_the_live_version_and_bounds_its_age(file_storage):
+    from g2i_core.config import Settings
+    from g2i_core.ppr.api import compute_candidates
+    from g2i_core.ppr.incremental import sources_within_hops
+    from g2i_core.ppr.pipeline import run_ppr
+
+    settings = Settings.load(storage_root=file_storage.root)
+    root = file_storage.root
+    config = PprConfig(top_k=5)  # auto: propagate, as the nightly DAG runs it
+
+    def run(day, **kw):
+        return run_ppr(settings, config, edges_uri=root, out_uri=root, run_id=day, graph_run_id=day, **kw)
+
+    src, dst = _clustered_edges(seed=2)
+    _publish_graph(file_storage, src, dst, "day1", "2026-11-01")
+    day1 = run("day1", incremental=True)
+    assert day1["extra"]["incremental"] == {"full_because": "no published ppr_candidates yet"}
+    assert day1["extra"]["graph_run_id"] == "day1"
+    previous = file_storage.read_table("ppr_candidates")
+
+    # day 2: cluster 5 rewires one node and gains a new one
+    new_src, new_dst = src + ["c05n03", "new01"], dst + ["new01", "c05n02"]
+    new = _publish_graph(file_storage, new_src, new_dst, "day2", "2026-11-02")
+    day2 = run("day2", incremental=True, refresh_hops=1)
+    stats = day2["extra"]["incremental"]
+    assert (stats["rule"], stats["hops"], stats["previous_run_id"], stats["age"]) == ("hops", 1, "day1", 1)
+    redo = sources_within_hops(new, new.index_of(["c05n03", "new01"]), 1)
+    assert stats["recomputed"] == int(redo.sum()) and 0 < stats["recomputed"] < new.num_nodes // 4
+    table = file_storage.read_table("ppr_candidates")
+    rows = {}
+    for r in table.to_pylist():
+        rows.setdefault(r["node_id"], []).append((r["rank"], r["neighbour_id"], r["ppr_score"]))
+    full = compute_candidates(new, PprConfig(method="propagate", top_k=5)).to_arrow(new).to_pylist()
+    expected = {}
+    for r in full:  # recomputed sources: what a full run gives them
+        if redo[new.index_of([r["node_id"]])[0]]:
+            expected.setdefault(r["node_id"], []).append((r["rank"], r["neighbour_id"], r["ppr_score"]))
+    for r in previous.to_pylist():  # every other source: its previous rows
+        if not redo[new.index_of([r["node_id"]])[0]]:
+            expected.setdefault(r["node_id"], []).append((r["rank"], r["neighbour_id"], r["ppr_score"]))
+    assert rows == expected
+    assert table.column("node_id").to_pylist() == sorted(table.column("node_id").to_pylist())
+
+    # a retry of day 2 refreshes day 1 again (not its own output), with the same answer
+    again = run("day2", incremental=True, refresh_hops=1)
+    assert again["extra"]["incremental"]["previous_run_id"] == "day1"
+    assert again["extra"]["incremental"]["age"] == 1
+    assert file_storage.read_table("ppr_candidates").to_pylist() == table.to_pylist()
+
+    # day 3: one refresh in a row is the limit, so every source is computed again
+    _publish_graph(file_storage, new_src + ["c08n01"], new_dst + ["c08n07"], "day3", "2026-11-03")
+    day3 = run("day3", incremental=True, refresh_max_age=1)
+    assert "refresh_max_age 1" in day3["extra"]["incremental"]["full_because"]
+    again = run("day3", incremental=True)  # a retry of a full computation stays full
+    assert again["extra"]["incremental"]["full_because"] == \
+        "the live ppr_candidates (day3) was computed in full from this graph"
+    # other settings than the live version: its rows answer another question
+    _publish_graph(file_storage, new_src, new_dst, "day4", "2026-11-04")
+    day4 = run_ppr(settings, PprConfig(top_k=6), edges_uri=root, out_uri=root, run_id="day4", graph_run_id="day4",
+                   incremental=True)
+    assert day4["extra"]["incremental"]["full_because"] == "settings changed since run day3: top_k"
