@@ -47,7 +47,7 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
     logical_date = _graph_logical_date(edges_uri, settings, graph_run_id)
     base, previous_pin = None, None
     if incremental and not previous_edges_uri:
-        base, reason = refresh_base(out, config, graph_run, nodes_uri, refresh_max_age)
+        base, reason = refresh_base(out, config, graph_run, nodes_uri, refresh_max_age, logical_date)
         if base is None:
             log.info("ppr: every source computed, not refreshed: %s", reason)
             extra["incremental"] = {"full_because": reason}
@@ -78,33 +78,33 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
 _REFRESH_KEYS = ("alpha", "top_k", "eps", "row_k", "sweeps", "refine_eps", "tol", "use_weights")
 
 
-def refresh_base(out, config: PprConfig, graph_run: str | None, nodes_uri: str | None,
-                 max_age: int) -> tuple[dict | None, str]:
+def refresh_base(out, config: PprConfig, graph_run: str | None, nodes_uri: str | None, max_age: int,
+                 logical_date: str | None = None) -> tuple[dict | None, str]:
     """(the ``ppr_candidates`` manifest an incremental run starts from, or None and why not).
 
-    The base is the live version, or, when the live version was computed from this same graph (a
-    retry), the version it was refreshed from. It must record its graph run, use the same settings
-    and method, and be at most ``max_age`` refreshes away from a full computation: refreshes keep
-    rows a full run could order slightly differently, so a full run bounds the drift."""
+    The base is the newest published version computed from another graph run, older than this graph
+    (``logical_date``) when both dates are known. So a retry refreshes the same base as the first
+    try, and a backfill of an old date refreshes the version before that date. The base must use the
+    same settings and method, cover every node, and be at most ``max_age`` refreshes away from a full
+    computation: a refresh keeps rows that a full run could order slightly differently, so a full
+    run bounds the drift."""
     if config.method in SPARK_METHODS:
         return None, f"method {config.method} (refreshes run on one machine)"
     if nodes_uri:
         return None, "--nodes restricts the sources (refreshes cover every node)"
     if graph_run is None:
         return None, "the edges are not a published graph (no graph run to diff against)"
-    if not out.is_published(TABLE):
-        return None, "no published ppr_candidates yet"
-    base = out.manifest(TABLE)
-    if base.get("extra", {}).get("graph_run_id") == graph_run:
-        previous = base["extra"].get("incremental", {}).get("previous_run_id")
-        if not previous:
-            return None, f"the live ppr_candidates ({base['run_id']}) was computed in full from this graph"
-        if not out.is_published(TABLE, previous):
-            return None, f"ppr_candidates run {previous} (what the live version refreshed) is gone"
-        base = out.manifest(TABLE, previous)
-    extra = base.get("extra", {})
-    if not extra.get("graph_run_id"):
-        return None, f"ppr_candidates run {base['run_id']} does not record its graph run"
+    versions = []
+    for uri in out.list(out.uri(TABLE, "_manifests")):
+        if uri.endswith(".json"):
+            m = out.get_json(uri)
+            ran_on = m.get("extra", {}).get("graph_run_id")
+            if ran_on and ran_on != graph_run and (not logical_date or (m.get("logical_date") or "") <= logical_date):
+                versions.append(m)
+    if not versions:
+        return None, "no published ppr_candidates computed from an earlier graph"
+    base = max(versions, key=lambda m: (m.get("logical_date") or "", m["attempt"]))
+    extra = base["extra"]
     if extra.get("nodes"):
         return None, f"ppr_candidates run {base['run_id']} covers a subset of the nodes"
     before = extra.get("config", {})

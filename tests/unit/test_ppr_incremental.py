@@ -203,7 +203,8 @@ def test_incremental_run_refreshes_the_live_version_and_bounds_its_age(file_stor
     src, dst = _clustered_edges(seed=2)
     _publish_graph(file_storage, src, dst, "day1", "2026-11-01")
     day1 = run("day1", incremental=True)
-    assert day1["extra"]["incremental"] == {"full_because": "no published ppr_candidates yet"}
+    assert day1["extra"]["incremental"] == {
+        "full_because": "no published ppr_candidates computed from an earlier graph"}
     assert day1["extra"]["graph_run_id"] == "day1"
     previous = file_storage.read_table("ppr_candidates")
 
@@ -240,9 +241,10 @@ def test_incremental_run_refreshes_the_live_version_and_bounds_its_age(file_stor
     _publish_graph(file_storage, new_src + ["c08n01"], new_dst + ["c08n07"], "day3", "2026-11-03")
     day3 = run("day3", incremental=True, refresh_max_age=1)
     assert "refresh_max_age 1" in day3["extra"]["incremental"]["full_because"]
-    again = run("day3", incremental=True)  # a retry of a full computation stays full
-    assert again["extra"]["incremental"]["full_because"] == \
-        "the live ppr_candidates (day3) was computed in full from this graph"
+    # a backfill of day 2 after day 3 refreshes day 1, the version before its own date
+    backfill = run("day2", incremental=True)
+    assert (backfill["extra"]["incremental"]["previous_run_id"], backfill["logical_date"]) == ("day1", "2026-11-02")
+    assert file_storage.manifest("ppr_candidates")["run_id"] == "day3"  # day 3 stays live
     # other settings than the live version: its rows answer another question
     _publish_graph(file_storage, new_src, new_dst, "day4", "2026-11-04")
     day4 = run_ppr(settings, PprConfig(top_k=6), edges_uri=root, out_uri=root, run_id="day4", graph_run_id="day4",
