@@ -1,13 +1,21 @@
-"""Nightly PPR refresh: how many sources a delta forces to recompute, by tolerance.
+"""Nightly PPR refresh: how many sources a delta forces to recompute, by tolerance or by hops.
 
     .venv/bin/python bench/bench_ppr_refresh.py --root s3://g2i/bench-scale/n2400000-<ts>/goodreads \
-        --old-run goodreads-2026-11-01 --new-run goodreads-2026-11-02 [--tols 1e-3,1e-2,1e-1] [--out NAME]
+        --old-run goodreads-2026-11-01 --new-run goodreads-2026-11-02 [--tols 1e-3,1e-2,1e-1] [--out NAME] \
+        [--hops 0,1,2 --old-candidates RUN --new-candidates RUN_OR_MANIFEST_JSON]
 
 Reads the two build-graph commits a bench_scale run leaves (full build and 1% delta), finds the nodes
 whose out-edges changed (`changed_nodes`, plus new and removed nodes) and, for each tolerance, the
 sources whose PPR vector can move by more than it (`affected_sources`: one reverse push on the old graph,
 the bound in g2i_core/ppr/incremental.py). A source outside that set keeps its old candidates in an
-incremental refresh; the rest must be recomputed. Writes bench/results/<out>.{md,json}.
+incremental refresh; the rest must be recomputed.
+
+``--hops``: the rule the nightly DAG uses (``g2i ppr --incremental``): recompute the sources within h
+hops of a changed node, keep the rest. Given every source's candidates computed in full on each graph
+(``--old-candidates``, ``--new-candidates``: run ids of ``ppr_candidates``, or a saved manifest JSON),
+it reports the refreshed table's top-10 agreement with the full computation on the new graph. A
+recomputed source's rows are those of the full computation (tests/unit/test_ppr_incremental.py), so
+only the kept sources can disagree. Writes bench/results/<out>.{md,json}.
 """
 
 from __future__ import annotations
@@ -32,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--new-run", required=True, help="run id of the delta's build-graph commit")
     ap.add_argument("--tols", default="1e-3,1e-2,1e-1", help="L1 tolerances (comma separated)")
     ap.add_argument("--alpha", type=float, default=0.15)
+    ap.add_argument("--hops", default="", help="hop counts of the hops rule (comma separated)")
+    ap.add_argument("--old-candidates", default="", help="--hops: ppr_candidates run computed in full on --old-run")
+    ap.add_argument("--new-candidates", default="",
+                    help="--hops: ppr_candidates run (or a saved manifest .json) computed in full on --new-run")
     ap.add_argument("--out", default="ppr_refresh")
     args = ap.parse_args(argv)
 
@@ -50,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[refresh] old {old.num_nodes:,} nodes / {old.num_edges:,} edges, new {new.num_nodes:,} / "
           f"{new.num_edges:,}; {len(changed):,} changed nodes ({changed_s:.1f}s)", flush=True)
     rows = []
-    for tol in (float(x) for x in args.tols.split(",")):
+    for tol in (float(x) for x in args.tols.split(",") if x):
         t = time.monotonic()
         stale = affected_sources(old, changed, args.alpha, tol)
         rows.append({"tol": tol, "affected_sources": int(len(stale)),
@@ -58,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
                      "seconds": round(time.monotonic() - t, 1)})
         print(f"[refresh] tol {tol:g}: {len(stale):,} of {old.num_nodes:,} sources affected "
               f"({rows[-1]['fraction']:.1%}, {rows[-1]['seconds']}s)", flush=True)
-    result = {"root": args.root, "old_run": args.old_run, "new_run": args.new_run, "alpha": args.alpha,
+    hop_rows = hop_agreement(args, settings, old, new, changed) if args.hops else []
+    result = {"root": args.root, "hop_rows": hop_rows, "old_run": args.old_run, "new_run": args.new_run, "alpha": args.alpha,
               "old_nodes": old.num_nodes, "old_edges": old.num_edges, "new_nodes": new.num_nodes,
               "new_edges": new.num_edges, "changed_nodes": len(changed), "load_s": round(load_s, 1),
               "changed_nodes_s": round(changed_s, 1), "rows": rows,
@@ -74,11 +87,64 @@ def main(argv: list[str] | None = None) -> int:
              f"peak RSS {result['peak_rss_mib']:,} MiB; 1-min load average at the end {result['load_avg'][0]}.", "",
              "| L1 tolerance | sources to recompute | fraction | reverse push s |", "|---:|---:|---:|---:|"]
     lines += [f"| {r['tol']:g} | {r['affected_sources']:,} | {r['fraction']:.1%} | {r['seconds']} |" for r in rows]
+    if hop_rows:
+        lines += ["", f"Hops rule, against every source computed in full on each graph (`{args.old_candidates}`, "
+                  f"`{Path(args.new_candidates).name}`). Agreement: the share of the full computation's top-10 "
+                  "entries on the new graph that the refreshed table also has in its top-10.", "",
+                  "| hops | sources recomputed | fraction | top-10 agreement | kept sources' agreement |",
+                  "|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['hops']} | {r['recomputed']:,} | {r['fraction']:.1%} | {r['agreement']:.4f} | "
+                  f"{r['kept_agreement']:.4f} |" for r in hop_rows]
+    hop_args = (f" --hops {args.hops} --old-candidates {args.old_candidates} --new-candidates {args.new_candidates}"
+                if args.hops else "")
     lines += ["", f"Reproduce: `.venv/bin/python bench/bench_ppr_refresh.py --root {args.root} --old-run "
-              f"{args.old_run} --new-run {args.new_run} --tols {args.tols}`"]
+              f"{args.old_run} --new-run {args.new_run} --tols '{args.tols}'{hop_args}`"]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def hop_agreement(args, settings, old, new, changed: list[str]) -> list[dict]:
+    """Per hop count: sources recomputed, and the refreshed top-10's agreement with the full one."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from g2i_core.ppr.incremental import sources_within_hops
+    from g2i_core.storage import Storage
+
+    storage = Storage(args.root, settings=settings)
+    new_ids = pa.array(new.ids.tolist(), pa.string())
+
+    def top10(ref: str) -> tuple[np.ndarray, np.ndarray]:
+        """(source, neighbour) new-graph indices of every top-10 entry; -1 for a node not in the new graph."""
+        manifest = (json.loads(Path(ref).read_text()) if ref.endswith(".json")
+                    else storage.manifest("ppr_candidates", ref))
+        table = storage.read_table("ppr_candidates", columns=["node_id", "neighbour_id", "rank"], manifest=manifest)
+        table = table.filter(pc.less_equal(table.column("rank"), 10))
+        return tuple(pc.fill_null(pc.index_in(table.column(c), value_set=new_ids), -1).to_numpy().astype(np.int64)
+                     for c in ("node_id", "neighbour_id"))
+
+    old_src, old_dst = top10(args.old_candidates)
+    new_src, new_dst = top10(args.new_candidates)
+    n = new.num_nodes
+    in_old = np.isin(new_src * (n + 1) + new_dst + 1, old_src * (n + 1) + old_dst + 1)
+    agree = np.bincount(new_src, weights=in_old, minlength=n)  # per source: full top-10 entries kept from old
+    total = np.bincount(new_src, minlength=n).astype(float)
+    changed_at = pc.fill_null(pc.index_in(pa.array(changed, pa.string()), value_set=new_ids), -1).to_numpy()
+    is_new = pc.invert(pc.is_in(new_ids, value_set=pa.array(old.ids.tolist(), pa.string()))).to_numpy(
+        zero_copy_only=False)
+    seeds = np.union1d(changed_at[changed_at >= 0], np.flatnonzero(is_new))
+    out = []
+    for hops in (int(x) for x in args.hops.split(",")):
+        redo = sources_within_hops(new, seeds, hops)
+        kept = ~redo & (total > 0)
+        hit = total[redo].sum() + agree[kept].sum()  # recomputed sources agree by construction
+        out.append({"hops": hops, "recomputed": int(redo.sum()), "fraction": round(float(redo.mean()), 4),
+                    "agreement": round(float(hit / total.sum()), 4),
+                    "kept_agreement": round(float(agree[kept].sum() / max(total[kept].sum(), 1)), 4)})
+        print(f"[refresh] hops {hops}: {out[-1]}", flush=True)
+    return out
 
 
 if __name__ == "__main__":
