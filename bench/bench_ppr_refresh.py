@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[refresh] tol {tol:g}: {len(stale):,} of {old.num_nodes:,} sources affected "
               f"({rows[-1]['fraction']:.1%}, {rows[-1]['seconds']}s)", flush=True)
     hop_rows = hop_agreement(args, settings, old, new, changed) if args.hops else []
-    result = {"root": args.root, "hop_rows": hop_rows, "old_run": args.old_run, "new_run": args.new_run, "alpha": args.alpha,
+    result = {"root": args.root, "hop_rows": hop_rows, "old_run": args.old_run, "new_run": args.new_run,
+              "alpha": args.alpha,
               "old_nodes": old.num_nodes, "old_edges": old.num_edges, "new_nodes": new.num_nodes,
               "new_edges": new.num_edges, "changed_nodes": len(changed), "load_s": round(load_s, 1),
               "changed_nodes_s": round(changed_s, 1), "rows": rows,
