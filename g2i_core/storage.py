@@ -307,14 +307,17 @@ class Storage:
         pq.write_table(table, buf, compression="zstd")
         self.put_bytes(uri, buf.getvalue(), "application/vnd.apache.parquet")
 
-    def read_parquet(self, uris: str | Iterable[str], columns: list[str] | None = None) -> "pa.Table":
-        """Read one Parquet file, a list of files, or every *.parquet under a prefix."""
+    def read_parquet(self, uris: str | Iterable[str], columns: list[str] | None = None,
+                     dictionary: list[str] | None = None) -> "pa.Table":
+        """Read one Parquet file, a list of files, or every *.parquet under a prefix. Columns named in
+        ``dictionary`` come back dictionary-encoded (one dictionary per file: repeated ids cost 4 bytes)."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         if isinstance(uris, str):
             uris = [uris] if uris.endswith(".parquet") else [u for u in self.list(uris) if u.endswith(".parquet")]
-        tables = [pq.read_table(io.BytesIO(self.get_bytes(u)), columns=columns) for u in uris]
+        tables = [pq.read_table(io.BytesIO(self.get_bytes(u)), columns=columns, read_dictionary=dictionary)
+                  for u in uris]
         if not tables:
             raise FileNotFoundError(f"no parquet files in {uris!r}")
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
@@ -643,7 +646,7 @@ class Storage:
             return False
 
     def read_table(self, name: str, run_id: str | None = None, columns: list[str] | None = None,
-                   manifest: dict | None = None) -> "pa.Table":
+                   manifest: dict | None = None, dictionary: list[str] | None = None) -> "pa.Table":
         """The latest (or a given) published run of a table, or exactly the files of ``manifest``.
 
         A file that vanished while we read (a concurrent rerun removed an attempt two publishes old)
@@ -651,7 +654,7 @@ class Storage:
         for again in (False, True):
             m = manifest or self.manifest(name, run_id)
             try:
-                table = self.read_parquet(self.manifest_files(m), columns=columns)
+                table = self.read_parquet(self.manifest_files(m), columns=columns, dictionary=dictionary)
                 break
             except FileNotFoundError:
                 if again or manifest is not None:

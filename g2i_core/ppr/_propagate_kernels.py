@@ -103,14 +103,16 @@ def propagate_sweep(indptr, indices, probs, alpha, row_idx, row_val, block, acc,
     return gained
 
 
-@numba.njit(cache=True)
+@numba.njit(parallel=True, cache=True)
 def restart_mass(indptr, indices, probs, alpha, iterations):
-    """|Phi_s|_1 for every s: m = alpha + (1 - alpha) P m (exact up to (1 - alpha)^iterations)."""
+    """|Phi_s|_1 for every s: m = alpha + (1 - alpha) P m (exact up to (1 - alpha)^iterations).
+    Jacobi iterations, parallel over nodes (each node's sum in edge order: the same result on any
+    thread count); ~30 s on one thread at 2.4M nodes / 20.8M edges."""
     n = indptr.shape[0] - 1
     m = np.full(n, alpha)
     nxt = np.empty(n)
     for _ in range(iterations):
-        for s in range(n):
+        for s in numba.prange(n):
             t = 0.0
             for e in range(indptr[s], indptr[s + 1]):
                 t += probs[e] * m[indices[e]]

@@ -26,31 +26,41 @@ class Candidates:
         return self.neighbours.shape[1]
 
     def to_arrow(self, graph: CsrGraph, chunk_rows: int = 8_000_000) -> "pa.Table":
-        """The ``ppr_candidates`` table: one row per (source, rank) that has a candidate.
-
-        The id columns are gathered by Arrow from one string array of the node ids, in chunks (a
-        32-bit-offset string chunk holds at most 2 GiB); turning 100M indices into Python strings first
-        would cost minutes and several GB at Goodreads size (2.4M sources x 42 candidates)."""
+        """The ``ppr_candidates`` table: one row per (source, rank) that has a candidate."""
         import pyarrow as pa
 
-        ids = pa.array(graph.ids.tolist(), pa.string())
+        return candidates_table(pa.array(graph.ids.tolist(), pa.string()), *self.flat(), chunk_rows=chunk_rows)
+
+    def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """(source, neighbour, rank, score) of every entry, by source then rank."""
         rows, cols = np.nonzero(self.neighbours >= 0)
-
-        def gather(index: np.ndarray) -> "pa.ChunkedArray":
-            return pa.chunked_array([ids.take(pa.array(index[i:i + chunk_rows]))
-                                     for i in range(0, len(index), chunk_rows)], pa.string())
-
-        return pa.table({
-            "node_id": gather(self.sources[rows]),
-            "rank": pa.array((cols + 1).astype(np.int32), pa.int32()),
-            "neighbour_id": gather(self.neighbours[rows, cols]),
-            "ppr_score": pa.array(self.scores[rows, cols], pa.float64()),
-        })
+        return self.sources[rows], self.neighbours[rows, cols], (cols + 1).astype(np.int32), self.scores[rows, cols]
 
     def as_dict(self, graph: CsrGraph) -> dict[str, list[str]]:
         """source id -> neighbour ids in rank order (handy in tests and for small graphs)."""
         return {graph.ids[s]: [graph.ids[v] for v in row if v >= 0]
                 for s, row in zip(self.sources.tolist(), self.neighbours, strict=False)}
+
+
+def candidates_table(ids: "pa.Array", source: np.ndarray, neighbour: np.ndarray, rank: np.ndarray,
+                     score: np.ndarray, chunk_rows: int = 8_000_000) -> "pa.Table":
+    """The ``ppr_candidates`` table of entries given as node indices into ``ids``.
+
+    The id columns are gathered by Arrow from the one string array of node ids, in chunks (a 32-bit-offset
+    string chunk holds at most 2 GiB); turning 100M indices into Python strings first would cost minutes and
+    several GB at Goodreads size (2.4M sources x 42 candidates)."""
+    import pyarrow as pa
+
+    def gather(index: np.ndarray) -> "pa.ChunkedArray":
+        return pa.chunked_array([ids.take(pa.array(index[i:i + chunk_rows]))
+                                 for i in range(0, len(index), chunk_rows)], pa.string())
+
+    return pa.table({
+        "node_id": gather(source),
+        "rank": pa.array(np.asarray(rank, np.int32), pa.int32()),
+        "neighbour_id": gather(neighbour),
+        "ppr_score": pa.array(np.asarray(score, np.float64), pa.float64()),
+    })
 
 
 def top_k_of_rows(matrix: np.ndarray, sources: np.ndarray, k: int) -> Candidates:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from g2i_core.ppr.api import SPARK_METHODS, PprConfig, compute_candidates
+from g2i_core.ppr.candidates import Candidates, candidates_table
 from g2i_core.ppr.graph import CsrGraph
 
 if TYPE_CHECKING:
@@ -121,25 +122,17 @@ def sources_within_hops(graph: CsrGraph, seeds: np.ndarray, hops: int) -> np.nda
     return mask
 
 
-def incremental_candidates(old: CsrGraph, new: CsrGraph, previous: "pa.Table", config: PprConfig,
-                           changed: list[str] | None = None, tol: float = 1e-3,
-                           sources: list[str] | None = None, hops: int | None = None) -> tuple["pa.Table", dict]:
-    """Candidates on ``new``: recomputed where needed, copied from ``previous`` elsewhere.
-
-    Which sources are recomputed, besides new and changed nodes:
-    - ``hops`` None (the bound rule): every source whose PPR vector can move by more than ``tol`` (L1);
-    - ``hops`` h: every source with a path of at most h edges into a changed node. Not a bound: sources
-      further away keep candidates that a full recompute could order slightly differently (measured in
-      docs/neighbours.md, "Incremental refresh")."""
+def refresh_plan(old: CsrGraph, new: CsrGraph, config: PprConfig, changed: list[str] | None = None,
+                 tol: float = 1e-3, sources: list[str] | None = None,
+                 hops: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+    """(recompute, wanted, changed count): masks over the new graph's nodes. Besides new and changed nodes,
+    recompute every source whose PPR vector can move by more than ``tol`` (L1; ``hops`` None, the bound
+    rule), or every source with a path of at most ``hops`` edges into a changed node (the hops rule: not
+    a bound, measured in docs/neighbours.md, "Incremental refresh")."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    if config.method in SPARK_METHODS:
-        raise ValueError("incremental refresh runs the single-machine methods (auto, push, propagate, exact); "
-                         "the recomputed set is small by design")
-    started = time.monotonic()
     new_ids, old_ids = pa.array(new.ids.tolist(), pa.string()), pa.array(old.ids.tolist(), pa.string())
-    # 1. what changed, and which sources can feel it (masks over the new graph's nodes)
     changed = changed if changed is not None else changed_nodes(old, new)
     is_new = pc.invert(pc.is_in(new_ids, value_set=old_ids)).to_numpy(zero_copy_only=False)
     changed_mask = _mask_of(pa.array(changed, pa.string()), new_ids) | is_new
@@ -150,29 +143,60 @@ def incremental_candidates(old: CsrGraph, new: CsrGraph, previous: "pa.Table", c
     else:
         redo = sources_within_hops(new, np.flatnonzero(changed_mask), hops)
     wanted = _mask_of(pa.array(sources, pa.string()), new_ids) if sources is not None else np.ones(new.num_nodes, bool)
-    redo &= wanted
+    return redo & wanted, wanted, int(changed_mask.sum())
+
+
+def merge_candidates(new: CsrGraph, previous: "pa.Table", fresh: Candidates, redo: np.ndarray,
+                     wanted: np.ndarray) -> "pa.Table":
+    """``fresh`` rows for the ``redo`` sources, ``previous`` rows for the other ``wanted`` ones, minus
+    neighbours that left the graph (ranks renumbered); ordered by (node, rank).
+
+    Works on node indices: ids are looked up once per distinct value (``previous`` may hold dictionary
+    columns), and the 100M-row merge sorts integers, not id strings."""
+    import pyarrow as pa
+
+    new_ids = pa.array(new.ids.tolist(), pa.string())
+    node = _positions(previous.column("node_id"), new_ids)  # -1: the node left the graph
+    nbr = _positions(previous.column("neighbour_id"), new_ids)
+    keep = node >= 0
+    keep[keep] = wanted[node[keep]] & ~redo[node[keep]]
+    gone = keep & (nbr < 0)  # a neighbour that left the graph
+    keep &= nbr >= 0
+    node, nbr = node[keep], nbr[keep]
+    rank = previous.column("rank").to_numpy()[keep].astype(np.int32)
+    score = previous.column("ppr_score").to_numpy()[keep]
+    if gone.any():
+        order = np.lexsort((rank, node))
+        node, nbr, score = node[order], nbr[order], score[order]
+        rank = _ranks_in_groups(node)
+    f_node, f_nbr, f_rank, f_score = fresh.flat()
+    node, nbr = np.concatenate([node, f_node]), np.concatenate([nbr, f_nbr])
+    rank, score = np.concatenate([rank, f_rank]), np.concatenate([score, f_score])
+    order = np.argsort(node * (int(rank.max(initial=0)) + 1) + rank)
+    return candidates_table(new_ids, node[order], nbr[order], rank[order], score[order])
+
+
+def incremental_candidates(old: CsrGraph, new: CsrGraph, previous: "pa.Table", config: PprConfig,
+                           changed: list[str] | None = None, tol: float = 1e-3,
+                           sources: list[str] | None = None, hops: int | None = None) -> tuple["pa.Table", dict]:
+    """Candidates on ``new``: recomputed where needed (``refresh_plan``), copied from ``previous`` elsewhere."""
+    return _refresh(old, new, lambda: previous, config, changed, tol, sources, hops)
+
+
+def _refresh(old: CsrGraph, new: CsrGraph, read_previous, config: PprConfig, changed: list[str] | None,
+             tol: float, sources: list[str] | None, hops: int | None) -> tuple["pa.Table", dict]:
+    if config.method in SPARK_METHODS:
+        raise ValueError("incremental refresh runs the single-machine methods (auto, push, propagate, exact); "
+                         "the recomputed set is small by design")
+    started = time.monotonic()
+    redo, wanted, n_changed = refresh_plan(old, new, config, changed, tol, sources, hops)
     redo_idx = np.flatnonzero(redo).astype(np.int64)
-    log.info("incremental ppr: %d changed nodes -> %d of %d sources to recompute (%.1fs)", int(changed_mask.sum()),
+    log.info("incremental ppr: %d changed nodes -> %d of %d sources to recompute (%.1fs)", n_changed,
              len(redo_idx), int(wanted.sum()), time.monotonic() - started)
-    # 2. recompute those on the new graph
-    fresh = compute_candidates(new, config, redo_idx).to_arrow(new)
-    # 3. keep the rest; drop neighbours that no longer exist (ranks renumbered)
-    node_at = _positions(previous.column("node_id"), new_ids)  # -1: the node left the graph
-    keep = node_at >= 0
-    keep[keep] = wanted[node_at[keep]] & ~redo[node_at[keep]]
-    kept = previous.filter(pa.array(keep))
-    node_at = node_at[keep]
-    if len(old_ids) > int((~is_new).sum()):  # some old node is gone: it may be someone's neighbour
-        present = _positions(kept.column("neighbour_id"), new_ids) >= 0
-        kept, node_at = kept.filter(pa.array(present)), node_at[present]
-        kept, node_at = _renumber_by_position(kept, node_at)
-    # 4. one table in (node, rank) order, sorted on integers (sorting 100M id strings takes minutes)
-    fresh_at = _positions(fresh.column("node_id"), new_ids)
-    table = pa.concat_tables([kept.select(fresh.column_names).cast(fresh.schema), fresh])
-    ranks = table.column("rank").to_numpy().astype(np.int64)
-    order = np.argsort(np.concatenate([node_at, fresh_at]) * (int(ranks.max(initial=0)) + 1) + ranks)
-    table = table.take(pa.array(order))
-    stats = {"changed": int(changed_mask.sum()), "recomputed": len(redo_idx), "kept": int(wanted.sum()) - len(redo_idx),
+    fresh = compute_candidates(new, config, redo_idx)
+    # read only now: the propagated rows are freed, and the previous table is the other large thing
+    table = merge_candidates(new, read_previous(), fresh, redo, wanted)
+    stats = {"changed": n_changed, "recomputed": len(redo_idx), "kept": int(wanted.sum()) - len(redo_idx),
              "rule": "bound" if hops is None else "hops", **({"tol": tol} if hops is None else {"hops": hops})}
     log.info("incremental ppr: %d recomputed, %d kept, %d rows in %.1fs", stats["recomputed"], stats["kept"],
              table.num_rows, time.monotonic() - started)
@@ -180,12 +204,20 @@ def incremental_candidates(old: CsrGraph, new: CsrGraph, previous: "pa.Table", c
 
 
 def _positions(values: "pa.ChunkedArray | pa.Array", pool: "pa.Array") -> np.ndarray:
-    """Index of each value in ``pool`` (Arrow hash lookup), -1 where absent."""
+    """Index of each value in ``pool`` (Arrow hash lookup), -1 where absent. A dictionary chunk looks up
+    its dictionary once and maps the indices."""
+    import pyarrow as pa
     import pyarrow.compute as pc
 
-    if len(values) == 0:
-        return np.zeros(0, np.int64)
-    return pc.fill_null(pc.index_in(values, value_set=pool), -1).to_numpy().astype(np.int64)
+    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
+    out = [np.zeros(0, np.int64)]
+    for chunk in chunks:
+        if pa.types.is_dictionary(chunk.type):
+            at = pc.fill_null(pc.index_in(chunk.dictionary, value_set=pool), -1).to_numpy().astype(np.int64)
+            out.append(at[chunk.indices.to_numpy(zero_copy_only=False)])
+        elif len(chunk):
+            out.append(pc.fill_null(pc.index_in(chunk, value_set=pool), -1).to_numpy().astype(np.int64))
+    return np.concatenate(out)
 
 
 def _mask_of(values: "pa.Array", pool: "pa.Array") -> np.ndarray:
@@ -196,33 +228,13 @@ def _mask_of(values: "pa.Array", pool: "pa.Array") -> np.ndarray:
     return mask
 
 
-def _renumber_by_position(table: "pa.Table", node_at: np.ndarray) -> tuple["pa.Table", np.ndarray]:
-    """``_renumber`` for rows whose node is given by position, in any row order."""
-    order = np.lexsort((table.column("rank").to_numpy(), node_at))
-    import pyarrow as pa
-
-    table, node_at = table.take(pa.array(order)), node_at[order]
-    return _renumber(table, node_at), node_at
-
-
-def _renumber(table: "pa.Table", groups: np.ndarray | None = None) -> "pa.Table":
-    """Ranks 1..n within each node, for a table sorted by (node_id, rank); vectorised over rows.
-    ``groups``: the rows' node as integers (compared instead of the id strings)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    n = table.num_rows
-    if n == 0:
-        return table
+def _ranks_in_groups(groups: np.ndarray) -> np.ndarray:
+    """Ranks 1..n within each run of equal values of ``groups`` (rows sorted by group, then old rank)."""
+    n = len(groups)
     starts = np.ones(n, bool)
-    if n > 1 and groups is not None:
-        starts[1:] = groups[1:] != groups[:-1]
-    elif n > 1:
-        ids = table.column("node_id").combine_chunks()
-        starts[1:] = pc.not_equal(ids.slice(1), ids.slice(0, n - 1)).to_numpy(zero_copy_only=False)
-    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # row where each node's run begins
-    ranks = (np.arange(n) - first + 1).astype(np.int32)
-    return table.set_column(table.column_names.index("rank"), "rank", pa.array(ranks, pa.int32()))
+    starts[1:] = groups[1:] != groups[:-1]
+    first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))  # row where each group's run begins
+    return (np.arange(n) - first + 1).astype(np.int32)
 
 
 def refresh_candidates(settings: "Settings", config: PprConfig, out: "Storage", *, edges_uri: str,
@@ -235,7 +247,10 @@ def refresh_candidates(settings: "Settings", config: PprConfig, out: "Storage", 
 
     new = load_graph(edges_uri, settings, use_weights=config.use_weights, pin=pin)
     old = load_graph(previous_edges_uri, settings, use_weights=config.use_weights, pin=previous_pin)
-    previous = out.read_table("ppr_candidates", manifest=previous_manifest)
     changed = load_node_ids(changed_uri, settings) if changed_uri else None
     sources = load_node_ids(nodes_uri, settings) if nodes_uri else None
-    return incremental_candidates(old, new, previous, config, changed, refresh_tol, sources, hops)
+
+    def read_previous() -> "pa.Table":
+        return out.read_table("ppr_candidates", manifest=previous_manifest, dictionary=["node_id", "neighbour_id"])
+
+    return _refresh(old, new, read_previous, config, changed, refresh_tol, sources, hops)

@@ -145,12 +145,31 @@ def test_changed_nodes_matches_the_per_node_definition_on_random_edits():
     assert seen_changes > 50  # the edits really changed something in most trials
 
 
-def test_renumber_restarts_ranks_at_one_for_every_node():
-    from g2i_core.ppr.incremental import _renumber
+def test_ranks_restart_at_one_for_every_node():
+    from g2i_core.ppr.incremental import _ranks_in_groups
 
-    table = pa.table({"node_id": ["a", "a", "a", "b", "c", "c"], "rank": pa.array([1, 3, 7, 2, 5, 9], pa.int32())})
-    assert _renumber(table)["rank"].to_pylist() == [1, 2, 3, 1, 1, 2]
-    assert _renumber(table.slice(0, 0)).num_rows == 0
+    assert _ranks_in_groups(np.array([4, 4, 4, 7, 9, 9])).tolist() == [1, 2, 3, 1, 1, 2]
+    assert len(_ranks_in_groups(np.zeros(0, np.int64))) == 0
+
+
+def test_merge_drops_neighbours_that_left_and_reads_dictionary_columns():
+    from g2i_core.ppr.candidates import Candidates
+    from g2i_core.ppr.incremental import merge_candidates
+
+    new = build_graph(["a", "b", "c"], ["b", "c", "a"])  # "x" left the graph
+    previous = pa.table({"node_id": ["a", "a", "a", "b", "b", "x"], "rank": pa.array([1, 2, 3, 1, 2, 1], pa.int32()),
+                         "neighbour_id": ["x", "b", "c", "c", "a", "a"], "ppr_score": [.5, .4, .3, .6, .2, .9]})
+    fresh = Candidates(np.array([2]), np.array([[0, 1]]), np.array([[.7, .1]]))  # "c" recomputed
+    redo, wanted = np.array([False, False, True]), np.ones(3, bool)
+    expected = [("a", 1, "b", .4), ("a", 2, "c", .3), ("b", 1, "c", .6), ("b", 2, "a", .2), ("c", 1, "a", .7),
+                ("c", 2, "b", .1)]
+    for table in (previous, previous.cast(pa.schema([("node_id", pa.dictionary(pa.int32(), pa.string())),
+                                                       ("rank", pa.int32()),
+                                                       ("neighbour_id", pa.dictionary(pa.int32(), pa.string())),
+                                                       ("ppr_score", pa.float64())]))):
+        merged = merge_candidates(new, table, fresh, redo, wanted)
+        assert [tuple(r.values()) for r in merged.to_pylist()] == expected
+        assert merged.schema.field("node_id").type == pa.string()
 
 
 def test_sources_within_hops_is_breadth_first_search_on_reversed_edges():
