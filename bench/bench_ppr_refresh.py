@@ -85,9 +85,10 @@ def main(argv: list[str] | None = None) -> int:
              f"({new.num_nodes:,} nodes, {new.num_edges:,} edges), loaded in {load_s:.0f} s. Changed nodes "
              f"(out-edges differ, or new/removed): **{len(changed):,}** "
              f"({len(changed) / max(old.num_nodes, 1):.2%}), found in {changed_s:.1f} s. alpha {args.alpha}; "
-             f"peak RSS {result['peak_rss_mib']:,} MiB; 1-min load average at the end {result['load_avg'][0]}.", "",
-             "| L1 tolerance | sources to recompute | fraction | reverse push s |", "|---:|---:|---:|---:|"]
-    lines += [f"| {r['tol']:g} | {r['affected_sources']:,} | {r['fraction']:.1%} | {r['seconds']} |" for r in rows]
+             f"peak RSS {result['peak_rss_mib']:,} MiB; 1-min load average at the end {result['load_avg'][0]}."]
+    if rows:
+        lines += ["", "| L1 tolerance | sources to recompute | fraction | reverse push s |", "|---:|---:|---:|---:|"]
+        lines += [f"| {r['tol']:g} | {r['affected_sources']:,} | {r['fraction']:.1%} | {r['seconds']} |" for r in rows]
     if hop_rows:
         lines += ["", f"Hops rule, against every source computed in full on each graph (`{args.old_candidates}`, "
                   f"`{Path(args.new_candidates).name}`). Agreement: the share of the full computation's top-10 "

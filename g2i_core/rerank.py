@@ -131,66 +131,49 @@ def _sorted_codes(column: "pa.ChunkedArray | pa.Array") -> tuple["pa.Array", np.
 
 
 def _rank_all_candidates(candidates: "pa.Table", text: VectorIndex, others: dict[str, VectorIndex],
-                         config: RerankConfig, chunk_rows: int = 131_072) -> "pa.Table":
-    """semantic_ppr / ppr for every node at once, vectorised (numpy over candidate rows, chunked along
-    node boundaries; the dot products in a numba kernel that reads the vectors in place). Same result
-    as scoring each node's candidates one by one:
+                         config: RerankConfig) -> "pa.Table":
+    """semantic_ppr / ppr for every node at once: rows grouped by node (already so when the candidates are
+    sorted, as ``ppr`` publishes them), then one numba pass per node group computes the dot products in
+    place and keeps the top k. Same result as scoring each node's candidates one by one:
     score = (1 - w) * (semantic or 0) + w * ppr / (node's max ppr or 1) (ppr: score = ppr),
     the node itself skipped, ties by higher PPR then neighbour id, the top k kept, rows by node id."""
     import pyarrow as pa
 
-    from g2i_core._rerank_kernels import row_dots
+    from g2i_core._rerank_kernels import rank_groups
 
     nodes, node_code = _sorted_codes(candidates.column("node_id"))
     nbrs, nbr_code = _sorted_codes(candidates.column("neighbour_id"))
     ppr = candidates.column("ppr_score").to_numpy().astype(np.float64)
-    top_ppr = np.zeros(len(nodes))
-    np.maximum.at(top_ppr, node_code, ppr)  # the node's own row counts here, as it did before skipping it
-    top_ppr[top_ppr == 0] = 1.0
-    kinds = ("text", "image") if config.neighbour_kind == "both" else (config.neighbour_kind,)
-    target_pos = text.positions(nodes)  # -1: the target has no text vector
-    nbr_pos = {k: others[k].positions(nbrs) for k in kinds if k in others}
+    if len(node_code) > 1 and not np.all(node_code[1:] >= node_code[:-1]):
+        order = np.argsort(node_code, kind="stable")  # stable: equal rows keep their order
+        node_code, nbr_code, ppr = node_code[order], nbr_code[order], ppr[order]
+    starts = np.flatnonzero(np.r_[True, node_code[1:] != node_code[:-1]]) if len(node_code) else np.zeros(0, np.int64)
+    group_node = node_code[starts]
+    starts = np.r_[starts, len(node_code)].astype(np.int64)
     self_code = np.full(len(nodes), -1, np.int64)  # the node's own code among neighbour ids, to skip self rows
     both = _index_in(nodes, nbrs)
     self_code[both >= 0] = both[both >= 0]
-    order = np.argsort(node_code, kind="stable")
-    cuts = _group_cuts(node_code[order], chunk_rows)
-    out = {c: [] for c in ("node", "rank", "nbr", "ppr", "sem", "score")}
-    for lo, hi in zip(cuts[:-1], cuts[1:], strict=True):
-        rows = order[lo:hi]
-        nc, bc, pp = node_code[rows], nbr_code[rows], ppr[rows]
-        keep = bc != self_code[nc]
-        rows, nc, bc, pp = rows[keep], nc[keep], bc[keep], pp[keep]
-        tpos = target_pos[nc]
-        total, count, dots = np.zeros(len(rows)), np.zeros(len(rows)), np.empty(len(rows))
-        for k, positions in nbr_pos.items():
-            npos = positions[bc]
-            row_dots(text.vectors, tpos, others[k].vectors, npos, dots)  # 0 where a vector is missing
-            ok = (tpos >= 0) & (npos >= 0)
-            total[ok] += dots[ok]
-            count[ok] += 1
-        sem = np.where(count > 0, total / np.maximum(count, 1), np.nan)
-        if config.strategy == "ppr":
-            score = pp
-        else:
-            score = (1 - config.ppr_weight) * np.nan_to_num(sem, nan=0.0) + config.ppr_weight * pp / top_ppr[nc]
-        by = np.lexsort((bc, -pp, -score, nc))
-        nc_sorted = nc[by]
-        starts = np.flatnonzero(np.r_[True, nc_sorted[1:] != nc_sorted[:-1]])
-        rank = np.arange(len(by)) - np.repeat(starts, np.diff(np.r_[starts, len(by)]))
-        take = by[rank < config.k]
-        for key, values in (("node", nc[take]), ("rank", rank[rank < config.k] + 1), ("nbr", bc[take]),
-                            ("ppr", pp[take]), ("sem", sem[take]), ("score", score[take])):
-            out[key].append(values)
-    cat = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in out.items()}
-    sem = cat["sem"]
+    kinds = [k for k in (("text", "image") if config.neighbour_kind == "both" else (config.neighbour_kind,))
+             if k in others]
+    empty_vectors, no_pos = np.zeros((1, max(text.dim, 1)), np.float32), np.full(len(nbrs), -1, np.int64)
+    b = [(np.ascontiguousarray(others[k].vectors if others[k].dim else empty_vectors), others[k].positions(nbrs))
+         for k in kinds] + [(empty_vectors, no_pos)] * (2 - len(kinds))
+    a = np.ascontiguousarray(text.vectors if text.dim else empty_vectors)
+    out_row = np.full((len(group_node), config.k), -1, np.int64)
+    out_sem, out_score = np.zeros(out_row.shape), np.zeros(out_row.shape)
+    rank_groups(starts, nbr_code, ppr, self_code[group_node], text.positions(nodes)[group_node], a, b[0][0],
+                b[0][1], b[1][0], b[1][1], len(kinds), float(config.ppr_weight), config.strategy == "ppr",
+                out_row, out_sem, out_score)
+    g, col = np.nonzero(out_row >= 0)
+    rows = out_row[g, col]
+    sem = out_sem[g, col]
     return pa.table({
-        "node_id": nodes.take(pa.array(cat["node"].astype(np.int64))).cast(pa.string()),
-        "rank": pa.array(cat["rank"].astype(np.int32), pa.int32()),
-        "neighbour_id": nbrs.take(pa.array(cat["nbr"].astype(np.int64))).cast(pa.string()),
-        "ppr_score": pa.array(cat["ppr"].astype(np.float64), pa.float64()),
-        "semantic_score": pa.array(sem.astype(np.float64), pa.float64(), mask=np.isnan(sem)),
-        "score": pa.array(cat["score"].astype(np.float64), pa.float64()),
+        "node_id": nodes.take(pa.array(group_node[g])).cast(pa.string()),
+        "rank": pa.array((col + 1).astype(np.int32), pa.int32()),
+        "neighbour_id": nbrs.take(pa.array(nbr_code[rows])).cast(pa.string()),
+        "ppr_score": pa.array(ppr[rows], pa.float64()),
+        "semantic_score": pa.array(sem, pa.float64(), mask=np.isnan(sem)),
+        "score": pa.array(out_score[g, col], pa.float64()),
     })
 
 
@@ -201,17 +184,6 @@ def _index_in(values: "pa.Array", pool: "pa.Array") -> np.ndarray:
     if len(pool) == 0 or len(values) == 0:
         return np.full(len(values), -1, np.int64)
     return pc.fill_null(pc.index_in(values, value_set=pool), -1).to_numpy().astype(np.int64)
-
-
-def _group_cuts(sorted_codes: np.ndarray, chunk_rows: int) -> list[int]:
-    """Row offsets that split ``sorted_codes`` into runs of about ``chunk_rows``, never inside a group."""
-    cuts, n = [0], len(sorted_codes)
-    while cuts[-1] < n:
-        at = min(cuts[-1] + chunk_rows, n)
-        while 0 < at < n and sorted_codes[at] == sorted_codes[at - 1]:
-            at += 1
-        cuts.append(at)
-    return cuts
 
 
 def _semantic(target: str, nbr: str, text: VectorIndex, others: dict[str, VectorIndex], kind: str) -> float | None:

@@ -204,20 +204,23 @@ def _refresh(old: CsrGraph, new: CsrGraph, read_previous, config: PprConfig, cha
 
 
 def _positions(values: "pa.ChunkedArray | pa.Array", pool: "pa.Array") -> np.ndarray:
-    """Index of each value in ``pool`` (Arrow hash lookup), -1 where absent. A dictionary chunk looks up
-    its dictionary once and maps the indices."""
+    """Index of each value in ``pool`` (Arrow hash lookup), -1 where absent. Dictionary chunks get one
+    shared dictionary first, looked up once (each lookup hashes the whole pool: per-file dictionaries
+    cost a 2.4M-entry hash table per file)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    out = [np.zeros(0, np.int64)]
-    for chunk in chunks:
-        if pa.types.is_dictionary(chunk.type):
-            at = pc.fill_null(pc.index_in(chunk.dictionary, value_set=pool), -1).to_numpy().astype(np.int64)
-            out.append(at[chunk.indices.to_numpy(zero_copy_only=False)])
-        elif len(chunk):
-            out.append(pc.fill_null(pc.index_in(chunk, value_set=pool), -1).to_numpy().astype(np.int64))
-    return np.concatenate(out)
+    def lookup(array: "pa.Array") -> np.ndarray:
+        return pc.fill_null(pc.index_in(array, value_set=pool), -1).to_numpy().astype(np.int64)
+
+    values = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
+    if pa.types.is_dictionary(values.type):
+        values = values.unify_dictionaries()
+        at = lookup(values.chunk(0).dictionary)
+        return np.concatenate([at[c.indices.to_numpy(zero_copy_only=False)] for c in values.chunks])
+    return lookup(values)
 
 
 def _mask_of(values: "pa.Array", pool: "pa.Array") -> np.ndarray:
