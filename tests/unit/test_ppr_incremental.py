@@ -157,19 +157,26 @@ def test_merge_drops_neighbours_that_left_and_reads_dictionary_columns():
     from g2i_core.ppr.incremental import merge_candidates
 
     new = build_graph(["a", "b", "c"], ["b", "c", "a"])  # "x" left the graph
+    still = build_graph(["a", "b", "c", "x"], ["b", "c", "a", "a"])  # nothing left: the rows are merged as they are
     previous = pa.table({"node_id": ["a", "a", "a", "b", "b", "x"], "rank": pa.array([1, 2, 3, 1, 2, 1], pa.int32()),
                          "neighbour_id": ["x", "b", "c", "c", "a", "a"], "ppr_score": [.5, .4, .3, .6, .2, .9]})
     fresh = Candidates(np.array([2]), np.array([[0, 1]]), np.array([[.7, .1]]))  # "c" recomputed
     redo, wanted = np.array([False, False, True]), np.ones(3, bool)
     expected = [("a", 1, "b", .4), ("a", 2, "c", .3), ("b", 1, "c", .6), ("b", 2, "a", .2), ("c", 1, "a", .7),
                 ("c", 2, "b", .1)]
-    for table in (previous, previous.cast(pa.schema([("node_id", pa.dictionary(pa.int32(), pa.string())),
+    shuffled = previous.take([5, 3, 0, 4, 2, 1])  # not in (node, rank) order: sorted, not merged
+    for table in (previous, shuffled, previous.cast(pa.schema([("node_id", pa.dictionary(pa.int32(), pa.string())),
                                                        ("rank", pa.int32()),
                                                        ("neighbour_id", pa.dictionary(pa.int32(), pa.string())),
                                                        ("ppr_score", pa.float64())]))):
         merged = merge_candidates(new, table, fresh, redo, wanted)
         assert [tuple(r.values()) for r in merged.to_pylist()] == expected
         assert merged.schema.field("node_id").type == pa.string()
+        fresh_c = Candidates(np.array([2]), np.array([[0, 1]]), np.array([[.7, .1]]))
+        merged = merge_candidates(still, table, fresh_c, np.array([False, False, True, False]), np.ones(4, bool))
+        assert [tuple(r.values()) for r in merged.to_pylist()] == [
+            ("a", 1, "x", .5), ("a", 2, "b", .4), ("a", 3, "c", .3), ("b", 1, "c", .6), ("b", 2, "a", .2),
+            ("c", 1, "a", .7), ("c", 2, "b", .1), ("x", 1, "a", .9)]
 
 
 def test_sources_within_hops_is_breadth_first_search_on_reversed_edges():
