@@ -122,12 +122,18 @@ def _sorted_codes(column: "pa.ChunkedArray | pa.Array") -> tuple["pa.Array", np.
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    arr = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
-    encoded = pc.dictionary_encode(arr)
-    order = pc.sort_indices(encoded.dictionary).to_numpy()
+    column = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+    if not pa.types.is_dictionary(column.type):  # read as strings: encode (one dictionary for all chunks)
+        column = pc.dictionary_encode(column)
+    column = column.unify_dictionaries()  # read dictionary-encoded: one dictionary per file until here
+    if column.num_chunks == 0:
+        return pa.array([], pa.string()), np.zeros(0, np.int64)
+    dictionary = column.chunk(0).dictionary
+    order = pc.sort_indices(dictionary).to_numpy()
     rank = np.empty(len(order), np.int64)
     rank[order] = np.arange(len(order))
-    return encoded.dictionary.take(pa.array(order)), rank[encoded.indices.to_numpy(zero_copy_only=False)]
+    indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in column.chunks])
+    return dictionary.take(pa.array(order)), rank[indices]
 
 
 def _rank_all_candidates(candidates: "pa.Table", text: VectorIndex, others: dict[str, VectorIndex],
@@ -314,7 +320,10 @@ def rerank_storage(storage: "Storage", config: RerankConfig, run_id: str, candid
 
     config.check()
     candidates_manifest = storage.manifest(candidates_table)
-    candidates = storage.read_table(candidates_table, manifest=candidates_manifest)
+    # ids dictionary-encoded: 101M rows name 2.4M ids; the vectorised ranker encodes them anyway
+    vectorised = config.strategy in ("semantic_ppr", "ppr") and not config.tune_ppr_weight
+    candidates = storage.read_table(candidates_table, manifest=candidates_manifest,
+                                    dictionary=["node_id", "neighbour_id"] if vectorised else None)
     ids, vecs, text_encoder = load_vectors(storage, "text")
     text = VectorIndex(ids, vecs)
     others = {"text": text}
