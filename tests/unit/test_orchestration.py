@@ -143,6 +143,9 @@ def test_plan_source(case, state, published, delta, force, expect):
     assert plan["mode"] == expect, case
     assert plan["run_id"] == "goodreads-20240102" and plan["ds"] == "2024-01-02"
     assert plan["raw"] == (delta if expect == "delta" else "s3://b/raw/g.json.gz")
+    # a delta night refreshes the previous neighbour candidates; a full dump recomputes them
+    ppr_argv = orch.render_args(orch.STAGES["ppr"].args, {**plan, "graph_root": "s3://b/mmag/goodreads"})
+    assert ("--incremental" in ppr_argv) == (expect == "delta"), case
 
 
 def test_coverage_report_finds_duplicates_gaps_and_strays():
