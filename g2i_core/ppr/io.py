@@ -42,13 +42,21 @@ def load_graph(edges_uri: str, settings: "Settings | None" = None, *, use_weight
     (of one build-graph commit: the live one, or run ``pin``)."""
     extra: list[str] = []
     storage = open_storage(edges_uri, settings).pinned(pin)
+    if pin and not edges_uri.endswith(".parquet") and not storage.is_published("graph_nodes") \
+            and not storage.is_published("graph_edges"):
+        # never fall back to the live graph: a pinned read that silently got another version would
+        # diff a graph against itself, or compute on the wrong day's edges
+        raise FileNotFoundError(f"graph run {pin!r} is not published under {edges_uri} (no graph_nodes or "
+                                f"graph_edges run {pin!r})")
     if not edges_uri.endswith(".parquet") and storage.is_published("graph_nodes"):
         # edges and nodes of one build-graph commit, never the latest of each on its own
         commit = storage.read_commit("graph_nodes")
         edges = storage.read_table("graph_edges", manifest=commit["graph_edges"]) if "graph_edges" in commit \
-            else read_table_uri(edges_uri, "graph_edges", settings)
+            else storage.read_table("graph_edges") if pin else read_table_uri(edges_uri, "graph_edges", settings)
         extra = storage.read_table("graph_nodes", columns=["node_id"], manifest=commit["graph_nodes"]) \
             .column("node_id").to_pylist()
+    elif pin:
+        edges = storage.read_table("graph_edges")  # the pinned run
     else:
         edges = read_table_uri(edges_uri, "graph_edges", settings)
     graph = graph_from_arrow(edges, use_weights=use_weights, extra_nodes=extra)

@@ -47,7 +47,8 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
     logical_date = _graph_logical_date(edges_uri, settings, graph_run_id)
     base, previous_pin = None, None
     if incremental and not previous_edges_uri:
-        base, reason = refresh_base(out, config, graph_run, nodes_uri, refresh_max_age, logical_date)
+        base, reason = refresh_base(out, config, graph_run, nodes_uri, refresh_max_age, logical_date,
+                                    graphs=open_storage(edges_uri, settings))
         if base is None:
             log.info("ppr: every source computed, not refreshed: %s", reason)
             extra["incremental"] = {"full_because": reason}
@@ -79,7 +80,7 @@ _REFRESH_KEYS = ("alpha", "top_k", "eps", "row_k", "sweeps", "refine_eps", "tol"
 
 
 def refresh_base(out, config: PprConfig, graph_run: str | None, nodes_uri: str | None, max_age: int,
-                 logical_date: str | None = None) -> tuple[dict | None, str]:
+                 logical_date: str | None = None, graphs=None) -> tuple[dict | None, str]:
     """(the ``ppr_candidates`` manifest an incremental run starts from, or None and why not).
 
     The base is the newest published version computed from another graph run, older than this graph
@@ -87,7 +88,8 @@ def refresh_base(out, config: PprConfig, graph_run: str | None, nodes_uri: str |
     try, and a backfill of an old date refreshes the version before that date. The base must use the
     same settings and method, cover every node, and be at most ``max_age`` refreshes away from a full
     computation: a refresh keeps rows that a full run could order slightly differently, so a full
-    run bounds the drift."""
+    run bounds the drift. ``graphs``: the storage of the graph versions, where the base's graph must
+    still be published (it is what the new graph is diffed against)."""
     if config.method in SPARK_METHODS:
         return None, f"method {config.method} (refreshes run on one machine)"
     if nodes_uri:
@@ -114,6 +116,9 @@ def refresh_base(out, config: PprConfig, graph_run: str | None, nodes_uri: str |
     method = extra.get("auto") or before.get("method")
     if method != config.method:
         return None, f"method changed since run {base['run_id']}: {method} -> {config.method}"
+    if graphs is not None and not graphs.is_published("graph_nodes", extra["graph_run_id"]):
+        return None, (f"graph run {extra['graph_run_id']} (what ppr_candidates run {base['run_id']} was computed "
+                      "from) is no longer published")
     age = int(extra.get("incremental", {}).get("age", 0))
     if age >= max_age:
         return None, f"run {base['run_id']} is {age} refreshes from a full computation (refresh_max_age {max_age})"

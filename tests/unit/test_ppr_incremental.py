@@ -276,3 +276,40 @@ def test_incremental_run_refreshes_the_live_version_and_bounds_its_age(file_stor
     day4 = run_ppr(settings, PprConfig(top_k=6), edges_uri=root, out_uri=root, run_id="day4", graph_run_id="day4",
                    incremental=True)
     assert day4["extra"]["incremental"]["full_because"] == "settings changed since run day3: top_k"
+
+
+def test_refresh_computes_every_source_when_the_base_graph_is_gone(file_storage):
+    """Retention removed the graph version the base was computed from: no diff is possible, so the
+    night computes every source (and says why) instead of failing."""
+    from g2i_core.config import Settings
+    from g2i_core.ppr.pipeline import run_ppr
+
+    settings = Settings.load(storage_root=file_storage.root)
+    root = file_storage.root
+    src, dst = _clustered_edges(seed=4)
+    _publish_graph(file_storage, src, dst, "day1", "2026-11-01")
+    run_ppr(settings, PprConfig(top_k=5), edges_uri=root, out_uri=root, run_id="day1", graph_run_id="day1")
+    _publish_graph(file_storage, src + ["c02n01"], dst + ["c02n09"], "day2", "2026-11-02")
+    file_storage.delete(file_storage.uri("graph_nodes", "_manifests", "day1.json"))
+    day2 = run_ppr(settings, PprConfig(top_k=5), edges_uri=root, out_uri=root, run_id="day2", graph_run_id="day2",
+                   incremental=True)
+    assert day2["extra"]["incremental"]["full_because"] == \
+        "graph run day1 (what ppr_candidates run day1 was computed from) is no longer published"
+    assert day2["rows"] > 0
+
+
+def test_pinned_graph_load_never_falls_back_to_the_live_graph(file_storage):
+    import pytest
+
+    from g2i_core.config import Settings
+    from g2i_core.ppr.io import load_graph
+
+    settings = Settings.load(storage_root=file_storage.root)
+    src, dst = _clustered_edges(seed=5)
+    _publish_graph(file_storage, src, dst, "day1", "2026-11-01")
+    _publish_graph(file_storage, src + ["c01n01"], dst + ["c01n05"], "day2", "2026-11-02")
+    assert load_graph(file_storage.root, settings, pin="day1").num_edges == build_graph(src, dst).num_edges
+    file_storage.delete(file_storage.uri("graph_nodes", "_manifests", "day1.json"))
+    file_storage.delete(file_storage.uri("graph_edges", "_manifests", "day1.json"))
+    with pytest.raises(FileNotFoundError, match="graph run 'day1' is not published"):
+        load_graph(file_storage.root, settings, pin="day1")  # it used to return day 2's graph
