@@ -5,6 +5,15 @@ import numba
 import numpy as np
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _dot(a, p, b, q):
+    """``a[p] . b[q]`` summed in float64, read in place."""
+    s = 0.0
+    for j in range(a.shape[1]):
+        s += np.float64(a[p, j]) * np.float64(b[q, j])
+    return s
+
+
 @numba.njit(parallel=True, cache=True, nogil=True)
 def rank_groups(starts, nbr_code, ppr, self_code, target_pos, a, b1, b1_pos, b2, b2_pos, n_kinds, weight, by_ppr,
                 out_row, out_sem, out_score):
@@ -17,7 +26,6 @@ def rank_groups(starts, nbr_code, ppr, self_code, target_pos, a, b1, b1_pos, b2,
     row. ``out_row`` (groups x k) gets row indices, -1 padded; ``out_sem``/``out_score`` their values.
     One pass per group with a k-slot insertion buffer: no sort, no per-row temporaries."""
     k = out_row.shape[1]
-    dim = a.shape[1]
     for g in numba.prange(starts.shape[0] - 1):
         lo, hi = starts[g], starts[g + 1]
         top = 0.0
@@ -36,17 +44,11 @@ def rank_groups(starts, nbr_code, ppr, self_code, target_pos, a, b1, b1_pos, b2,
             if tp >= 0:
                 q = b1_pos[c]
                 if q >= 0:
-                    s = 0.0
-                    for j in range(dim):
-                        s += np.float64(a[tp, j]) * np.float64(b1[q, j])
-                    total += s
+                    total += _dot(a, tp, b1, q)
                     count += 1
                 q = b2_pos[c] if n_kinds == 2 else -1
                 if q >= 0:
-                    s = 0.0
-                    for j in range(dim):
-                        s += np.float64(a[tp, j]) * np.float64(b2[q, j])
-                    total += s
+                    total += _dot(a, tp, b2, q)
                     count += 1
             sem = total / count if count > 0 else np.nan
             p = ppr[i]
