@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from g2i_core.arrow_lookup import positions_in
+
 if TYPE_CHECKING:
     import pyarrow as pa
 
@@ -80,7 +82,7 @@ class VectorIndex:
 
         if getattr(self, "_id_array", None) is None:
             self._id_array = pa.array(self.ids, pa.string())
-        return _index_in(node_ids.cast(pa.string()), self._id_array)
+        return positions_in(node_ids.cast(pa.string()), self._id_array)
 
     def get(self, node_id: str) -> np.ndarray | None:
         i = self.pos.get(node_id)
@@ -157,7 +159,7 @@ def _rank_all_candidates(candidates: "pa.Table", text: VectorIndex, others: dict
     group_node = node_code[starts]
     starts = np.r_[starts, len(node_code)].astype(np.int64)
     self_code = np.full(len(nodes), -1, np.int64)  # the node's own code among neighbour ids, to skip self rows
-    both = _index_in(nodes, nbrs)
+    both = positions_in(nodes, nbrs)
     self_code[both >= 0] = both[both >= 0]
     kinds = [k for k in (("text", "image") if config.neighbour_kind == "both" else (config.neighbour_kind,))
              if k in others]
@@ -181,15 +183,6 @@ def _rank_all_candidates(candidates: "pa.Table", text: VectorIndex, others: dict
         "semantic_score": pa.array(sem, pa.float64(), mask=np.isnan(sem)),
         "score": pa.array(out_score[g, col], pa.float64()),
     })
-
-
-def _index_in(values: "pa.Array", pool: "pa.Array") -> np.ndarray:
-    """Position of each value in ``pool``, -1 where absent."""
-    import pyarrow.compute as pc
-
-    if len(pool) == 0 or len(values) == 0:
-        return np.full(len(values), -1, np.int64)
-    return pc.fill_null(pc.index_in(values, value_set=pool), -1).to_numpy().astype(np.int64)
 
 
 def _semantic(target: str, nbr: str, text: VectorIndex, others: dict[str, VectorIndex], kind: str) -> float | None:

@@ -27,9 +27,7 @@ class Candidates:
 
     def to_arrow(self, graph: CsrGraph, chunk_rows: int = 8_000_000) -> "pa.Table":
         """The ``ppr_candidates`` table: one row per (source, rank) that has a candidate."""
-        import pyarrow as pa
-
-        return candidates_table(pa.array(graph.ids.tolist(), pa.string()), *self.flat(), chunk_rows=chunk_rows)
+        return candidates_table(graph.id_array, *self.flat(), chunk_rows=chunk_rows)
 
     def flat(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(source, neighbour, rank, score) of every entry, by source then rank."""

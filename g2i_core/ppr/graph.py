@@ -7,6 +7,7 @@ Node index ``i`` is the position of the id in the sorted id array, so "ties brok
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
@@ -33,6 +34,13 @@ class CsrGraph:
     @property
     def out_degree(self) -> np.ndarray:
         return np.diff(self.indptr)
+
+    @cached_property
+    def id_array(self) -> "pa.Array":
+        """The ids as one Arrow string array (built once: ~1 s at 2.4M nodes)."""
+        import pyarrow as pa
+
+        return pa.array(self.ids.tolist(), pa.string())
 
     def index_of(self, node_ids: Iterable[str]) -> np.ndarray:
         """Indices of ``node_ids``; raises naming the ids that are not in the graph."""

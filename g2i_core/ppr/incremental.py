@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from g2i_core.arrow_lookup import positions_in
 from g2i_core.ppr.api import SPARK_METHODS, PprConfig, compute_candidates
 from g2i_core.ppr.candidates import Candidates, candidates_table
 from g2i_core.ppr.graph import CsrGraph
@@ -44,7 +45,7 @@ def changed_nodes(old: CsrGraph, new: CsrGraph) -> list[str]:
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    old_ids, new_ids = pa.array(old.ids.tolist(), pa.string()), pa.array(new.ids.tolist(), pa.string())
+    old_ids, new_ids = old.id_array, new.id_array
     ids = pc.unique(pa.concat_arrays([old_ids, new_ids]))
     keys, probs = [], []
     for g, g_ids in ((old, old_ids), (new, new_ids)):
@@ -132,7 +133,7 @@ def refresh_plan(old: CsrGraph, new: CsrGraph, config: PprConfig, changed: list[
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    new_ids, old_ids = pa.array(new.ids.tolist(), pa.string()), pa.array(old.ids.tolist(), pa.string())
+    new_ids, old_ids = new.id_array, old.id_array
     changed = changed if changed is not None else changed_nodes(old, new)
     is_new = pc.invert(pc.is_in(new_ids, value_set=old_ids)).to_numpy(zero_copy_only=False)
     changed_mask = _mask_of(pa.array(changed, pa.string()), new_ids) | is_new
@@ -154,12 +155,11 @@ def merge_candidates(new: CsrGraph, previous: "pa.Table", fresh: Candidates, red
     Works on node indices: ids are looked up once per distinct value (``previous`` may hold dictionary
     columns), and the 100M-row merge is a merge of two sorted integer sequences (sorting 100M id strings
     takes minutes)."""
-    import pyarrow as pa
 
     started = time.monotonic()
-    new_ids = pa.array(new.ids.tolist(), pa.string())
-    node = _positions(previous.column("node_id"), new_ids)  # -1: the node left the graph
-    nbr = _positions(previous.column("neighbour_id"), new_ids)
+    new_ids = new.id_array
+    node = positions_in(previous.column("node_id"), new_ids)  # -1: the node left the graph
+    nbr = positions_in(previous.column("neighbour_id"), new_ids)
     keep = node >= 0
     keep[keep] = wanted[node[keep]] & ~redo[node[keep]]
     gone = keep & (nbr < 0)  # a neighbour that left the graph
@@ -228,30 +228,10 @@ def _refresh(old: CsrGraph, new: CsrGraph, read_previous, config: PprConfig, cha
     return table, stats
 
 
-def _positions(values: "pa.ChunkedArray | pa.Array", pool: "pa.Array") -> np.ndarray:
-    """Index of each value in ``pool`` (Arrow hash lookup), -1 where absent. Dictionary chunks get one
-    shared dictionary first, looked up once (each lookup hashes the whole pool: per-file dictionaries
-    cost a 2.4M-entry hash table per file)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    def lookup(array: "pa.Array") -> np.ndarray:
-        return pc.fill_null(pc.index_in(array, value_set=pool), -1).to_numpy().astype(np.int64)
-
-    values = values if isinstance(values, pa.ChunkedArray) else pa.chunked_array([values])
-    if len(values) == 0:
-        return np.zeros(0, np.int64)
-    if pa.types.is_dictionary(values.type):
-        values = values.unify_dictionaries()
-        at = lookup(values.chunk(0).dictionary)
-        return np.concatenate([at[c.indices.to_numpy(zero_copy_only=False)] for c in values.chunks])
-    return lookup(values)
-
-
 def _mask_of(values: "pa.Array", pool: "pa.Array") -> np.ndarray:
     """(len(pool),) bool: which pool entries are among ``values``."""
     mask = np.zeros(len(pool), bool)
-    at = _positions(values, pool)
+    at = positions_in(values, pool)
     mask[at[at >= 0]] = True
     return mask
 

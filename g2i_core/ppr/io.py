@@ -51,8 +51,7 @@ def load_graph(edges_uri: str, settings: "Settings | None" = None, *, use_weight
     if not edges_uri.endswith(".parquet") and storage.is_published("graph_nodes"):
         # edges and nodes of one build-graph commit, never the latest of each on its own
         commit = storage.read_commit("graph_nodes")
-        edges = storage.read_table("graph_edges", manifest=commit["graph_edges"]) if "graph_edges" in commit \
-            else storage.read_table("graph_edges") if pin else read_table_uri(edges_uri, "graph_edges", settings)
+        edges = storage.read_table("graph_edges", manifest=commit.get("graph_edges"))  # older commits: on its own
         extra = storage.read_table("graph_nodes", columns=["node_id"], manifest=commit["graph_nodes"]) \
             .column("node_id").to_pylist()
     elif pin:
