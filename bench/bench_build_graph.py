@@ -1,7 +1,15 @@
-"""build-graph's connected components: GraphX vs scipy on the driver, or the vertex index (JVM vs Python RDD).
+"""build-graph: the whole stage on Spark vs the local engine, or its connected components (GraphX vs scipy on
+the driver), or the vertex index (JVM vs Python RDD).
 
+    .venv/bin/python bench/bench_build_graph.py --compare engine --root s3://.../mmag/goodreads --run-id RUN
     .venv/bin/python bench/bench_build_graph.py [--nodes 200000] [--degree 10]            # --compare cc
     .venv/bin/python bench/bench_build_graph.py --compare index                           # the index
+
+``--compare engine``: `g2i build-graph` as the DAG runs it (spark-submit), with ``--engine spark`` and then
+``--engine local``, on the published ingest commit ``--run-id`` under ``--root``; each writes to its own
+scratch root beside it (``<root>-bench-build-graph/<engine>``), so the dataset's graph is not touched.
+Wall, CPU and peak RSS of each process tree, and whether both wrote the same graph
+(bench/results/build_graph_engine.{json,md}).
 
 One Spark session (local[2]), one synthetic power-law-ish graph with string ids, both contenders in the
 same run, interleaved over ``--rounds`` (best kept); each is timed on the full ``connected_components``
@@ -43,13 +51,75 @@ def synthetic_edges(n: int, degree: int, seed: int = 0) -> tuple[list[str], np.n
     return ids, src, dst
 
 
+GRAPH_COLUMNS = ["node_id", "in_degree", "out_degree", "component", "component_size", "split", "image_status"]
+
+
+def compare_engines(root: str, run_id: str, rounds: int) -> None:
+    """Both engines of the whole stage on the same published input, one after the other."""
+    import pyarrow.compute as pc
+
+    from bench.bench_scale import run_measured, stage_env
+    from g2i_core.config import Settings
+    from g2i_core.graph.local import local_build_memory_bytes, uncompressed_bytes
+    from g2i_core.orchestration.stages import stage_argv
+    from g2i_core.storage import Storage
+
+    env = stage_env(root)
+    os.environ.update({k: env[k] for k in ("G2I_SPARK_DRIVER_MEMORY", "G2I_SPARK_SHUFFLE_PARTITIONS")})
+    settings = Settings.load()  # with the bench's Spark sizes: spark-submit gets them from the settings
+    log_path = RESULTS / "build_graph_engine.log"
+    log_path.write_text("")
+    storage = Storage.from_settings(settings, root=root)
+    commit = storage.read_commit("nodes", run_id)
+    rows, outs = [], {}
+    for _ in range(rounds):
+        for engine in ("spark", "local"):
+            outs[engine] = Storage.from_settings(settings, root=f"{root}-bench-build-graph/{engine}")
+            argv = stage_argv("build-graph", {"graph_root": root, "run_id": run_id}, settings) + [
+                "--engine", engine, "--out", outs[engine].root]
+            row = run_measured(engine, argv, env, log_path)
+            stats = outs[engine].manifest("graph_nodes", run_id)["extra"]["stats"]
+            row.update(engine=stats["engine"], nodes=stats["nodes"], edges=stats["edges"])
+            rows.append(row)
+    tables = {e: out.read_table("graph_nodes", run_id, columns=GRAPH_COLUMNS) for e, out in outs.items()}
+    tables = {e: t.take(pc.sort_indices(t["node_id"])) for e, t in tables.items()}
+    same = tables["spark"].equals(tables["local"])
+    edges = {e: out.manifest("graph_edges", run_id)["rows"] for e, out in outs.items()}
+    best = {e: min((r for r in rows if r["stage"] == e), key=lambda r: r["wall_s"]) for e in ("spark", "local")}
+    model = local_build_memory_bytes(uncompressed_bytes(storage, commit["nodes"]), commit["nodes"]["rows"],
+                                     commit["edges"]["rows"])
+    result = {"root": root, "run_id": run_id, "runs": rows, "identical_graph_nodes": same, "edges_rows": edges,
+              "spark_over_local": round(best["spark"]["wall_s"] / best["local"]["wall_s"], 2),
+              "local_memory_model_mb": round(model / 2**20)}
+    (RESULTS / "build_graph_engine.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = ["# build-graph: Spark job vs the local engine, the whole stage\n",
+             f"`.venv/bin/python bench/bench_build_graph.py --compare engine --root {root} --run-id {run_id}`"
+             f" (2 CPUs; load average at the end {rows[-1]['load_avg']}). Each is `g2i build-graph` as the DAG runs "
+             "it (spark-submit, local[2]), on the same published ingest commit, writing to its own scratch root.\n",
+             "| engine | wall s | CPU s | peak RSS MiB | nodes | edges |", "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['engine']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mb']} | {r['nodes']:,} | {r['edges']:,} |"
+              for r in rows]
+    lines += ["", f"Spark's time over the local engine's: **{result['spark_over_local']}×**. Same graph_nodes "
+              f"({', '.join(GRAPH_COLUMNS)}, every row): {same}; graph_edges rows {edges}. The local engine's "
+              f"memory model (`local_build_memory_bytes`): {result['local_memory_model_mb']:,} MiB."]
+    (RESULTS / "build_graph_engine.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--nodes", type=int, default=200_000)
     ap.add_argument("--degree", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--compare", choices=("cc", "index"), default="cc")
+    ap.add_argument("--compare", choices=("cc", "index", "engine"), default="cc")
+    ap.add_argument("--root", help="--compare engine: a dataset's storage root with a published ingest commit")
+    ap.add_argument("--run-id", help="--compare engine: the ingest run to build from")
     args = ap.parse_args()
+    if args.compare == "engine":
+        if not (args.root and args.run_id):
+            ap.error("--compare engine needs --root and --run-id")
+        compare_engines(args.root, args.run_id, rounds=1 if args.rounds == 2 else args.rounds)
+        return
     import pyarrow as pa
     import pyarrow.parquet as pq
 

@@ -195,6 +195,15 @@ def _tree_rss(proc) -> int:
     return total
 
 
+def stage_env(storage_root: str) -> dict:
+    """The environment every measured stage runs with (the Spark driver sized for 2.4M nodes)."""
+    env = dict(os.environ, G2I_STORAGE_ROOT=storage_root, PYSPARK_PYTHON=str(ROOT / ".venv" / "bin" / "python"),
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+    env.setdefault("G2I_SPARK_DRIVER_MEMORY", "8g")
+    env.setdefault("G2I_SPARK_SHUFFLE_PARTITIONS", "8")
+    return env
+
+
 def run_measured(name: str, argv: list[str], env: dict, log_path: Path) -> dict:
     """Run one stage's command line; wall, CPU of the whole tree (RUSAGE_CHILDREN delta: every
     descendant is waited for by its parent, so the JVM's time lands here), peak tree RSS."""
@@ -322,10 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     bucket_root = os.environ.get("G2I_STORAGE_ROOT", "s3://g2i").rstrip("/")
     storage_root = args.rerun_delta.rstrip("/") if args.rerun_delta else \
         f"{bucket_root}/bench-scale/n{args.nodes}-{int(time.time())}"
-    env = dict(os.environ, G2I_STORAGE_ROOT=storage_root, PYSPARK_PYTHON=str(ROOT / ".venv" / "bin" / "python"),
-               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
-    env.setdefault("G2I_SPARK_DRIVER_MEMORY", "8g")
-    env.setdefault("G2I_SPARK_SHUFFLE_PARTITIONS", "8")
+    env = stage_env(storage_root)
     os.environ.update({k: env[k] for k in ("G2I_STORAGE_ROOT", "G2I_SPARK_DRIVER_MEMORY",
                                            "G2I_SPARK_SHUFFLE_PARTITIONS")})
     subprocess.run([str(ROOT / ".venv" / "bin" / "g2i"), "s3", "start"], check=True, env=env)

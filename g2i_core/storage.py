@@ -26,6 +26,7 @@ import shutil
 import socket
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, TypeVar
@@ -38,6 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+PARALLEL_READS = 4  # Parquet files read at once by read_parquet
 
 
 class StorageError(RuntimeError):
@@ -300,11 +302,12 @@ class Storage:
             raise
 
     # ---- parquet ---------------------------------------------------------------------------
-    def write_parquet(self, uri: str, table: "pa.Table") -> None:
+    def write_parquet(self, uri: str, table: "pa.Table", **options: Any) -> None:
+        """One Parquet file (zstd); ``options`` go to ``pyarrow.parquet.write_table``."""
         import pyarrow.parquet as pq
 
         buf = io.BytesIO()
-        pq.write_table(table, buf, compression="zstd")
+        pq.write_table(table, buf, **{"compression": "zstd", **options})
         self.put_bytes(uri, buf.getvalue(), "application/vnd.apache.parquet")
 
     def read_parquet(self, uris: str | Iterable[str], columns: list[str] | None = None,
@@ -316,8 +319,17 @@ class Storage:
 
         if isinstance(uris, str):
             uris = [uris] if uris.endswith(".parquet") else [u for u in self.list(uris) if u.endswith(".parquet")]
-        tables = [pq.read_table(io.BytesIO(self.get_bytes(u)), columns=columns, read_dictionary=dictionary)
-                  for u in uris]
+        uris = list(uris)
+
+        def read(uri: str) -> "pa.Table":
+            return pq.read_table(io.BytesIO(self.get_bytes(uri)), columns=columns, read_dictionary=dictionary)
+
+        # a few files at once: one file's GET overlaps another's decode (both release the GIL); 3.3 GB
+        # of embeddings at Goodreads size read in 19 s instead of 26-34 s (3 files, 2 cores)
+        if any(self._is_s3(u) for u in uris[:1]):
+            self.s3  # noqa: B018 -- one client, made before the threads share it
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_READS, max(len(uris), 1))) as pool:
+            tables = list(pool.map(read, uris))
         if not tables:
             raise FileNotFoundError(f"no parquet files in {uris!r}")
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]

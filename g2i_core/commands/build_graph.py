@@ -18,7 +18,7 @@ from g2i_core.commands import add_graph_run_arg
 from g2i_core.ids import optional_run_id_arg
 
 NAME = "build-graph"
-SUMMARY = "nodes + edges + node_images -> graph_nodes, graph_edges, stats (Spark)"
+SUMMARY = "nodes + edges + node_images -> graph_nodes, graph_edges, stats (Spark, or local when it fits)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,6 +38,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="connected components: graphx on the executors, local (scipy on the driver), or auto: "
                         "local unless the master is a cluster or the graph exceeds the memory budget "
                         "(setting ppr_memory_budget_gb)")
+    p.add_argument("--engine", choices=("auto", "spark", "local"), default="auto",
+                   help="spark, local (pyarrow + scipy in this process, no Spark jobs), or auto: local unless the "
+                        "master is a cluster, --cc-method is graphx or the graph exceeds the memory budget "
+                        "(setting ppr_memory_budget_gb)")
     p.add_argument("--json", action="store_true", help="print the stats as JSON")
 
 
@@ -45,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from g2i_core.config import Settings
-    from g2i_core.graph.build import BuildConfig, run_build_graph
+    from g2i_core.graph.build import BuildConfig, build_graph
     from g2i_core.spark import get_spark
     from g2i_core.storage import Storage
 
@@ -53,10 +57,11 @@ def run(args: argparse.Namespace) -> int:
     cfg = BuildConfig(run_id=args.run_id, input_run_id=args.graph_run_id, force=args.force, symmetrize=args.symmetrize,
                       relations=tuple(r.strip() for r in args.relations.split(",") if r.strip()),
                       train_fraction=args.train_fraction, val_fraction=args.val_fraction,
-                      cc_method=args.cc_method).check()
+                      cc_method=args.cc_method, engine=args.engine).check()
     storage = Storage.from_settings(settings, root=args.inp)
     out = Storage.from_settings(settings, root=args.out) if args.out else storage
-    stats = run_build_graph(get_spark(settings, "g2i-build-graph"), storage, cfg, out)
+    stats = build_graph(storage, cfg, out, spark_master=settings.spark_master,
+                        spark=lambda: get_spark(settings, "g2i-build-graph"))
     if args.json:
         print(json.dumps(stats, indent=2, sort_keys=True))
     else:

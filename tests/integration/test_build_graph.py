@@ -120,3 +120,69 @@ def test_cc_method_auto_rule():
     assert cc_method_for(1_000, 10_000, spark_master="spark://head:7077", memory_budget=need) == "graphx"
     with pytest.raises(ValueError, match="cc_method"):
         BuildConfig(cc_method="networkx").check()
+
+
+def _rows(storage, table):
+    return sorted(storage.read_table(table).to_pylist(), key=lambda r: tuple(str(v) for v in r.values()))
+
+
+@pytest.mark.parametrize("cfg", [BuildConfig(), BuildConfig(symmetrize=True, relations=("similar_books",),
+                                                            train_fraction=0.5, val_fraction=0.25)],
+                         ids=["default", "symmetrized"])
+def test_local_engine_writes_what_the_spark_job_writes(spark, ingested, tmp_path, cfg):
+    """The same rows, types and stats from both engines, and Spark reads the local engine's tables."""
+    from g2i_core.graph.local import run_build_graph_local
+
+    storage, _ = ingested
+    some = sorted(r["node_id"] for r in storage.read_table("nodes", columns=["node_id"]).to_pylist())[:2]
+    images = Storage(f"file://{tmp_path}/images")
+    images.publish_table("node_images", pa.Table.from_pylist([
+        {"node_id": some[0], "image_key": "images/ab/abc.png", "status": "ok"},
+        {"node_id": some[1], "image_key": None, "status": "not_found"}]), "imgs")
+    outs = {engine: Storage(f"file://{tmp_path}/{engine}") for engine in ("spark", "local")}
+    for out in outs.values():  # node_images is read from the output root when published there
+        out.publish_table("node_images", images.read_table("node_images"), "imgs")
+    stats = {"spark": run_build_graph(spark, storage, cfg, outs["spark"]),
+             "local": run_build_graph_local(storage, cfg, outs["local"])}
+
+    assert [s.pop("engine") for s in stats.values()] == ["spark", "local"]
+    for s in stats.values():
+        s.pop("cc_seconds")
+    assert stats["spark"]["cc_method"] == "local"  # scipy inside the Spark job too: same component labels
+    assert stats["local"] == stats["spark"]
+    for table in ("graph_nodes", "graph_edges"):
+        local, by_spark = outs["local"].read_table(table), outs["spark"].read_table(table)
+        assert local.schema.remove_metadata() == by_spark.schema.remove_metadata()
+        assert _rows(outs["local"], table) == _rows(outs["spark"], table)
+    local_nodes = _rows(outs["local"], "graph_nodes")
+    assert {r["image_status"] for r in local_nodes} == {"ok", "not_found", "not_fetched"}
+    assert len({r["split"] for r in local_nodes}) == 3
+    # Spark (ppr's distributed methods) reads the local engine's files with the same types
+    frame = spark.read.parquet(*[outs["local"].spark_uri(u) for u in outs["local"].published_files("graph_nodes")])
+    assert dict(frame.dtypes)["ingested_at"] == "timestamp" and frame.count() == stats["local"]["nodes"]
+
+
+def test_engine_auto_rule(ingested):
+    from g2i_core.graph.build import build_graph
+    from g2i_core.graph.local import engine_for, local_build_memory_bytes, uncompressed_bytes
+
+    storage, _ = ingested
+    commit = storage.read_commit("nodes")
+    need = local_build_memory_bytes(uncompressed_bytes(storage, commit["nodes"]), commit["nodes"]["rows"],
+                                    commit["edges"]["rows"])
+    assert need > uncompressed_bytes(storage, commit["nodes"]) > 0
+    cfg = BuildConfig()
+    assert engine_for(storage, commit, cfg, spark_master="local[2]", memory_budget=need) == "local"
+    assert engine_for(storage, commit, cfg, spark_master="local[2]", memory_budget=need - 1) == "spark"
+    assert engine_for(storage, commit, cfg, spark_master="spark://head:7077", memory_budget=need) == "spark"
+    assert engine_for(storage, commit, BuildConfig(cc_method="graphx"), spark_master="local[2]",
+                      memory_budget=need) == "spark"
+
+    def no_spark():
+        raise AssertionError("the local engine started Spark")
+
+    out = Storage(storage.root.replace("/store", "/auto-out"))
+    stats = build_graph(storage, cfg, out, spark_master="local[2]", spark=no_spark, memory_budget=need)
+    assert stats["engine"] == "local" and out.is_published("graph_nodes")
+    with pytest.raises(ValueError, match="engine"):
+        BuildConfig(engine="pandas").check()
