@@ -40,6 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 PARALLEL_READS = 4  # Parquet files read at once by read_parquet
+PARALLEL_WRITES = 2  # and written at once by publish_table (each holds its compressed file in memory)
+MAX_FILE_BYTES = 256 * 2**20  # Arrow bytes per file publish_table writes: several files to write in parallel
 
 
 class StorageError(RuntimeError):
@@ -365,11 +367,20 @@ class Storage:
     def publish_table(self, name: str, table: "pa.Table", run_id: str, *, extra: dict | None = None,
                       max_rows_per_file: int = 1_000_000, logical_date: str | None = None,
                       force: bool = False) -> dict:
-        """Write a pyarrow table as a new attempt of run ``run_id`` of ``name`` and publish it."""
+        """Write a pyarrow table as a new attempt of run ``run_id`` of ``name`` and publish it.
+
+        Files hold at most ``max_rows_per_file`` rows and about MAX_FILE_BYTES of Arrow data, and
+        PARALLEL_WRITES of them are encoded and uploaded at once (zstd and the PUT release the GIL)."""
         attempt = self.begin(name, run_id)
         n = max(table.num_rows, 1)
-        for i, start in enumerate(range(0, n, max_rows_per_file)):
-            self.write_parquet(f"{attempt.uri}/part-{i:05d}.parquet", table.slice(start, max_rows_per_file))
+        rows_per_file = max(1, min(max_rows_per_file, n * MAX_FILE_BYTES // max(table.nbytes, 1)))
+        starts = range(0, n, rows_per_file)
+        if starts and self._is_s3(attempt.uri):
+            self.s3  # noqa: B018 -- one client, made before the threads share it
+        with ThreadPoolExecutor(max_workers=min(PARALLEL_WRITES, len(starts))) as pool:
+            for done in [pool.submit(self.write_parquet, f"{attempt.uri}/part-{i:05d}.parquet",
+                                     table.slice(start, rows_per_file)) for i, start in enumerate(starts)]:
+                done.result()
         return self.commit([attempt], extra={name: extra or {}}, schemas={name: str(table.schema)},
                            rows={name: table.num_rows}, logical_date=logical_date, force=force)[name]
 

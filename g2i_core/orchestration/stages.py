@@ -38,7 +38,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("fetch-images", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Downloads `nodes.image_url` with bounded concurrency into content-addressed `images/` + `node_images`."),
     Stage("build-graph", "spark", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
-          "Spark: cleaned `graph_nodes`, `graph_edges`, split and stats."),
+          "Cleaned `graph_nodes`, `graph_edges`, split and stats (in the job's own process when the graph fits one "
+          "machine and the master is not a cluster, else as Spark jobs)."),
     Stage("ppr", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id} --incremental {incremental?}",
           "Personalized PageRank top-K candidates per node (`ppr_candidates`; single-machine propagation by default, "
           "`--method spark-push|graphframes` for the distributed engines; a delta night refreshes the last version)."),

@@ -127,12 +127,15 @@ _KILLED_WRITER = textwrap.dedent("""
         Storage.commit = parked
     else:
         orig = Storage.write_parquet
-        calls = []
-        def parked(self, uri, table):
+        calls, written = [], []
+        def parked(self, uri, table, **options):
             calls.append(uri)
             if len(calls) == 2:
+                while not written:  # files are written in parallel: park once the first one is stored
+                    time.sleep(0.01)
                 print("PARKED", flush=True); time.sleep(60)
-            return orig(self, uri, table)
+            orig(self, uri, table, **options)
+            written.append(uri)
         Storage.write_parquet = parked
     s.publish_table("t", pa.table({"id": [str(i) for i in range(10)]}), "run2", max_rows_per_file=2)
 """)
