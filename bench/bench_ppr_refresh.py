@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--old-candidates", default="", help="--hops: ppr_candidates run computed in full on --old-run")
     ap.add_argument("--new-candidates", default="",
                     help="--hops: ppr_candidates run (or a saved manifest .json) computed in full on --new-run")
+    ap.add_argument("--refreshed", default="",
+                    help="ppr_candidates runs (or saved manifest .json) that `g2i ppr --incremental` published on "
+                         "--new-run, comma separated: each one's top-10 agreement with --new-candidates")
     ap.add_argument("--out", default="ppr_refresh")
     args = ap.parse_args(argv)
 
@@ -71,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[refresh] tol {tol:g}: {len(stale):,} of {old.num_nodes:,} sources affected "
               f"({rows[-1]['fraction']:.1%}, {rows[-1]['seconds']}s)", flush=True)
     hop_rows = hop_agreement(args, settings, old, new, changed) if args.hops else []
-    result = {"root": args.root, "hop_rows": hop_rows, "old_run": args.old_run, "new_run": args.new_run,
-              "alpha": args.alpha,
+    refreshed = refreshed_agreement(args, settings, new) if args.refreshed else []
+    result = {"root": args.root, "hop_rows": hop_rows, "refreshed": refreshed, "old_run": args.old_run,
+              "new_run": args.new_run, "alpha": args.alpha,
               "old_nodes": old.num_nodes, "old_edges": old.num_edges, "new_nodes": new.num_nodes,
               "new_edges": new.num_edges, "changed_nodes": len(changed), "load_s": round(load_s, 1),
               "changed_nodes_s": round(changed_s, 1), "rows": rows,
@@ -97,13 +101,58 @@ def main(argv: list[str] | None = None) -> int:
                   "|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['hops']} | {r['recomputed']:,} | {r['fraction']:.1%} | {r['agreement']:.4f} | "
                   f"{r['kept_agreement']:.4f} |" for r in hop_rows]
+    if refreshed:
+        lines += ["", f"Published refreshes against every source computed in full on the new graph "
+                  f"(`{Path(args.new_candidates).name}`): the share of its top-10 entries the refresh also has in "
+                  "its top-10.", "", "| refresh | rows | sources recomputed | rows swept | top-10 agreement |",
+                  "|---|---|---:|---:|---:|"]
+        lines += [f"| {r['candidates']} | {r['rows']} | {r['recomputed']:,} | {r['swept']} | {r['agreement']:.4f} |"
+                  for r in refreshed]
     hop_args = (f" --hops {args.hops} --old-candidates {args.old_candidates} --new-candidates {args.new_candidates}"
                 if args.hops else "")
+    hop_args += (f" --refreshed {args.refreshed}" + ("" if args.hops else f" --new-candidates {args.new_candidates}")
+                 if args.refreshed else "")
     lines += ["", f"Reproduce: `.venv/bin/python bench/bench_ppr_refresh.py --root {args.root} --old-run "
               f"{args.old_run} --new-run {args.new_run} --tols '{args.tols}'{hop_args}`"]
     (RESULTS / f"{args.out}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def _top10(storage, new_ids, ref: str):
+    """(source, neighbour) new-graph indices of every top-10 entry of a ppr_candidates run or saved manifest;
+    -1 for a node not in the new graph."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    manifest = json.loads(Path(ref).read_text()) if ref.endswith(".json") else storage.manifest("ppr_candidates", ref)
+    table = storage.read_table("ppr_candidates", columns=["node_id", "neighbour_id", "rank"], manifest=manifest)
+    table = table.filter(pc.less_equal(table.column("rank"), 10))
+    return manifest, tuple(pc.fill_null(pc.index_in(table.column(c), value_set=new_ids), -1).to_numpy().astype(np.int64)
+                           for c in ("node_id", "neighbour_id"))
+
+
+def refreshed_agreement(args, settings, new) -> list[dict]:
+    """Each published refresh's top-10 agreement with the full computation on the new graph."""
+    import numpy as np
+    import pyarrow as pa
+
+    from g2i_core.storage import Storage
+
+    storage = Storage(args.root, settings=settings)
+    new_ids = pa.array(new.ids.tolist(), pa.string())
+    _, (ref_src, ref_dst) = _top10(storage, new_ids, args.new_candidates)
+    n = new.num_nodes + 1
+    out = []
+    for ref in args.refreshed.split(","):
+        manifest, (src, dst) = _top10(storage, new_ids, ref)
+        hit = np.isin(ref_src * n + ref_dst, src * n + dst).mean()
+        info = manifest["extra"].get("incremental", {})
+        out.append({"candidates": Path(ref).name, "attempt": manifest["attempt"], "rows": info.get("rows", "cold"),
+                    "recomputed": info.get("recomputed", 0), "swept": info.get("swept", "all"),
+                    "agreement": round(float(hit), 4), "incremental": info})
+        print(f"[refresh] {ref}: {out[-1]}", flush=True)
+    return out
 
 
 def hop_agreement(args, settings, old, new, changed: list[str]) -> list[dict]:
@@ -118,17 +167,8 @@ def hop_agreement(args, settings, old, new, changed: list[str]) -> list[dict]:
     storage = Storage(args.root, settings=settings)
     new_ids = pa.array(new.ids.tolist(), pa.string())
 
-    def top10(ref: str) -> tuple[np.ndarray, np.ndarray]:
-        """(source, neighbour) new-graph indices of every top-10 entry; -1 for a node not in the new graph."""
-        manifest = (json.loads(Path(ref).read_text()) if ref.endswith(".json")
-                    else storage.manifest("ppr_candidates", ref))
-        table = storage.read_table("ppr_candidates", columns=["node_id", "neighbour_id", "rank"], manifest=manifest)
-        table = table.filter(pc.less_equal(table.column("rank"), 10))
-        return tuple(pc.fill_null(pc.index_in(table.column(c), value_set=new_ids), -1).to_numpy().astype(np.int64)
-                     for c in ("node_id", "neighbour_id"))
-
-    old_src, old_dst = top10(args.old_candidates)
-    new_src, new_dst = top10(args.new_candidates)
+    _, (old_src, old_dst) = _top10(storage, new_ids, args.old_candidates)
+    _, (new_src, new_dst) = _top10(storage, new_ids, args.new_candidates)
     n = new.num_nodes
     in_old = np.isin(new_src * (n + 1) + new_dst + 1, old_src * (n + 1) + old_dst + 1)
     agree = np.bincount(new_src, weights=in_old, minlength=n)  # per source: full top-10 entries kept from old

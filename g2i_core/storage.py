@@ -367,7 +367,14 @@ class Storage:
     def publish_table(self, name: str, table: "pa.Table", run_id: str, *, extra: dict | None = None,
                       max_rows_per_file: int = 1_000_000, logical_date: str | None = None,
                       force: bool = False) -> dict:
-        """Write a pyarrow table as a new attempt of run ``run_id`` of ``name`` and publish it.
+        """Write a pyarrow table as a new attempt of run ``run_id`` of ``name`` and publish it."""
+        attempt = self.write_attempt(name, table, run_id, max_rows_per_file=max_rows_per_file)
+        return self.commit([attempt], extra={name: extra or {}}, schemas={name: str(table.schema)},
+                           rows={name: table.num_rows}, logical_date=logical_date, force=force)[name]
+
+    def write_attempt(self, name: str, table: "pa.Table", run_id: str, *,
+                      max_rows_per_file: int = 1_000_000) -> "Attempt":
+        """Write a pyarrow table as a new, unpublished attempt (``commit`` publishes it, alone or with others).
 
         Files hold at most ``max_rows_per_file`` rows and about MAX_FILE_BYTES of Arrow data, and
         PARALLEL_WRITES of them are encoded and uploaded at once (zstd and the PUT release the GIL)."""
@@ -381,8 +388,7 @@ class Storage:
             for done in [pool.submit(self.write_parquet, f"{attempt.uri}/part-{i:05d}.parquet",
                                      table.slice(start, rows_per_file)) for i, start in enumerate(starts)]:
                 done.result()
-        return self.commit([attempt], extra={name: extra or {}}, schemas={name: str(table.schema)},
-                           rows={name: table.num_rows}, logical_date=logical_date, force=force)[name]
+        return attempt
 
     def publish_written(self, attempt: "Attempt", *, rows: int | None = None, extra: dict | None = None,
                         logical_date: str | None = None, force: bool = False) -> dict:

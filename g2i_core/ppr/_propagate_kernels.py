@@ -43,15 +43,17 @@ def _top_rows(acc, touched, n_touched, keep, out_idx, out_val, vals):
 
 
 @numba.njit(parallel=True, cache=True)
-def propagate_sweep(indptr, indices, probs, alpha, row_idx, row_val, block, acc, seen, n_chunks):
-    """One block Gauss-Seidel sweep of Phi_s = alpha e_s + (1 - alpha) sum_v P[s, v] Phi_v over all s.
+def propagate_sweep(indptr, indices, probs, alpha, row_idx, row_val, block, acc, seen, n_chunks, nodes):
+    """One block Gauss-Seidel sweep of Phi_s = alpha e_s + (1 - alpha) sum_v P[s, v] Phi_v over the
+    ``nodes`` (int64 indices, in that order; every node for a full sweep, the ones near a change when a
+    refresh warm-starts from the previous rows).
 
     Nodes go in blocks of ``block``; the rows of a block are computed in parallel from the current
     rows (earlier blocks already updated, which converges faster than Jacobi), then written back
     together, so no thread reads a row while another writes it. Each row keeps its top K' entries.
     ``acc``/``seen`` (n_chunks x n) are per-thread scratch, all zero/False on entry and on return.
     Returns the total mass the kept rows gained in this sweep (falls towards 0 as it converges)."""
-    n = indptr.shape[0] - 1
+    n = nodes.shape[0]
     keep = row_idx.shape[1]
     gained = 0.0
     new_idx = np.empty((block, keep), row_idx.dtype)
@@ -67,11 +69,13 @@ def propagate_sweep(indptr, indices, probs, alpha, row_idx, row_val, block, acc,
             if lo >= hi:
                 continue
             cap = 1
-            for s in range(lo, hi):
+            for t in range(lo, hi):
+                s = nodes[t]
                 cap = max(cap, 1 + (indptr[s + 1] - indptr[s]) * keep)
             touched = np.empty(cap, np.int64)
             vals = np.empty(cap)
-            for s in range(lo, hi):
+            for t0 in range(lo, hi):
+                s = nodes[t0]
                 a[s] = alpha
                 sn[s] = True
                 touched[0] = s
@@ -90,17 +94,43 @@ def propagate_sweep(indptr, indices, probs, alpha, row_idx, row_val, block, acc,
                             nt += 1
                 for t in range(nt):
                     sn[touched[t]] = False
-                _top_rows(a, touched, nt, keep, new_idx[s - b0], new_val[s - b0], vals)
-        for s in range(b0, b1):
+                _top_rows(a, touched, nt, keep, new_idx[t0 - b0], new_val[t0 - b0], vals)
+        for t0 in range(b0, b1):
+            s = nodes[t0]
             old = 0.0
             new = 0.0
             for j in range(keep):
                 old += row_val[s, j]
-                new += new_val[s - b0, j]
-                row_idx[s, j] = new_idx[s - b0, j]
-                row_val[s, j] = new_val[s - b0, j]
+                new += new_val[t0 - b0, j]
+                row_idx[s, j] = new_idx[t0 - b0, j]
+                row_val[s, j] = new_val[t0 - b0, j]
             gained += new - old
     return gained
+
+
+@numba.njit(parallel=True, cache=True)
+def place_rows(src_idx, src_val, src_at, old_to_new, dst_idx, dst_val):
+    """Row i of ``src`` (rows of another graph) becomes row ``src_at[i]`` of ``dst`` (skipped when -1),
+    every entry's node mapped through ``old_to_new``; entries whose node left the graph (-1) are dropped
+    and the rest keep their order, so rows stay sorted and -1-padded."""
+    width = dst_idx.shape[1]
+    for i in numba.prange(src_idx.shape[0]):
+        p = src_at[i]
+        if p < 0:
+            continue
+        j = 0
+        for t in range(src_idx.shape[1]):
+            u = src_idx[i, t]
+            if u < 0:
+                break
+            v = old_to_new[u]
+            if v >= 0 and j < width:
+                dst_idx[p, j] = v
+                dst_val[p, j] = src_val[i, t]
+                j += 1
+        for t in range(j, width):
+            dst_idx[p, t] = -1
+            dst_val[p, t] = 0.0
 
 
 @numba.njit(parallel=True, cache=True)

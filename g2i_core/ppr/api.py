@@ -6,11 +6,15 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from g2i_core.ppr.candidates import Candidates
 from g2i_core.ppr.graph import CsrGraph
+
+if TYPE_CHECKING:
+    from g2i_core.ppr.propagate import WarmStart
 
 log = logging.getLogger(__name__)
 METHODS = ("auto", "exact", "push", "propagate", "spark-push", "spark-propagate", "graphframes")
@@ -109,8 +113,11 @@ def resolve_auto_placement(num_nodes: int, num_edges: int, num_sources: int | No
     return "propagate" if most else "push"
 
 
-def compute_candidates(graph: CsrGraph, config: PprConfig, sources: np.ndarray | None = None) -> Candidates:
-    """Top-K candidates of ``sources`` (node indices; all nodes when None) with ``config.method``."""
+def compute_candidates(graph: CsrGraph, config: PprConfig, sources: np.ndarray | None = None, *,
+                       warm: "WarmStart | None" = None, keep_rows: bool = False) -> Candidates:
+    """Top-K candidates of ``sources`` (node indices; all nodes when None) with ``config.method``.
+    ``warm`` and ``keep_rows`` apply to ``propagate`` (see ``propagate_candidates``); other methods have
+    no rows."""
     config.check()
     started = time.monotonic()
     if config.method == "auto":
@@ -128,7 +135,8 @@ def compute_candidates(graph: CsrGraph, config: PprConfig, sources: np.ndarray |
         from g2i_core.ppr.propagate import propagate_candidates
 
         out = propagate_candidates(graph, sources, alpha=config.alpha, top_k=config.top_k, row_k=config.row_k,
-                                   sweeps=config.sweeps, refine_eps=config.refine_eps)
+                                   sweeps=config.sweeps, refine_eps=config.refine_eps, warm=warm,
+                                   keep_rows=keep_rows)
     else:
         raise ValueError(f"method {config.method!r} runs on Spark: use g2i_core.ppr.spark_ppr.spark_candidates")
     log.info("ppr %s: %d sources in %.1fs", config.method, len(out.sources), time.monotonic() - started)

@@ -20,6 +20,7 @@ class Candidates:
     sources: np.ndarray  # (m,) int64 node index of each source
     neighbours: np.ndarray  # (m, K) int64 node index, -1 where a source has fewer than K candidates
     scores: np.ndarray  # (m, K) float64 ppr score, descending along each row
+    rows: tuple[np.ndarray, np.ndarray] | None = None  # propagate's (row_idx, row_val) of every node, when kept
 
     @property
     def top_k(self) -> int:

@@ -30,9 +30,14 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
     from g2i_core.config import Settings
+    from g2i_core.ppr.propagate import WarmStart
     from g2i_core.storage import Storage
 
 log = logging.getLogger(__name__)
+# warm-started refresh: sweep the nodes within (refresh hops + WARM_EXTRA_HOPS) hops of a change, this many
+# times, from the previous version's rows (measured against a full computation in docs/neighbours.md)
+WARM_EXTRA_HOPS = 1
+WARM_SWEEPS = 3
 
 
 def changed_nodes(old: CsrGraph, new: CsrGraph) -> list[str]:
@@ -125,8 +130,8 @@ def sources_within_hops(graph: CsrGraph, seeds: np.ndarray, hops: int) -> np.nda
 
 def refresh_plan(old: CsrGraph, new: CsrGraph, config: PprConfig, changed: list[str] | None = None,
                  tol: float = 1e-3, sources: list[str] | None = None,
-                 hops: int | None = None) -> tuple[np.ndarray, np.ndarray, int]:
-    """(recompute, wanted, changed count): masks over the new graph's nodes. Besides new and changed nodes,
+                 hops: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(recompute, wanted, changed): masks over the new graph's nodes. Besides new and changed nodes,
     recompute every source whose PPR vector can move by more than ``tol`` (L1; ``hops`` None, the bound
     rule), or every source with a path of at most ``hops`` edges into a changed node (the hops rule: not
     a bound, measured in docs/neighbours.md, "Incremental refresh")."""
@@ -144,7 +149,7 @@ def refresh_plan(old: CsrGraph, new: CsrGraph, config: PprConfig, changed: list[
     else:
         redo = sources_within_hops(new, np.flatnonzero(changed_mask), hops)
     wanted = _mask_of(pa.array(sources, pa.string()), new_ids) if sources is not None else np.ones(new.num_nodes, bool)
-    return redo & wanted, wanted, int(changed_mask.sum())
+    return redo & wanted, wanted, changed_mask
 
 
 def merge_candidates(new: CsrGraph, previous: "pa.Table", fresh: Candidates, redo: np.ndarray,
@@ -203,26 +208,58 @@ def merge_candidates(new: CsrGraph, previous: "pa.Table", fresh: Candidates, red
 
 def incremental_candidates(old: CsrGraph, new: CsrGraph, previous: "pa.Table", config: PprConfig,
                            changed: list[str] | None = None, tol: float = 1e-3,
-                           sources: list[str] | None = None, hops: int | None = None) -> tuple["pa.Table", dict]:
-    """Candidates on ``new``: recomputed where needed (``refresh_plan``), copied from ``previous`` elsewhere."""
-    return _refresh(old, new, lambda: previous, config, changed, tol, sources, hops)
+                           sources: list[str] | None = None, hops: int | None = None,
+                           previous_rows: "pa.Table | None" = None, save_rows=None) -> tuple["pa.Table", dict]:
+    """Candidates on ``new``: recomputed where needed (``refresh_plan``), copied from ``previous`` elsewhere;
+    ``propagate`` sweeps warm from ``previous_rows`` (a ``ppr_rows`` table) when given."""
+    return _refresh(old, new, lambda: previous, config, changed, tol, sources, hops, lambda: previous_rows,
+                    save_rows)
+
+
+def warm_start(old: CsrGraph, new: CsrGraph, config: PprConfig, previous_rows: "pa.Table | None",
+               changed: np.ndarray, hops: int | None) -> "WarmStart | None":
+    """The previous version's rows on the new graph, to sweep only the nodes within ``hops`` +
+    WARM_EXTRA_HOPS hops of a change (WARM_SWEEPS sweeps); None: sweep every row from the cold start."""
+    from g2i_core.ppr.propagate import WarmStart
+    from g2i_core.ppr.rows import rows_on_graph
+
+    if previous_rows is None:
+        return None
+    placed = rows_on_graph(previous_rows, old.id_array, new.id_array, config.row_k, config.alpha)
+    if placed is None:
+        return None
+    reach = (hops if hops is not None else 1) + WARM_EXTRA_HOPS
+    nodes = np.flatnonzero(sources_within_hops(new, np.flatnonzero(changed), reach)).astype(np.int64)
+    return WarmStart(*placed, nodes=nodes, sweeps=WARM_SWEEPS)
 
 
 def _refresh(old: CsrGraph, new: CsrGraph, read_previous, config: PprConfig, changed: list[str] | None,
-             tol: float, sources: list[str] | None, hops: int | None) -> tuple["pa.Table", dict]:
+             tol: float, sources: list[str] | None, hops: int | None, read_rows=None,
+             save_rows=None) -> tuple["pa.Table", dict]:
+    """``read_rows``: returns the previous version's ``ppr_rows`` (or None) to warm-start from;
+    ``save_rows(graph, row_idx, row_val)``: called with this run's rows before the merge, so they are
+    written and freed before the previous table is read."""
     if config.method in SPARK_METHODS:
         raise ValueError("incremental refresh runs the single-machine methods (auto, push, propagate, exact); "
                          "the recomputed set is small by design")
     started = time.monotonic()
-    redo, wanted, n_changed = refresh_plan(old, new, config, changed, tol, sources, hops)
+    redo, wanted, changed_mask = refresh_plan(old, new, config, changed, tol, sources, hops)
     redo_idx = np.flatnonzero(redo).astype(np.int64)
-    log.info("incremental ppr: %d changed nodes -> %d of %d sources to recompute (%.1fs)", n_changed,
+    log.info("incremental ppr: %d changed nodes -> %d of %d sources to recompute (%.1fs)", int(changed_mask.sum()),
              len(redo_idx), int(wanted.sum()), time.monotonic() - started)
-    fresh = compute_candidates(new, config, redo_idx)
+    rows = config.method == "propagate" and sources is None  # rows of every node: what the next night warm-starts
+    warm = warm_start(old, new, config, read_rows(), changed_mask, hops) if rows and read_rows else None
+    fresh = compute_candidates(new, config, redo_idx, warm=warm, keep_rows=rows)
+    swept = {"rows": "warm" if warm else "cold", "swept": len(warm.nodes) if warm else new.num_nodes,
+             "sweeps": warm.sweeps if warm else config.sweeps} if rows else {}
+    if fresh.rows is not None and save_rows is not None:
+        save_rows(new, *fresh.rows)
+    fresh.rows = warm = None  # the rows are written: free them before the previous table is read
     # read only now: the propagated rows are freed, and the previous table is the other large thing
     table = merge_candidates(new, read_previous(), fresh, redo, wanted)
-    stats = {"changed": n_changed, "recomputed": len(redo_idx), "kept": int(wanted.sum()) - len(redo_idx),
+    stats = {"changed": int(changed_mask.sum()), "recomputed": len(redo_idx), "kept": int(wanted.sum()) - len(redo_idx),
              "rule": "bound" if hops is None else "hops", **({"tol": tol} if hops is None else {"hops": hops})}
+    stats.update(swept)
     log.info("incremental ppr: %d recomputed, %d kept, %d rows in %.1fs", stats["recomputed"], stats["kept"],
              table.num_rows, time.monotonic() - started)
     return table, stats
@@ -248,10 +285,13 @@ def _ranks_in_groups(groups: np.ndarray) -> np.ndarray:
 def refresh_candidates(settings: "Settings", config: PprConfig, out: "Storage", *, edges_uri: str,
                        previous_edges_uri: str, changed_uri: str | None, refresh_tol: float,
                        nodes_uri: str | None = None, hops: int | None = None, previous_manifest: dict | None = None,
-                       pin: str | None = None, previous_pin: str | None = None) -> tuple["pa.Table", dict]:
+                       pin: str | None = None, previous_pin: str | None = None,
+                       save_rows=None) -> tuple["pa.Table", dict]:
     """The CLI's incremental mode: previous candidates are ``previous_manifest``'s rows (default: the live
-    ``ppr_candidates`` in ``out``); the graphs are read pinned to ``pin`` and ``previous_pin``."""
+    ``ppr_candidates`` in ``out``), and the ``ppr_rows`` committed with them warm-start the sweeps; the graphs
+    are read pinned to ``pin`` and ``previous_pin``. ``save_rows``: see ``_refresh``."""
     from g2i_core.ppr.io import load_graph, load_node_ids
+    from g2i_core.ppr.rows import TABLE as ROWS
 
     new = load_graph(edges_uri, settings, use_weights=config.use_weights, pin=pin)
     old = load_graph(previous_edges_uri, settings, use_weights=config.use_weights, pin=previous_pin)
@@ -261,4 +301,11 @@ def refresh_candidates(settings: "Settings", config: PprConfig, out: "Storage", 
     def read_previous() -> "pa.Table":
         return out.read_table("ppr_candidates", manifest=previous_manifest, dictionary=["node_id", "neighbour_id"])
 
-    return _refresh(old, new, read_previous, config, changed, refresh_tol, sources, hops)
+    def read_rows() -> "pa.Table | None":
+        commit = (previous_manifest or out.manifest("ppr_candidates")).get("commit", {})
+        if ROWS not in commit:
+            log.info("incremental ppr: the previous version has no %s; sweeping every row cold", ROWS)
+            return None
+        return out.read_table(ROWS, manifest=commit[ROWS])
+
+    return _refresh(old, new, read_previous, config, changed, refresh_tol, sources, hops, read_rows, save_rows)

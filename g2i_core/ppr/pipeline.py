@@ -54,13 +54,24 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
             extra["incremental"] = {"full_because": reason}
         else:
             previous_edges_uri, previous_pin = edges_uri, base["extra"]["graph_run_id"]
+    saved: list = []  # the ppr_rows attempt, committed with the candidates
+
+    def save_rows(graph, row_idx, row_val) -> None:
+        from g2i_core.ppr.rows import TABLE as ROWS
+        from g2i_core.ppr.rows import rows_table
+
+        started_rows = time.monotonic()
+        saved.append((out.write_attempt(ROWS, rows_table(graph.id_array, row_idx, row_val), run_id), graph.num_nodes))
+        log.info("ppr: %d rows written in %.1fs", graph.num_nodes, time.monotonic() - started_rows)
+
     if previous_edges_uri:
         from g2i_core.ppr.incremental import refresh_candidates
 
         table, stats = refresh_candidates(settings, config, out, edges_uri=edges_uri,
                                           previous_edges_uri=previous_edges_uri, changed_uri=changed_uri,
                                           refresh_tol=refresh_tol, nodes_uri=nodes_uri, hops=refresh_hops,
-                                          previous_manifest=base, pin=graph_run_id, previous_pin=previous_pin)
+                                          previous_manifest=base, pin=graph_run_id, previous_pin=previous_pin,
+                                          save_rows=save_rows)
         if base is not None:
             stats.update(previous_run_id=base["run_id"], previous_graph_run_id=previous_pin,
                          age=int(base["extra"].get("incremental", {}).get("age", 0)) + 1)
@@ -70,9 +81,23 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
     else:
         graph = load_graph(edges_uri, settings, use_weights=config.use_weights, pin=graph_run_id)
         sources = graph.index_of(load_node_ids(nodes_uri, settings)) if nodes_uri else None
-        table = compute_candidates(graph, config, sources).to_arrow(graph)
+        # propagate over every node keeps its rows: the next night's refresh continues from them
+        candidates = compute_candidates(graph, config, sources,
+                                        keep_rows=sources is None and config.method == "propagate")
+        if candidates.rows is not None:
+            save_rows(graph, *candidates.rows)
+            candidates.rows = None
+        table = candidates.to_arrow(graph)
     extra["seconds"] = round(time.monotonic() - started, 3)
-    return out.publish_table(TABLE, table, run_id, extra=extra, logical_date=logical_date)
+    if not saved:
+        return out.publish_table(TABLE, table, run_id, extra=extra, logical_date=logical_date)
+    from g2i_core.ppr.rows import TABLE as ROWS
+
+    (rows_attempt, num_rows), = saved
+    attempt = out.write_attempt(TABLE, table, run_id)
+    return out.commit([rows_attempt, attempt], extra={ROWS: {"graph_run_id": graph_run}, TABLE: extra},
+                      rows={ROWS: num_rows, TABLE: table.num_rows}, schemas={TABLE: str(table.schema)},
+                      logical_date=logical_date)[TABLE]
 
 
 # what must match between the version refreshed and this run, or its kept rows answer another question
