@@ -48,7 +48,7 @@ STAGE_TABLES = {
     "ingest": ("nodes", "edges", "quarantine", "node_changes"),
     "fetch-images": ("node_images",),
     "build-graph": ("graph_nodes", "graph_edges"),
-    "ppr": ("ppr_candidates",),
+    "ppr": ("ppr_candidates", "ppr_rows"),
     "embed": ("embeddings",),
     "rerank": ("neighbours",),
 }

@@ -26,7 +26,9 @@ new and changed nodes and the sources within --refresh-hops edges of them (--ref
 every source whose candidates can move by more than --refresh-tol (--refresh-rule bound), and copies
 the rest. It computes every source instead when there is no usable previous version (none, other
 settings, a subset, Spark), or after --refresh-max-age refreshes in a row; the manifest says which
-and why. --previous-edges URI [--changed URI] refreshes against explicitly given old edges.
+and why. With propagate, the sweeps continue from the rows the previous version committed (ppr_rows)
+and cover only the nodes within --refresh-hops + 1 edges of a change. --previous-edges URI
+[--changed URI] refreshes against explicitly given old edges.
 
 Examples:
   g2i ppr --edges s3://g2i --out s3://g2i --top-k 50
@@ -85,6 +87,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="incremental, rule hops: path length into a changed node (default %(default)s)")
     p.add_argument("--refresh-tol", type=float, default=1e-3,
                    help="incremental, rule bound: max L1 change of a kept node's ppr vector (default %(default)s)")
+    p.add_argument("--cold-sweeps", action="store_true",
+                   help="incremental, propagate: sweep every row from the cold start even when the previous "
+                        "version committed its rows (slower; the comparison the warm start is measured against)")
     p.add_argument("--refresh-max-age", type=int, default=DEFAULT_REFRESH_MAX_AGE,
                    help="--incremental: refreshes in a row before a run computes every source (default %(default)s)")
 
@@ -108,6 +113,6 @@ def run(args: argparse.Namespace) -> int:
                        previous_edges_uri=args.previous_edges, changed_uri=args.changed,
                        refresh_tol=args.refresh_tol, incremental=args.incremental,
                        refresh_hops=args.refresh_hops if args.refresh_rule == "hops" else None,
-                       refresh_max_age=args.refresh_max_age)
+                       refresh_max_age=args.refresh_max_age, warm_start=not args.cold_sweeps)
     print(f"ppr_candidates: {manifest['rows']} rows, run {manifest['run_id']} under {out}")
     return 0

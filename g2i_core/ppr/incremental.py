@@ -286,7 +286,7 @@ def refresh_candidates(settings: "Settings", config: PprConfig, out: "Storage", 
                        previous_edges_uri: str, changed_uri: str | None, refresh_tol: float,
                        nodes_uri: str | None = None, hops: int | None = None, previous_manifest: dict | None = None,
                        pin: str | None = None, previous_pin: str | None = None,
-                       save_rows=None) -> tuple["pa.Table", dict]:
+                       save_rows=None, warm_start: bool = True) -> tuple["pa.Table", dict]:
     """The CLI's incremental mode: previous candidates are ``previous_manifest``'s rows (default: the live
     ``ppr_candidates`` in ``out``), and the ``ppr_rows`` committed with them warm-start the sweeps; the graphs
     are read pinned to ``pin`` and ``previous_pin``. ``save_rows``: see ``_refresh``."""
@@ -308,4 +308,5 @@ def refresh_candidates(settings: "Settings", config: PprConfig, out: "Storage", 
             return None
         return out.read_table(ROWS, manifest=commit[ROWS])
 
-    return _refresh(old, new, read_previous, config, changed, refresh_tol, sources, hops, read_rows, save_rows)
+    return _refresh(old, new, read_previous, config, changed, refresh_tol, sources, hops,
+                    read_rows if warm_start else None, save_rows)

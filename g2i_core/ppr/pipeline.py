@@ -28,13 +28,15 @@ DEFAULT_REFRESH_MAX_AGE = 6  # refreshes in a row; the 7th run computes every so
 def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri: str, run_id: str,
             nodes_uri: str | None = None, previous_edges_uri: str | None = None, changed_uri: str | None = None,
             refresh_tol: float = 1e-3, graph_run_id: str | None = None, incremental: bool = False,
-            refresh_hops: int | None = None, refresh_max_age: int = DEFAULT_REFRESH_MAX_AGE) -> dict:
+            refresh_hops: int | None = None, refresh_max_age: int = DEFAULT_REFRESH_MAX_AGE,
+            warm_start: bool = True) -> dict:
     """Compute and publish ``ppr_candidates`` under ``out_uri``; returns the manifest.
 
     ``incremental``: refresh the live ``ppr_candidates`` for this graph (``refresh_base`` says when that
     is not possible, and the run computes every source instead). ``previous_edges_uri``: refresh from
     the live version against those edges. Either way ``refresh_hops`` None recomputes the sources the
-    L1 bound names at ``refresh_tol``, h the sources within h hops of a changed node."""
+    L1 bound names at ``refresh_tol``, h the sources within h hops of a changed node. ``warm_start``:
+    ``propagate`` continues from the base's ``ppr_rows`` when it has them (False: cold sweeps)."""
     config.check()
     out = open_storage(out_uri, settings)
     started = time.monotonic()
@@ -71,7 +73,7 @@ def run_ppr(settings: "Settings", config: PprConfig, *, edges_uri: str, out_uri:
                                           previous_edges_uri=previous_edges_uri, changed_uri=changed_uri,
                                           refresh_tol=refresh_tol, nodes_uri=nodes_uri, hops=refresh_hops,
                                           previous_manifest=base, pin=graph_run_id, previous_pin=previous_pin,
-                                          save_rows=save_rows)
+                                          save_rows=save_rows, warm_start=warm_start)
         if base is not None:
             stats.update(previous_run_id=base["run_id"], previous_graph_run_id=previous_pin,
                          age=int(base["extra"].get("incremental", {}).get("age", 0)) + 1)

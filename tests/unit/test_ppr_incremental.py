@@ -293,8 +293,10 @@ def test_incremental_run_refreshes_the_live_version_and_bounds_its_age(file_stor
     day3 = run("day3", incremental=True, refresh_max_age=1)
     assert "refresh_max_age 1" in day3["extra"]["incremental"]["full_because"]
     # a backfill of day 2 after day 3 refreshes day 1, the version before its own date
-    backfill = run("day2", incremental=True)
+    backfill = run("day2", incremental=True, warm_start=False)  # (cold sweeps asked for: every row swept)
     assert (backfill["extra"]["incremental"]["previous_run_id"], backfill["logical_date"]) == ("day1", "2026-11-02")
+    assert (backfill["extra"]["incremental"]["rows"], backfill["extra"]["incremental"]["swept"]) == \
+        ("cold", new.num_nodes)
     assert file_storage.manifest("ppr_candidates")["run_id"] == "day3"  # day 3 stays live
     # other settings than the live version: its rows answer another question
     _publish_graph(file_storage, new_src, new_dst, "day4", "2026-11-04")
