@@ -13,9 +13,10 @@ incremental refresh; the rest must be recomputed.
 ``--hops``: the rule the nightly DAG uses (``g2i ppr --incremental``): recompute the sources within h
 hops of a changed node, keep the rest. Given every source's candidates computed in full on each graph
 (``--old-candidates``, ``--new-candidates``: run ids of ``ppr_candidates``, or a saved manifest JSON),
-it reports the refreshed table's top-10 agreement with the full computation on the new graph. A
-recomputed source's rows are those of the full computation (tests/unit/test_ppr_incremental.py), so
-only the kept sources can disagree. Writes bench/results/<out>.{md,json}.
+it reports the refreshed table's top-10 agreement with the full computation on the new graph. With
+cold sweeps a recomputed source's rows are those of the full computation, so only the kept sources
+can disagree. ``--refreshed``: tables `g2i ppr --incremental` actually published (warm or cold sweeps),
+each compared with the full computation as a whole. Writes bench/results/<out>.{md,json}.
 """
 
 from __future__ import annotations
@@ -181,7 +182,7 @@ def hop_agreement(args, settings, old, new, changed: list[str]) -> list[dict]:
     for hops in (int(x) for x in args.hops.split(",")):
         redo = sources_within_hops(new, seeds, hops)
         kept = ~redo & (total > 0)
-        hit = total[redo].sum() + agree[kept].sum()  # recomputed sources agree by construction
+        hit = total[redo].sum() + agree[kept].sum()  # recomputed sources agree by construction (cold sweeps)
         out.append({"hops": hops, "recomputed": int(redo.sum()), "fraction": round(float(redo.mean()), 4),
                     "agreement": round(float(hit / total.sum()), 4),
                     "kept_agreement": round(float(agree[kept].sum() / max(total[kept].sum(), 1)), 4)})

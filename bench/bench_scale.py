@@ -161,16 +161,19 @@ def generate_dump(out: Path, n: int, seed: int, workers: int) -> list[Path]:
         return [Path(j.result()[0]) for j in jobs]
 
 
-def generate_delta(out: Path, n: int, seed: int, fraction: float = 0.01) -> dict:
-    """1% of n: 40% new books (ids n..), 50% changed books (new title, description and links), and 10%
-    removed books (ids only: delta mode cannot express a removal)."""
+def generate_delta(out: Path, n: int, seed: int, fraction: float = 0.01, night: int = 1) -> dict:
+    """1% of n: 40% new books (ids n.. on the first night, past the earlier nights' after that), 50%
+    changed books (new title, description and links), and 10% removed books (ids only: delta mode cannot
+    express a removal). ``night`` k > 1: another night's delta, other books, titles revised k times."""
     k = max(3, int(n * fraction))
-    rng = np.random.default_rng([seed, 99])
+    rng = np.random.default_rng([seed, 99] if night == 1 else [seed, 99, night])
     n_new, n_removed = int(k * 0.4), max(1, int(k * 0.1))
     n_changed = k - n_new - n_removed
     picked = rng.choice(n, size=n_changed + n_removed, replace=False)
     changed, removed = np.sort(picked[:n_changed]), np.sort(picked[n_changed:])
-    lines = _records(np.arange(n, n + n_new), n + n_new, seed + 1) + _records(changed, n, seed, variant=1)
+    first_new = n + (night - 1) * k
+    lines = _records(np.arange(first_new, first_new + n_new), first_new + n_new, seed + night) + \
+        _records(changed, n, seed, variant=night)
     out.parent.mkdir(parents=True, exist_ok=True)
     with gzip.open(out, "wt", compresslevel=6) as fh:
         fh.write("\n".join(lines) + "\n")
@@ -321,13 +324,20 @@ def main(argv: list[str] | None = None) -> int:
                         help="only the nightly delta's stages again, on the storage root an earlier full run left "
                              "(e.g. s3://g2i/bench-scale/n2400000-<ts>): today's code on the same data; "
                              "writes scale_delta_rerun.{md,json}")
+    parser.add_argument("--next-delta", metavar="DATE", default=None,
+                        help="with --rerun-delta: a further night instead of a rerun, dated DATE (e.g. 2026-11-03): "
+                             "a fresh 1%% delta on top of the live version through the same stages (its titles are "
+                             "new to the embedding cache, and ppr refreshes the last night's refresh); writes "
+                             "scale_delta_<DATE>.{md,json}")
     parser.add_argument("--work-dir", default=None, help="local folder for the dump (default: a temp dir)")
     parser.add_argument("--skip-delta", action="store_true")
     parser.add_argument("--out", default=None, help="results name (default scale[_<n>k])")
     args = parser.parse_args(argv)
 
-    name = args.out or ("scale_fetch" if args.fetch_only else "scale_delta_rerun" if args.rerun_delta
-                        else f"scale{_label(args.nodes)}")
+    if args.next_delta and not args.rerun_delta:
+        parser.error("--next-delta needs --rerun-delta STORAGE_ROOT (the run to continue)")
+    name = args.out or ("scale_fetch" if args.fetch_only else f"scale_delta_{args.next_delta}" if args.next_delta
+                        else "scale_delta_rerun" if args.rerun_delta else f"scale{_label(args.nodes)}")
     bucket_root = os.environ.get("G2I_STORAGE_ROOT", "s3://g2i").rstrip("/")
     storage_root = args.rerun_delta.rstrip("/") if args.rerun_delta else \
         f"{bucket_root}/bench-scale/n{args.nodes}-{int(time.time())}"
@@ -373,10 +383,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.rerun_delta:
         report["command"] = f".venv/bin/python bench/bench_scale.py --rerun-delta {storage_root}"
         report["nodes"] = storage.manifest("nodes")["rows"]
-        ds2 = "2026-11-02"
+        ds2 = args.next_delta or "2026-11-02"
         values2 = {"source": "goodreads", "raw": delta_uri(settings.storage_root, "goodreads", ds2), "mode": "delta",
                    "ds": ds2, "run_id": run_id_for("goodreads", ds2), "graph_root": root, "incremental": True}
         report["rerun_of"] = values2["run_id"]
+        if args.next_delta:  # a new night: its delta generated and dropped where `plan` looks for it
+            import datetime
+
+            report["command"] += f" --next-delta {ds2}"
+            night = (datetime.date.fromisoformat(ds2) - datetime.date(2026, 11, 1)).days
+            base_nodes = storage.manifest("nodes", run_id_for("goodreads", "2026-11-01"))["rows"]
+            with tempfile.TemporaryDirectory(prefix="g2i-scale-", dir=args.work_dir) as tmp:
+                delta_file = Path(tmp) / "goodreads_books.json.gz"
+                report["delta_content"] = generate_delta(delta_file, base_nodes, args.seed, night=night)
+                top.put_bytes(f"{values2['raw']}/{delta_file.name}", delta_file.read_bytes(), "application/gzip")
+            report["next_delta"] = ds2
         for stage in ("ingest", "build-graph", "ppr", "embed", "rerank"):
             report["delta"].append(run_stage(stage, values2, settings, env, log_path, storage))
             save()
@@ -480,13 +501,24 @@ def render_md(report: dict) -> str:
     if report.get("rerun_of"):
         rows = report["delta"]
         total = sum(r["wall_s"] for r in rows)
-        out = [f"# Scale: the nightly delta's stages rerun on {n:,} books", "",
-               f"`{report['command']}` ({report['cpus']} CPUs; started {report['started']}; load average at the end "
-               f"{report.get('load_avg_end')}). The delta run `{report['rerun_of']}` again, on the data an earlier "
-               "full run of bench_scale.py left in the local S3 server, with the code of the day. Every stage "
-               "replaces its own run. The titles the delta changed were encoded by the first run of this delta, "
-               "so embed finds them in its cache now: that stage reads and writes the 2.4M cached vectors but "
-               "encodes none (it encoded 21,473 in 50 s the first time).", "",
+        if report.get("next_delta"):
+            d = report["delta_content"]
+            intro = [f"# Scale: another nightly delta ({report['next_delta']}) on {n:,} books", "",
+                     f"`{report['command']}` ({report['cpus']} CPUs; started {report['started']}; load average at "
+                     f"the end {report.get('load_avg_end')}). A fresh 1% delta ({d['new']:,} new, {d['changed']:,} "
+                     f"changed and {d['removed']:,} removed books) on top of the live version an earlier run of "
+                     "bench_scale.py left in the local S3 server, through the nightly path with the code of the "
+                     "day: its titles are new to the embedding cache, and ppr refreshes the last night's version.",
+                     ""]
+        else:
+            intro = [f"# Scale: the nightly delta's stages rerun on {n:,} books", "",
+                     f"`{report['command']}` ({report['cpus']} CPUs; started {report['started']}; load average at "
+                     f"the end {report.get('load_avg_end')}). The delta run `{report['rerun_of']}` again, on the "
+                     "data an earlier full run of bench_scale.py left in the local S3 server, with the code of the "
+                     "day. Every stage replaces its own run. The titles the delta changed were encoded by the first "
+                     "run of this delta, so embed finds them in its cache now: that stage reads and writes the 2.4M "
+                     "cached vectors but encodes none (it encoded 21,473 in 50 s the first time).", ""]
+        out = intro + [
                "| stage | rc | wall s | CPU s | peak RSS MiB | output MiB | rows | load avg |",
                "|---|---|---:|---:|---:|---:|---:|---|"]
         out += [f"| {r['stage']} | {r['rc']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mb']} | "
