@@ -326,8 +326,7 @@ class Storage:
         def read(uri: str) -> "pa.Table":
             return pq.read_table(io.BytesIO(self.get_bytes(uri)), columns=columns, read_dictionary=dictionary)
 
-        # a few files at once: one file's GET overlaps another's decode (both release the GIL); 3.3 GB
-        # of embeddings at Goodreads size read in 19 s instead of 26-34 s (3 files, 2 cores)
+        # a few files at once: one file's GET overlaps another's decode (both release the GIL)
         if any(self._is_s3(u) for u in uris[:1]):
             self.s3  # noqa: B018 -- one client, made before the threads share it
         with ThreadPoolExecutor(max_workers=min(PARALLEL_READS, max(len(uris), 1))) as pool:
