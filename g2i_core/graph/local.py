@@ -13,7 +13,6 @@ arrays from then on, and strings come back only for the output columns.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import os
@@ -32,6 +31,7 @@ from g2i_core.graph.build import (
     dropped_by_relation,
     publish_graph,
     resolve_inputs,
+    split_bucket,
     stats_dict,
 )
 
@@ -131,9 +131,8 @@ def components_of(src: np.ndarray, dst: np.ndarray, ids: "pa.Array") -> tuple["p
 
 
 def split_codes(ids: "pa.Array", train_fraction: float, val_fraction: float) -> np.ndarray:
-    """0 train, 1 val, 2 test: ``build.split_for`` over a column (the same sha256 bucket)."""
-    buckets = np.fromiter((int.from_bytes(hashlib.sha256(x.encode("utf-8")).digest()[:4], "big")
-                           for x in ids.to_pylist()), np.int64, count=len(ids)) % SPLIT_BUCKETS
+    """0 train, 1 val, 2 test: ``build.split_for`` over a column (its ``split_bucket``)."""
+    buckets = np.fromiter((split_bucket(x) for x in ids.to_pylist()), np.int64, count=len(ids))
     return np.where(buckets < train_fraction * SPLIT_BUCKETS, 0,
                     np.where(buckets < (train_fraction + val_fraction) * SPLIT_BUCKETS, 1, 2))
 

@@ -216,7 +216,7 @@ def incremental_candidates(old: CsrGraph, new: CsrGraph, previous: "pa.Table", c
                     save_rows)
 
 
-def warm_start(old: CsrGraph, new: CsrGraph, config: PprConfig, previous_rows: "pa.Table | None",
+def plan_warm_start(old: CsrGraph, new: CsrGraph, config: PprConfig, previous_rows: "pa.Table | None",
                changed: np.ndarray, hops: int | None) -> "WarmStart | None":
     """The previous version's rows on the new graph, to sweep only the nodes within ``hops`` +
     WARM_EXTRA_HOPS hops of a change (WARM_SWEEPS sweeps); None: sweep every row from the cold start."""
@@ -248,7 +248,7 @@ def _refresh(old: CsrGraph, new: CsrGraph, read_previous, config: PprConfig, cha
     log.info("incremental ppr: %d changed nodes -> %d of %d sources to recompute (%.1fs)", int(changed_mask.sum()),
              len(redo_idx), int(wanted.sum()), time.monotonic() - started)
     rows = config.method == "propagate" and sources is None  # rows of every node: what the next night warm-starts
-    warm = warm_start(old, new, config, read_rows(), changed_mask, hops) if rows and read_rows else None
+    warm = plan_warm_start(old, new, config, read_rows(), changed_mask, hops) if rows and read_rows else None
     fresh = compute_candidates(new, config, redo_idx, warm=warm, keep_rows=rows)
     swept = {"rows": "warm" if warm else "cold", "swept": len(warm.nodes) if warm else new.num_nodes,
              "sweeps": warm.sweeps if warm else config.sweeps} if rows else {}

@@ -14,9 +14,9 @@ from g2i_core.ppr.incremental import (
     WARM_SWEEPS,
     changed_nodes,
     incremental_candidates,
+    plan_warm_start,
     refresh_plan,
     reverse_push_mass,
-    warm_start,
 )
 
 TOL = 1e-3
@@ -263,7 +263,7 @@ def test_incremental_run_refreshes_the_live_version_and_bounds_its_age(file_stor
     for r in table.to_pylist():
         rows.setdefault(r["node_id"], []).append((r["rank"], r["neighbour_id"], r["ppr_score"]))
     propagate = PprConfig(method="propagate", top_k=5)
-    warm = warm_start(old, new, propagate, day1_rows, refresh_plan(old, new, propagate, hops=1)[2], 1)
+    warm = plan_warm_start(old, new, propagate, day1_rows, refresh_plan(old, new, propagate, hops=1)[2], 1)
     fresh = compute_candidates(new, propagate, np.flatnonzero(redo), warm=warm).to_arrow(new).to_pylist()
     expected = {}
     for r in fresh:  # recomputed sources: propagate warm-started from day 1's rows
