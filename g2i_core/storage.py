@@ -372,11 +372,12 @@ class Storage:
                            rows={name: table.num_rows}, logical_date=logical_date, force=force)[name]
 
     def write_attempt(self, name: str, table: "pa.Table", run_id: str, *,
-                      max_rows_per_file: int = 1_000_000) -> "Attempt":
+                      max_rows_per_file: int = 1_000_000, **options: Any) -> "Attempt":
         """Write a pyarrow table as a new, unpublished attempt (``commit`` publishes it, alone or with others).
 
         Files hold at most ``max_rows_per_file`` rows and about MAX_FILE_BYTES of Arrow data, and
-        PARALLEL_WRITES of them are encoded and uploaded at once (zstd and the PUT release the GIL)."""
+        PARALLEL_WRITES of them are encoded and uploaded at once (zstd and the PUT release the GIL).
+        ``options`` go to ``write_parquet``."""
         attempt = self.begin(name, run_id)
         n = max(table.num_rows, 1)
         rows_per_file = max(1, min(max_rows_per_file, n * MAX_FILE_BYTES // max(table.nbytes, 1)))
@@ -385,7 +386,7 @@ class Storage:
             self.s3  # noqa: B018 -- one client, made before the threads share it
         with ThreadPoolExecutor(max_workers=min(PARALLEL_WRITES, len(starts))) as pool:
             for done in [pool.submit(self.write_parquet, f"{attempt.uri}/part-{i:05d}.parquet",
-                                     table.slice(start, rows_per_file)) for i, start in enumerate(starts)]:
+                                     table.slice(start, rows_per_file), **options) for i, start in enumerate(starts)]:
                 done.result()
         return attempt
 

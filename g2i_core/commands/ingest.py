@@ -18,7 +18,7 @@ import argparse
 from g2i_core.ids import optional_run_id_arg
 
 NAME = "ingest"
-SUMMARY = "raw dumps -> nodes, edges, quarantine tables (Spark)"
+SUMMARY = "raw dumps -> nodes, edges, quarantine tables (in this process when it fits, else Spark)"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,11 +48,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--source attributes: an item links to at most this many items through one value, so "
                         "its out- and in-degree are each <= this x the number of --link-on columns "
                         "(default %(default)s)")
+    p.add_argument("--engine", choices=("auto", "spark", "local"), default="auto",
+                   help="local: this process (pyarrow, a thread per core; JSON-lines sources); spark: the Spark job; "
+                        "auto: local unless the master is a cluster, --source is attributes, --native-parser is "
+                        "given or the dump exceeds the memory budget (setting ppr_memory_budget_gb)")
     parser_choice = p.add_mutually_exclusive_group()
     parser_choice.add_argument("--native-parser", action="store_true",
-                               help="parse Goodreads lines with Spark's JSON reader (experimental; not faster yet)")
+                               help="Spark engine: parse Goodreads lines with Spark's JSON reader (experimental; not faster yet)")
     parser_choice.add_argument("--python-parser", action="store_true",
-                               help="parse every line with the per-line Python parser (the default)")
+                               help="Spark engine: parse every line with the per-line Python parser (its default)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
 
 
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import asdict
 
     from g2i_core.config import Settings
-    from g2i_core.ingest.job import IngestConfig, run_ingest
+    from g2i_core.ingest.job import IngestConfig, ingest
     from g2i_core.spark import get_spark
     from g2i_core.storage import Storage
 
@@ -71,10 +75,10 @@ def run(args: argparse.Namespace) -> int:
                           max_quarantine_fraction=args.max_quarantine_fraction,
                           keep_chunks=args.keep_chunks, force=args.force, native_parse=args.native_parser,
                           link_on=tuple(c.strip() for c in args.link_on.split(",") if c.strip()),
-                          max_links_per_value=args.max_links_per_value).resolved()
+                          max_links_per_value=args.max_links_per_value, engine=args.engine).resolved()
     storage = Storage.from_settings(settings, root=args.out)
-    spark = get_spark(settings, f"g2i-ingest-{config.source}")
-    report = run_ingest(spark, storage, config)
+    report = ingest(storage, config, spark_master=settings.spark_master,
+                    spark=lambda: get_spark(settings, f"g2i-ingest-{config.source}"))
     if args.json:
         print(json.dumps(asdict(report), indent=2, sort_keys=True))
     else:

@@ -83,8 +83,17 @@ def open_raw(storage: "Storage", uri: str) -> IO[bytes]:
         stream = open(storage._local(uri), "rb")
     buffered = io.BufferedReader(stream, buffer_size=1 << 20) if not isinstance(stream, io.BufferedReader) else stream
     if buffered.peek(2)[:2] == b"\x1f\x8b":
-        return io.BufferedReader(gzip.GzipFile(fileobj=buffered, mode="rb"), buffer_size=1 << 22)
+        return io.BufferedReader(_gunzip(buffered), buffer_size=1 << 22)
     return buffered
+
+
+def _gunzip(stream: IO[bytes]) -> IO[bytes]:
+    """ISA-L's igzip when installed (same format and checks, ~3x zlib's inflate speed), else the gzip module."""
+    try:
+        from isal import igzip
+    except ImportError:  # pragma: no cover - isal is a dependency; a bare install still reads gzip
+        return gzip.GzipFile(fileobj=stream, mode="rb")
+    return igzip.IGzipFile(fileobj=stream, mode="rb")
 
 
 def iter_lines(reader: IO[bytes], max_line_bytes: int = MAX_LINE_BYTES) -> Iterator[tuple[int, bytes]]:

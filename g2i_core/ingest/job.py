@@ -15,7 +15,7 @@ import datetime as dt
 import logging
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Iterator, NamedTuple
+from typing import TYPE_CHECKING, Callable, Iterator, NamedTuple
 
 from g2i_core.ingest.parsers import SOURCES
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MODES = ("full", "delta")
+ENGINES = ("auto", "spark", "local")
 
 PARSED_SCHEMA = ("source_uri string, line_no long, node_id string, title string, text string, image_url string, "
                  "has_real_image boolean, attrs string, completeness int, content_hash string, "
@@ -48,6 +49,9 @@ class IngestConfig:
     native_parse: bool = False
     link_on: tuple[str, ...] = ()  # attributes source only: the columns whose shared values link items
     max_links_per_value: int = 10  # attributes source only: links per item through one value (degree cap)
+    # local: this process (pyarrow; ingest.local); spark: the Spark job; auto: local unless the master is a
+    # cluster, the source is attributes, native_parse asks for Spark's reader, or the dump exceeds the memory budget
+    engine: str = "auto"
 
     def resolved(self) -> "IngestConfig":
         """Checked copy with defaults filled in; errors name the bad value and what is allowed."""
@@ -55,6 +59,11 @@ class IngestConfig:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, got {self.engine!r}")
+        if self.engine == "local" and (self.native_parse or self.source == "attributes"):
+            raise ValueError("--engine local reads JSON-lines dumps with pyarrow: it has no --native-parser (Spark's "
+                             "reader) and no --source attributes; use --engine spark or auto")
         if not 0.0 <= self.max_quarantine_fraction <= 1.0:
             raise ValueError(f"max_quarantine_fraction must be in [0, 1], got {self.max_quarantine_fraction}")
         day = self.logical_date or dt.datetime.now(dt.timezone.utc).date().isoformat()
@@ -251,6 +260,27 @@ def node_changes_frame(prev_nodes: "DataFrame", nodes: "DataFrame", run_id: str)
 
 
 # ---- the job ------------------------------------------------------------------------------------------
+def ingest(storage: "Storage", config: IngestConfig, *, spark_master: str,
+           spark: "Callable[[], SparkSession]", memory_budget: int | None = None) -> IngestReport:
+    """Ingest with the engine ``config.engine`` names (``auto``: ``local.engine_for``); ``spark`` makes the
+    session, and is called only when the Spark engine runs."""
+    from g2i_core.ingest.local import engine_for, run_ingest_local
+
+    cfg = config.resolved()
+    engine = cfg.engine
+    if engine == "auto":
+        if memory_budget is None:
+            from g2i_core.config import Settings
+            from g2i_core.ppr.api import memory_budget_bytes
+
+            memory_budget = memory_budget_bytes(Settings.load().ppr_memory_budget_gb)
+        engine = engine_for(storage, cfg, spark_master=spark_master, memory_budget=memory_budget)
+    log.info("ingest %s run=%s: engine %s", cfg.source, cfg.run_id, engine)
+    if engine == "local":
+        return run_ingest_local(storage, cfg)
+    return run_ingest(spark(), storage, cfg)
+
+
 def run_ingest(spark: "SparkSession", storage: "Storage", config: IngestConfig) -> IngestReport:
     """Re-chunk, parse, dedupe and publish one dump under ``storage`` (the output root)."""
     from pyspark import StorageLevel
@@ -302,6 +332,27 @@ def _count_outcomes(parsed: "DataFrame") -> Outcomes:
                     ok["ids"] if ok else 0)
 
 
+def account(cfg: IngestConfig, outcomes: Outcomes, lines_by_source: dict[str, int]) -> IngestReport:
+    """The report of a parse, once every line is accounted for; raises (and nothing is published) when the
+    parsed rows do not add up to the dump's lines or the quarantined share is over the limit."""
+    lines_in = sum(lines_by_source.values())
+    if lines_in == 0:
+        raise ValueError(f"{cfg.raw_uri} holds no lines: refusing to publish an empty {cfg.source} graph")
+    if outcomes.lines != lines_in:
+        raise RuntimeError(f"parsed {outcomes.lines} lines but the dump has {lines_in}")
+    reasons, quarantined = outcomes.reasons, outcomes.quarantined
+    share = quarantined / lines_in
+    if share > cfg.max_quarantine_fraction:
+        raise RuntimeError(
+            f"{quarantined} of {lines_in} lines ({share:.1%}) were quarantined, above the limit "
+            f"{cfg.max_quarantine_fraction:.1%} (reasons: {reasons}); nothing was published. Is {cfg.raw_uri} "
+            f"really a {cfg.source} dump? Raise --max-quarantine-fraction only if this is expected.")
+    report = IngestReport(cfg.run_id, cfg.source, cfg.mode, lines_in, outcomes.distinct_nodes,
+                          outcomes.duplicates, quarantined, reasons, raw_files=dict(lines_by_source))
+    report.check_identity()
+    return report
+
+
 def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parsed: "DataFrame",
              chunks, seconds: dict[str, float]) -> IngestReport:
     """``seconds`` holds the stages timed so far; parse and write are added, and the manifest carries them."""
@@ -312,18 +363,7 @@ def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parse
     started = time.monotonic()
     outcomes = _count_outcomes(parsed)  # the first action: the parse runs here
     seconds["parse_and_count"] = round(time.monotonic() - started, 3)
-    if outcomes.lines != chunks.lines_in:
-        raise RuntimeError(f"parsed {outcomes.lines} lines but the dump has {chunks.lines_in}")
-    reasons, quarantined = outcomes.reasons, outcomes.quarantined
-    share = quarantined / chunks.lines_in
-    if share > cfg.max_quarantine_fraction:
-        raise RuntimeError(
-            f"{quarantined} of {chunks.lines_in} lines ({share:.1%}) were quarantined, above the limit "
-            f"{cfg.max_quarantine_fraction:.1%} (reasons: {reasons}); nothing was published. Is {cfg.raw_uri} "
-            f"really a {cfg.source} dump? Raise --max-quarantine-fraction only if this is expected.")
-    report = IngestReport(cfg.run_id, cfg.source, cfg.mode, chunks.lines_in, outcomes.distinct_nodes,
-                          outcomes.duplicates, quarantined, reasons, raw_files=chunks.lines_by_source)
-    report.check_identity()
+    report = account(cfg, outcomes, chunks.lines_by_source)
     started = time.monotonic()
 
     # 4. Resolve duplicates; build the three tables (merged into the previous version in delta mode).
