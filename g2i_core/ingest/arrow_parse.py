@@ -13,7 +13,7 @@ How a block of lines is handled:
 2. pyarrow reads those lines with an explicit schema of the fields the extractor reads. It is stricter than
    Python everywhere it matters: a read field of another JSON type, a key given twice, a lone surrogate escape,
    ``NaN`` or a syntax error fails the line. A failing line is found from the reader's row number and goes to
-   Python; a line holding two records (two rows for one line) is found by halving.
+   Python; a line holding two records (two rows for one line), or an error without a row, is found by halving.
 3. Rows whose values Python would reject or spell differently go to Python too: an id that is not visible ASCII
    (``strip`` and coercions), a null author or shelf, control characters in values copied into ``attrs``, a
    list element that ``strip`` would change.
@@ -190,14 +190,13 @@ def _read_window(text: "pa.StringArray", ok: np.ndarray, start: int, stop: int, 
             table = _read_json(_join(window, taken), schema)
         except pa.ArrowInvalid as exc:
             row = _error_row(exc, stop - start)
-            if row is None or not taken[row]:  # no usable row number: let Python parse the window
-                taken[:] = False
-            else:
-                taken[row] = False
-            continue
-        if table.num_rows == stop - start:
+            if row is not None and taken[row]:
+                taken[row] = False  # the line the error names goes to Python; read the rest again
+                continue
+            table = None  # no usable row number ("The document is empty." after a stray "}"): halve the window
+        if table is not None and table.num_rows == stop - start:
             return table
-        if stop - start == 1:  # two records on one line: Python quarantines it as a parse error
+        if stop - start == 1:  # a line the reader refuses, or two records on one line: Python decides
             taken[:] = False
             continue
         mid = (start + stop) // 2
@@ -463,17 +462,26 @@ def parse_block(source: str, source_uri: str, block: bytes | bytearray, first_li
     good, bad = [], []
     if not ok.all():
         at = np.flatnonzero(~ok)
+        last_terminated = block.endswith(b"\n")
         for i, line in zip(at.tolist(), lines.take(pa.array(at)).to_pylist(), strict=True):
-            body = line.rstrip(b"\r\n")
+            body = _as_iter_lines_reads(line, i + 1 < n or last_terminated)
             if not body.strip():
                 continue  # a blank line is not a record (as chunking.iter_lines)
-            if len(body) > MAX_LINE_BYTES:
-                body = oversize_marker(len(body), body[:RAW_KEEP_CHARS])
             row = parse_line(source, body, int(line_nos[i]))
             (good if row["reason"] is None else bad).append(row)
     nodes += [_python_rows(good, source_uri)] if good else []
     return ParsedBlock(_concat(nodes, schema), _concat([_python_rows(bad, source_uri)] if bad else [], schema), n,
                        int(ok.sum()) + len(good) + len(bad))
+
+
+def _as_iter_lines_reads(line: bytes, terminated: bool) -> bytes:
+    """The line as ``chunking.iter_lines`` hands it on: without its line ending, or, over MAX_LINE_BYTES, its
+    marker (the same size it reports for a line it read past the bound)."""
+    if len(line) + terminated > MAX_LINE_BYTES + 2 or (not terminated and len(line) == MAX_LINE_BYTES + 2):
+        size = len(line) - (1 if terminated and line.endswith(b"\r") else 0)  # iter_lines drops one "\r\n"
+        return oversize_marker(size, line[:min(RAW_KEEP_CHARS, MAX_LINE_BYTES + 2)])  # what iter_lines had read
+    body = line.rstrip(b"\r\n")
+    return oversize_marker(len(body), body[:RAW_KEEP_CHARS]) if len(body) > MAX_LINE_BYTES else body
 
 
 def _arrow_rows(cols: dict, source_uri: str, line_nos: np.ndarray, schema: "pa.Schema") -> "pa.Table":

@@ -109,14 +109,14 @@ def iter_blocks(reader: IO[bytes], block_bytes: int = BLOCK_BYTES,
         if buf.endswith(b"\n") or partial < limit:  # whole, or the file's last line (no newline at the end)
             yield Block(buf)
             continue
-        head, tail = bytes(buf[start:start + RAW_KEEP_CHARS]), bytes(buf[-2:])
+        head, tail = bytes(buf[start:start + min(RAW_KEEP_CHARS, limit)]), bytes(buf[-2:])  # iter_lines' head
         del buf[start:]
         if buf:
             yield Block(buf)
-        yield Block(_skip_line(reader, head, partial, tail), marker=True)
+        yield Block(_skip_line(reader, head, partial, tail, max_line_bytes), marker=True)
 
 
-def _skip_line(reader: IO[bytes], head: bytes, size: int, tail: bytes) -> bytes:
+def _skip_line(reader: IO[bytes], head: bytes, size: int, tail: bytes, max_line_bytes: int) -> bytes:
     """The marker of an over-long line whose first ``size`` bytes were read: the rest is read and dropped."""
     while not tail.endswith(b"\n"):
         piece = reader.readline(SKIP_BYTES)
@@ -125,59 +125,67 @@ def _skip_line(reader: IO[bytes], head: bytes, size: int, tail: bytes) -> bytes:
         size, tail = size + len(piece), (tail + piece[-2:])[-2:]
     size -= 2 if tail == b"\r\n" else 1 if tail.endswith(b"\n") else 0
     log.warning("a line is %d bytes, over the %d-byte bound: skipped (quarantined as line_too_long)", size,
-                MAX_LINE_BYTES)
+                max_line_bytes)
     return oversize_marker(size, head)
 
 
 # ---- parsing the dump ----------------------------------------------------------------------------------------------
-def parse_dump(storage: "Storage", cfg: "IngestConfig", workers: int | None = None
-               ) -> tuple["pa.Table", "pa.Table", dict[str, int]]:
-    """(parsed rows that are nodes, parsed rows with a quarantine reason, records per dump file); blocks are
-    parsed by ``workers`` threads while the next ones are read."""
-    import pyarrow as pa
+def parse_stream(source: str, uri: str, reader: IO[bytes], pool: ThreadPoolExecutor, *, block_bytes: int = BLOCK_BYTES,
+                 max_line_bytes: int = MAX_LINE_BYTES) -> tuple[list["pa.Table"], list["pa.Table"], int]:
+    """(node rows, quarantine rows, records) of one dump file; blocks are parsed on ``pool`` while the next ones
+    are read, at most two blocks per worker ahead."""
     import pyarrow.compute as pc
 
     from g2i_core.ingest.arrow_parse import parse_block, parse_marker
+
+    nodes, quarantine, pending = [], [], deque()
+    records = lines = 0
+    started = time.monotonic()
+
+    def parse(block: Block):
+        if block.marker:
+            return parse_marker(source, uri, block.data)
+        return parse_block(source, uri, block.data)
+
+    def renumbered(table: "pa.Table") -> "pa.Table":  # blocks number their lines from 1
+        if not lines or not table.num_rows:
+            return table
+        return table.set_column(table.schema.get_field_index("line_no"), "line_no", pc.add(table["line_no"], lines))
+
+    def collect() -> None:
+        nonlocal records, lines
+        done = pending.popleft().result()
+        nodes.append(renumbered(done.nodes))
+        quarantine.append(renumbered(done.quarantine))
+        records, lines = records + done.records, lines + done.lines
+
+    for block in iter_blocks(reader, block_bytes, max_line_bytes):
+        pending.append(pool.submit(parse, block))
+        del block
+        while len(pending) > 2 * pool._max_workers:
+            collect()
+            log.info("ingest %s: %d records so far (%.0f records/s)", uri.rsplit("/", 1)[-1], records,
+                     records / max(time.monotonic() - started, 1e-6))
+    while pending:
+        collect()
+    return nodes, quarantine, records
+
+
+def parse_dump(storage: "Storage", cfg: "IngestConfig", workers: int | None = None
+               ) -> tuple["pa.Table", "pa.Table", dict[str, int]]:
+    """(parsed rows that are nodes, parsed rows with a quarantine reason, records per dump file)."""
+    import pyarrow as pa
+
     from g2i_core.ingest.chunking import list_raw_files, open_raw
     from g2i_core.ingest.job import _arrow_parsed_schema
 
-    workers = workers or os.cpu_count() or 1
     nodes, quarantine, lines_by_source = [], [], {}
-    started = time.monotonic()
-
-    def parse(uri: str, block: Block):
-        if block.marker:
-            return parse_marker(cfg.source, uri, block.data)
-        return parse_block(cfg.source, uri, block.data)
-
-    def renumbered(table: "pa.Table", lines_before: int) -> "pa.Table":  # blocks number their lines from 1
-        if not lines_before or not table.num_rows:
-            return table
-        at = table.schema.get_field_index("line_no")
-        return table.set_column(at, "line_no", pc.add(table["line_no"], lines_before))
-
-    with ThreadPoolExecutor(max_workers=workers) as pool:
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
         for uri in list_raw_files(storage, cfg.raw_uri):
-            records, lines, pending = 0, 0, deque()
-
-            def collect(pending: deque = pending) -> None:
-                nonlocal records, lines
-                done = pending.popleft().result()
-                nodes.append(renumbered(done.nodes, lines))
-                quarantine.append(renumbered(done.quarantine, lines))
-                records, lines = records + done.records, lines + done.lines
-
             with open_raw(storage, uri) as reader:
-                for block in iter_blocks(reader):
-                    pending.append(pool.submit(parse, uri, block))
-                    del block
-                    while len(pending) > workers + 1:  # bounded: the reader stays at most two blocks ahead
-                        collect()
-                        log.info("ingest %s: %d records so far (%.0f records/s)", uri.rsplit("/", 1)[-1], records,
-                                 records / max(time.monotonic() - started, 1e-6))
-                while pending:
-                    collect()
-            lines_by_source[uri] = records
+                file_nodes, file_quarantine, lines_by_source[uri] = parse_stream(cfg.source, uri, reader, pool)
+            nodes += file_nodes
+            quarantine += file_quarantine
     schema = _arrow_parsed_schema()
     return (pa.concat_tables(nodes) if nodes else schema.empty_table(),
             pa.concat_tables(quarantine) if quarantine else schema.empty_table(), lines_by_source)
