@@ -106,3 +106,56 @@ def test_chunks_are_capped_by_bytes(tmp_path, file_storage):
                      chunk_bytes=10 * len(line))
     sizes = [pq.read_metadata(u[len("file://"):]).num_rows for u in result.chunk_uris]
     assert sizes == [10] * 10 and result.lines_in == 100
+
+
+LOCAL_PROBE = textwrap.dedent("""
+    import json, resource, sys
+    from g2i_core.ingest.job import IngestConfig
+    from g2i_core.ingest.local import parse_dump
+    from g2i_core.storage import Storage
+
+    root, small, big = sys.argv[1:4]
+    storage = Storage(root)
+    parse_dump(storage, IngestConfig(source="goodreads", raw_uri=small).resolved())  # imports, paid up front
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    nodes, quarantine, lines = parse_dump(storage, IngestConfig(source="goodreads", raw_uri=big).resolved())
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    rows = nodes.to_pylist() + quarantine.to_pylist()
+    print(json.dumps({"before": before, "after": after, "lines": lines[big],
+                      "rows": [{k: r[k] for k in ("line_no", "node_id", "reason", "detail", "raw")} for r in rows]}))
+""")
+
+
+def test_200mb_single_line_gz_under_a_memory_cap_with_the_local_engine(tmp_path):
+    """The local engine's block reader keeps the same bound: the line is skipped in pieces, never held whole."""
+    big = tmp_path / "huge.json.gz"
+    expected = _write_dump(big)
+    small = tmp_path / "small.json.gz"
+    with gzip.open(small, "wb") as fh:
+        fh.write(b"\n".join(_good(i) for i in range(100)) + b"\n")
+    out = subprocess.run([sys.executable, "-c", LOCAL_PROBE, f"file://{tmp_path}/store", f"file://{small}",
+                          f"file://{big}"], capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    probe = json.loads(out.stdout.strip().splitlines()[-1])
+    growth = probe["after"] - probe["before"]
+    assert growth < GROWTH_LIMIT, f"peak RSS grew by {growth / 2**20:.0f} MiB while reading a {HUGE >> 20} MiB line"
+    rows = {r["line_no"]: r for r in probe["rows"]}
+    assert probe["lines"] == len(expected) and {n: r["reason"] for n, r in rows.items()} == expected
+    bad = rows[5]
+    assert bad["raw"].startswith('{"book_id": "99", "title": "aaa') and len(bad["raw"]) <= 2000
+    assert str(HUGE + len(b'{"book_id": "99", "title": "') + 2) in bad["detail"]
+
+
+def test_lines_at_the_byte_bound_with_the_local_engine(tmp_path, file_storage):
+    from g2i_core.ingest.job import IngestConfig
+    from g2i_core.ingest.local import parse_dump
+
+    fit = b'{"book_id": "1", "title": "' + b"x" * (MAX_LINE_BYTES - 29) + b'"}'
+    over = b'{"book_id": "2", "title": "' + b"y" * MAX_LINE_BYTES + b'"}'
+    dump = tmp_path / "edge.jsonl"
+    dump.write_bytes(fit + b"\r\n" + over + b"\r\n" + _good(3) + b"\n" + b"z" * (3 * MAX_LINE_BYTES))
+    nodes, quarantine, lines = parse_dump(file_storage, IngestConfig(source="goodreads",
+                                                                     raw_uri=f"file://{dump}").resolved())
+    reasons = {r["line_no"]: r["reason"] for r in nodes.to_pylist() + quarantine.to_pylist()}
+    assert reasons == {1: None, 2: "line_too_long", 3: None, 4: "line_too_long"}
+    assert max(len(r["raw"]) for r in quarantine.to_pylist()) <= 2000
