@@ -29,6 +29,7 @@ Other sources (Amazon) have no Arrow parse: every line goes through ``parse_line
 from __future__ import annotations
 
 import hashlib
+import re
 import unicodedata
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -89,14 +90,16 @@ def split_lines(block: bytes) -> "pa.BinaryArray":
     return lines.slice(0, len(lines) - 1) if block.endswith(b"\n") else lines
 
 
-def _valid_utf8(lines: "pa.BinaryArray") -> np.ndarray:
+def _as_text(lines: "pa.BinaryArray") -> tuple["pa.StringArray", np.ndarray]:
+    """(the lines as text, invalid UTF-8 as ""; which lines are valid UTF-8): one validating cast per block."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     try:
-        lines.cast(pa.string())  # one validation pass over the block
-        return np.ones(len(lines), bool)
+        return lines.cast(pa.string()), np.ones(len(lines), bool)
     except pa.ArrowInvalid:
-        return np.array([_decodes(b) for b in lines.to_pylist()], bool)
+        valid = np.array([_decodes(b) for b in lines.to_pylist()], bool)
+        return pc.if_else(pa.array(valid), lines, b"").cast(pa.string()), valid
 
 
 def _decodes(line: bytes) -> bool:
@@ -107,28 +110,25 @@ def _decodes(line: bytes) -> bool:
         return False
 
 
-def reader_lines(lines: "pa.BinaryArray") -> tuple["pa.StringArray", np.ndarray, bool]:
+def reader_lines(lines: "pa.BinaryArray", block: bytes | bytearray) -> tuple["pa.StringArray", np.ndarray, bool]:
     """(the lines as text, trailing ``\\r`` removed; which of them the JSON reader may take; whether the text is
-    the lines as they came)."""
-    import pyarrow as pa
+    the lines as they came). ``lines`` are ``split_lines(block)``."""
     import pyarrow.compute as pc
 
-    valid = _valid_utf8(lines)
-    text = lines.cast(pa.string()) if valid.all() else pc.if_else(pa.array(valid), lines, b"").cast(pa.string())
+    text, valid = _as_text(lines)
     unchanged = bool(valid.all())
     if pc.any(pc.ends_with(text, "\r")).as_py():
         text, unchanged = pc.utf8_rtrim(text, "\r"), False  # iter_lines strips a line's "\r\n"
     ok = valid & pc.starts_with(text, "{").to_numpy(zero_copy_only=False) \
         & pc.ends_with(text, "}").to_numpy(zero_copy_only=False)
-    lengths = pc.binary_length(lines).to_numpy(zero_copy_only=False)
+    starts = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset:lines.offset + len(lines) + 1]
+    lengths = np.diff(starts)
     ok &= lengths <= MAX_LINE_BYTES
     deep = np.flatnonzero(ok & (lengths >= 2 * MAX_OPEN_BRACKETS))  # an accepted line holds its closers too
-    if len(deep):
-        data = lines.buffers()[2].to_pybytes()
-        starts = np.frombuffer(lines.buffers()[1], np.int32)[lines.offset:lines.offset + len(lines) + 1]
-        for i, a, b in zip(deep.tolist(), starts[deep].tolist(), starts[deep + 1].tolist(), strict=True):
-            if data.count(b"{", a, b) + data.count(b"[", a, b) >= MAX_OPEN_BRACKETS:
-                ok[i] = False
+    at = starts - starts[0] + np.arange(len(starts))  # line i's bytes in the block: one "\n" before each line
+    for i, a, b in zip(deep.tolist(), at[deep].tolist(), (at[deep] + lengths[deep]).tolist(), strict=True):
+        if block.count(b"{", a, b) + block.count(b"[", a, b) >= MAX_OPEN_BRACKETS:
+            ok[i] = False
     return text, ok, unchanged
 
 
@@ -234,8 +234,8 @@ def python_rows(rec: "pa.Table") -> np.ndarray:
     url = rec["image_url"]
     bad |= (pc.is_valid(url).to_numpy(zero_copy_only=False)
             & ~pc.fill_null(pc.match_substring_regex(url, r"^[!-~]*$"), True).to_numpy(zero_copy_only=False))
-    for name in TEXT_ATTRS:
-        bad |= _matches(rec[name], CONTROL).to_numpy(zero_copy_only=False)
+    joined = pc.binary_join_element_wise(*[pc.fill_null(rec[name], "") for name in TEXT_ATTRS], "")
+    bad |= _matches(joined, CONTROL).to_numpy(zero_copy_only=False)  # one pass over the seven short values
     bad |= _matches(rec["description"], ODD_CONTROL).to_numpy(zero_copy_only=False)
     for name, field in (("authors", "author_id"), ("popular_shelves", "name")):
         items, parent, _ = _flat(rec[name].combine_chunks())
@@ -332,10 +332,10 @@ def _targets(rec: "pa.Table", local_id: "pa.Array") -> tuple["pa.Array", np.ndar
     keep &= pc.fill_null(pc.not_equal(values, local_id.take(pa.array(parent))), True).to_numpy(zero_copy_only=False)
     kept_at = np.flatnonzero(keep)
     values, parent = values.take(pa.array(kept_at)), parent[kept_at]
-    order = pa.table({"p": parent, "v": values, "i": np.arange(len(values))}).sort_by(
-        [("p", "ascending"), ("v", "ascending"), ("i", "ascending")])
-    p_sorted = order["p"].to_numpy()
-    v_sorted = order["v"].combine_chunks()
+    order = pc.sort_indices(pa.record_batch({"p": parent, "v": values}),  # stable: equal ids keep their order
+                            sort_keys=[("p", "ascending"), ("v", "ascending")]).to_numpy()
+    p_sorted = parent[order]
+    v_sorted = values.take(pa.array(order))
     first = np.ones(len(p_sorted), bool)
     if len(p_sorted) > 1:
         same_row = p_sorted[1:] == p_sorted[:-1]
@@ -343,7 +343,7 @@ def _targets(rec: "pa.Table", local_id: "pa.Array") -> tuple["pa.Array", np.ndar
         first[1:] = ~(same_row & same_value)
     sorted_kept = v_sorted.filter(pa.array(first))
     sorted_counts = np.bincount(p_sorted[first], minlength=n)
-    in_order = np.sort(order["i"].to_numpy()[first])
+    in_order = np.sort(order[first])
     return values.take(pa.array(in_order)), np.bincount(parent[in_order], minlength=n), sorted_kept, sorted_counts
 
 
@@ -406,9 +406,8 @@ def goodreads_columns(rec: "pa.Table") -> dict[str, "pa.Array"]:
     links = pc.binary_join(pa.ListArray.from_arrays(link_offsets, sorted_targets), f"\x1f{relation}>")
     links = prefixed(f"{relation}>", _present(sorted_counts > 0, links))  # "<relation>>target", sorted, \x1f-joined
     hashed = pc.binary_join_element_wise(title, pc.fill_null(url, ""), attrs, links, "\x1f", null_handling="skip")
-    real_image = has_url.copy()
-    for marker in NOPHOTO_MARKERS:
-        real_image &= ~pc.fill_null(pc.match_substring(url, marker), False).to_numpy(zero_copy_only=False)
+    markers = "|".join(re.escape(m) for m in NOPHOTO_MARKERS)
+    real_image = has_url & ~pc.fill_null(pc.match_substring_regex(url, markers), False).to_numpy(zero_copy_only=False)
     titled = pc.not_equal(title, "").to_numpy(zero_copy_only=False)
     edge_offsets = pa.array(np.concatenate([[0], np.cumsum(target_counts)]).astype(np.int32))
     edge_values = pa.StructArray.from_arrays(
@@ -447,7 +446,7 @@ def parse_block(source: str, source_uri: str, block: bytes | bytearray, first_li
     n = len(lines)
     line_nos = np.arange(first_line_no, first_line_no + n, dtype=np.int64)
     if source in ARROW_SOURCES and n:
-        text, ok, unchanged = reader_lines(lines)
+        text, ok, unchanged = reader_lines(lines, block)
         rec = read_records(text, ok, (block if block.endswith(b"\n") else bytes(block) + b"\n") if unchanged else None)
         taken = np.flatnonzero(ok)
         if len(taken) < n:
