@@ -307,6 +307,17 @@ def constant(value: str, n: int) -> "pa.Array":
     return pa.Array.from_buffers(kind, n, [None, pa.py_buffer(offsets), pa.py_buffer(data * n)]).cast(pa.string())
 
 
+def with_nulls(values: "pa.Array", valid: np.ndarray) -> "pa.Array":
+    """``values`` null where ``valid`` is False (and where they were null), without copying their data."""
+    import pyarrow as pa
+
+    if values.null_count:
+        valid = valid & ~np.asarray(values.is_null().to_numpy(zero_copy_only=False), bool)
+    bits = np.concatenate([np.zeros(values.offset, bool), valid])  # the bitmap shares the data's offset
+    return pa.Array.from_buffers(values.type, len(values), [pa.py_buffer(np.packbits(bits, bitorder="little")),
+                                                            *values.buffers()[1:]], offset=values.offset)
+
+
 def prefixed(prefix: str, values: "pa.Array") -> "pa.Array":
     import pyarrow.compute as pc
 
@@ -394,12 +405,19 @@ def goodreads_columns(rec: "pa.Table") -> dict[str, "pa.Array"]:
     shelf_items, _, shelf_counts = _flat(shelves)
     present["shelves"] = shelf_counts > 0
     pieces["shelves"] = json_list(pc.struct_field(shelf_items, "name"), shelf_counts)
+    # json.dumps(attrs, sort_keys=True) in one join: is_ebook is always there, so the entries before it carry
+    # the ", " after them and the ones after it the ", " before them; an absent entry is null, joined as "".
     keys = sorted(pieces)
+    anchor = keys.index("is_ebook")
     quoted = set(TEXT_ATTRS) | {"description"}  # strings: quoted and escaped here, the others are JSON already
-    parts = [pc.binary_join_element_wise(f'"{k}": "', json_escaped(_present(present[k], pieces[k])), '"', "")
-             if k in quoted else _present(present[k], pc.binary_join_element_wise(f'"{k}": ', pieces[k], ""))
-             for k in keys]
-    attrs = pc.binary_join_element_wise("{", pc.binary_join_element_wise(*parts, ", ", null_handling="skip"), "}", "")
+    parts = []
+    for i, k in enumerate(keys):
+        value = json_escaped(pieces[k]) if k in quoted else pieces[k]
+        value = with_nulls(value, present[k]) if k != "is_ebook" else value
+        left = ("" if i <= anchor else ", ") + f'"{k}": ' + ('"' if k in quoted else "")
+        right = ('"' if k in quoted else "") + (", " if i < anchor else "")
+        parts.append(pc.binary_join_element_wise(left, value, right, ""))
+    attrs = pc.binary_join_element_wise("{", *parts, "}", "", null_handling="replace", null_replacement="")
     attr_count = np.sum([present[k] for k in keys], axis=0)
 
     link_offsets = pa.array(np.concatenate([[0], np.cumsum(sorted_counts)]).astype(np.int32))

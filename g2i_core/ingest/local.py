@@ -41,7 +41,6 @@ BLOCK_BYTES = 16 << 20  # decompressed bytes per parse task (whole lines: plus t
 SKIP_BYTES = 1 << 20  # the rest of an over-long line is read and dropped in pieces of this size
 LOCAL_SOURCES = ("goodreads", "amazon2014", "amazon2018")  # Amazon lines go through parse_line, in threads
 INT96 = {"use_deprecated_int96_timestamps": True}  # ingested_at as Spark writes it, for Spark readers
-FILE_ROWS_MIN = 100_000  # a table over twice this is written as at least two files, encoded in parallel
 
 
 # ---- choosing the engine -------------------------------------------------------------------------------------------
@@ -381,8 +380,7 @@ def run_ingest_local(storage: "Storage", config: "IngestConfig") -> "IngestRepor
     tables.update(edges=edges, nodes=nodes)
     report.edges_by_relation = counts_by(edges["relation"]) if edges.num_rows else {}
     with ThreadPoolExecutor(max_workers=2) as pool:  # each table's files are encoded and stored in parallel too
-        futures = [pool.submit(storage.write_attempt, name, table, cfg.run_id, **(INT96 if name == "nodes" else {}),
-                               max_rows_per_file=max(FILE_ROWS_MIN, -(-table.num_rows // 2)))
+        futures = [pool.submit(storage.write_attempt, name, table, cfg.run_id, **(INT96 if name == "nodes" else {}))
                    for name, table in tables.items()]
         attempts: list["Attempt"] = [f.result() for f in futures]
     from g2i_core.ingest.job import check_written
