@@ -45,11 +45,13 @@ INT96 = {"use_deprecated_int96_timestamps": True}  # ingested_at as Spark writes
 
 # ---- choosing the engine -------------------------------------------------------------------------------------------
 def local_ingest_memory_bytes(raw_bytes: int, compressed: bool, base_bytes: int = 0) -> int:
-    """Peak memory of the local engine: the parsed rows (about the dump's decompressed size; gzipped JSON
-    lines expand ~8x), the blocks in flight, and the base version read in delta mode (its uncompressed
-    Parquet size, twice: the table and the merged copy)."""
+    """Peak memory of the local engine: 320 MiB of interpreter and libraries, plus twice the dump's text (the
+    parsed rows, the edges table and the write buffers; gzipped JSON lines are taken to expand 8x), plus the
+    base version in delta mode (its uncompressed Parquet size, twice: read and merged). Measured peaks: 1.85 GiB
+    for the 1M-record sample dump (115 MiB gz; the model says 2.1 GiB) and 4.6 GiB for the 2.4M-record
+    bench_scale dump (1,096 MiB gz; the model says 17.4 GiB: its records carry fields the parse drops)."""
     text = raw_bytes * (8 if compressed else 1)
-    return int(1.2 * text) + 6 * BLOCK_BYTES + 2 * base_bytes
+    return (320 << 20) + 2 * text + 2 * base_bytes
 
 
 def engine_for(storage: "Storage", cfg: "IngestConfig", *, spark_master: str, memory_budget: int) -> str:
@@ -228,31 +230,39 @@ def winner_mask(ok: "pa.Table", codes: np.ndarray) -> np.ndarray:
 NODE_COLUMNS = ("node_id", "title", "text", "image_url", "has_real_image", "attrs", "content_hash")
 
 
-def winner_tables(ok: "pa.Table", keep: np.ndarray, dataset: str, logical_date: str, workers: int
-                  ) -> tuple["pa.Table", "pa.Table"]:
-    """(nodes, edges) of the winning rows, one parse block at a time on ``workers`` threads."""
+def winner_tables(batches: list["pa.RecordBatch"], keep: np.ndarray, dataset: str, logical_date: str,
+                  workers: int) -> tuple["pa.Table", "pa.Table"]:
+    """(nodes, edges) of the winning rows, one parse block at a time on ``workers`` threads. ``batches`` (the
+    node rows: NODE_COLUMNS and edges, in the order of ``keep``) are emptied as they are done, so a parsed block
+    is freed once its rows are copied out: the peak holds the parsed rows once, not twice."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-
-    batches = ok.select([*NODE_COLUMNS, "edges"]).to_batches()
     starts = np.concatenate([[0], np.cumsum([len(b) for b in batches])])
+    everyone = bool(keep.all())
 
     def one(i: int) -> tuple["pa.RecordBatch", "pa.Table"]:
         batch, mask = batches[i], keep[starts[i]:starts[i + 1]]
+        batches[i] = None
         lists = batch.column("edges")
         parent = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False)
-        sel = mask[parent]
-        flat = pc.list_flatten(lists).filter(pa.array(sel))
-        edges = pa.table({"src": batch.column("node_id").take(pa.array(parent[sel])),
+        flat = pc.list_flatten(lists)
+        if not everyone:
+            sel = mask[parent]
+            flat, parent = flat.filter(pa.array(sel)), parent[sel]
+        edges = pa.table({"src": batch.column("node_id").take(pa.array(parent)),
                           "dst": pc.struct_field(flat, "dst"), "relation": pc.struct_field(flat, "relation"),
                           "weight": pa.array(np.ones(len(flat)), pa.float64())})
-        return batch.select(list(NODE_COLUMNS)).filter(pa.array(mask)), edges
+        rows = batch.select(list(NODE_COLUMNS))
+        return (rows if everyone else rows.filter(pa.array(mask))), edges
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         parts = list(pool.map(one, range(len(batches))))
     if not parts:
-        return nodes_table(ok.select(list(NODE_COLUMNS)), dataset, logical_date), edges_table(ok)
+        from g2i_core.ingest.job import _arrow_parsed_schema
+
+        empty = _arrow_parsed_schema().empty_table()
+        return nodes_table(empty.select(list(NODE_COLUMNS)), dataset, logical_date), edges_table(empty)
     rows = pa.Table.from_batches([p[0] for p in parts])
     return nodes_table(rows, dataset, logical_date), pa.concat_tables([p[1] for p in parts])
 
@@ -356,8 +366,10 @@ def run_ingest_local(storage: "Storage", config: "IngestConfig") -> "IngestRepor
                         distinct)
     report = account(cfg, outcomes, lines_by_source)
     # 3. Resolve duplicates; build the tables (merged into the previous version in delta mode).
-    nodes, edges = winner_tables(ok, winner_mask(ok, codes), cfg.source, cfg.logical_date, os.cpu_count() or 1)
-    del ok
+    keep = winner_mask(ok, codes)
+    batches = ok.select([*NODE_COLUMNS, "edges"]).to_batches()
+    del ok, codes  # the batches are the last reference: winner_tables frees each parsed block when it is done
+    nodes, edges = winner_tables(batches, keep, cfg.source, cfg.logical_date, os.cpu_count() or 1)
     from g2i_core.ingest.job import _base_run
 
     base_run = _base_run(storage, cfg.run_id)
