@@ -34,7 +34,8 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
     Stage("ingest", "spark",
           "--source {source} --raw {raw} --root {graph_root} --mode {mode} --logical-date {ds} --run-id {run_id} "
           "--link-on {link_on?} --max-links-per-value {max_links_per_value?}",
-          "Spark: raw dump -> `nodes`, `edges`, `quarantine` (full dump or a delta upserted into the last version)."),
+          "Raw dump -> `nodes`, `edges`, `quarantine` (full dump or a delta upserted into the last version); in the "
+          "job's own process with pyarrow when the dump fits one machine and the master is not a cluster, else Spark."),
     Stage("fetch-images", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Downloads `nodes.image_url` with bounded concurrency into content-addressed `images/` + `node_images`."),
     Stage("build-graph", "spark", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
