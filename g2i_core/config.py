@@ -52,6 +52,9 @@ class Settings:
     # Memory (GB) the single-machine PPR (`propagate`) may use; `g2i ppr --method auto` moves to
     # spark-propagate above it. 0: 75% of this machine's physical memory.
     ppr_memory_budget_gb: int = 0
+    # `g2i ingest`'s engine when --engine is not given: auto (local when the dump fits that budget and the
+    # master is not a cluster), local or spark.
+    ingest_engine: str = "auto"
 
     # Model preset: "tiny" (CPU, random init + offline MiniLM), "tiny16" (the same at 16 px, what the demo
     # trains) or "sd15" (local checkpoints).
@@ -113,6 +116,8 @@ class Settings:
                              f"got {self.model_preset!r}")
         if self.spark_shuffle_partitions < 1:
             raise ValueError(f"spark_shuffle_partitions must be >= 1, got {self.spark_shuffle_partitions}")
+        if self.ingest_engine not in ("auto", "local", "spark"):
+            raise ValueError(f"ingest_engine must be auto, local or spark, got {self.ingest_engine!r}")
         if self.ppr_memory_budget_gb < 0:
             raise ValueError(f"ppr_memory_budget_gb must be >= 0 (0: 75% of physical memory), "
                              f"got {self.ppr_memory_budget_gb}")

@@ -48,10 +48,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="--source attributes: an item links to at most this many items through one value, so "
                         "its out- and in-degree are each <= this x the number of --link-on columns "
                         "(default %(default)s)")
-    p.add_argument("--engine", choices=("auto", "spark", "local"), default="auto",
+    p.add_argument("--engine", choices=("auto", "spark", "local"), default=None,
                    help="local: this process (pyarrow, a thread per core; JSON-lines sources); spark: the Spark job; "
                         "auto: local unless the master is a cluster, --source is attributes, --native-parser is "
-                        "given or the dump exceeds the memory budget (setting ppr_memory_budget_gb)")
+                        "given or the dump exceeds the memory budget (setting ppr_memory_budget_gb). Default: the "
+                        "setting ingest_engine (auto)")
     parser_choice = p.add_mutually_exclusive_group()
     parser_choice.add_argument("--native-parser", action="store_true",
                                help="Spark engine: Goodreads lines through Spark's JSON reader (experimental)")
@@ -75,14 +76,16 @@ def run(args: argparse.Namespace) -> int:
                           max_quarantine_fraction=args.max_quarantine_fraction,
                           keep_chunks=args.keep_chunks, force=args.force, native_parse=args.native_parser,
                           link_on=tuple(c.strip() for c in args.link_on.split(",") if c.strip()),
-                          max_links_per_value=args.max_links_per_value, engine=args.engine).resolved()
+                          max_links_per_value=args.max_links_per_value,
+                          engine=args.engine or settings.ingest_engine).resolved()
     storage = Storage.from_settings(settings, root=args.out)
     report = ingest(storage, config, spark_master=settings.spark_master,
                     spark=lambda: get_spark(settings, f"g2i-ingest-{config.source}"))
     if args.json:
         print(json.dumps(asdict(report), indent=2, sort_keys=True))
     else:
-        print(f"{report.source} run {report.run_id}: lines_in={report.lines_in} = nodes_out={report.nodes_out} "
+        print(f"{report.source} run {report.run_id} ({report.engine} engine): lines_in={report.lines_in} = "
+              f"nodes_out={report.nodes_out} "
               f"+ duplicates={report.duplicates} + quarantined={report.quarantined} {report.quarantine_reasons}")
         print(f"published nodes={report.total_nodes} edges={report.edges_by_relation} under {storage.root}"
               + (f"; changes vs {report.base_run_id}: {report.changes}" if report.base_run_id else ""))

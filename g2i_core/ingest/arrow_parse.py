@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from g2i_core.ingest.chunking import _decodes
 from g2i_core.ingest.parsers import (
     MAX_LINE_BYTES,
     NAMESPACE,
@@ -100,14 +101,6 @@ def _as_text(lines: "pa.BinaryArray") -> tuple["pa.StringArray", np.ndarray]:
     except pa.ArrowInvalid:
         valid = np.array([_decodes(b) for b in lines.to_pylist()], bool)
         return pc.if_else(pa.array(valid), lines, b"").cast(pa.string()), valid
-
-
-def _decodes(line: bytes) -> bool:
-    try:
-        line.decode("utf-8")
-        return True
-    except UnicodeDecodeError:
-        return False
 
 
 def reader_lines(lines: "pa.BinaryArray", block: bytes | bytearray) -> tuple["pa.StringArray", np.ndarray, bool]:

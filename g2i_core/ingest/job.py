@@ -102,6 +102,7 @@ class IngestReport:
     live: bool = True  # False: an older logical date than the live run; published by run id only
     written_nodes: int | None = None  # rows of the nodes table as written (set by check_written)
     carried_nodes: int = 0  # delta mode: rows of the base version that the delta did not replace
+    engine: str = "spark"  # the engine that ran: spark or local (IngestConfig.engine may say auto)
 
     def check_identity(self) -> None:
         """Every term is counted on its own (lines by the chunker; nodes, duplicates and quarantined from

@@ -47,7 +47,7 @@ INT96 = {"use_deprecated_int96_timestamps": True}  # ingested_at as Spark writes
 def local_ingest_memory_bytes(raw_bytes: int, compressed: bool, base_bytes: int = 0) -> int:
     """Peak memory of the local engine: 320 MiB of interpreter and libraries, plus twice the dump's text (the
     parsed rows, the edges table and the write buffers; gzipped JSON lines are taken to expand 8x), plus the
-    base version in delta mode (its uncompressed Parquet size, twice: read and merged). Measured peaks: 1.85 GiB
+    published base version (its uncompressed Parquet size, twice: read and merged). Measured peaks: 1.85 GiB
     for the 1M-record sample dump (115 MiB gz; the model says 2.1 GiB) and 4.6 GiB for the 2.4M-record
     bench_scale dump (1,096 MiB gz; the model says 17.4 GiB: its records carry fields the parse drops)."""
     text = raw_bytes * (8 if compressed else 1)
@@ -65,11 +65,12 @@ def engine_for(storage: "Storage", cfg: "IngestConfig", *, spark_master: str, me
     files = list_raw_files(storage, cfg.raw_uri)
     raw = sum(_size(storage, u) for u in files)
     base = 0
-    if cfg.mode == "delta" and storage.is_published("nodes"):
+    if storage.is_published("nodes"):  # read for node_changes, and in delta mode merged with its edges
         from g2i_core.graph.local import uncompressed_bytes
 
         commit = storage.read_commit("nodes")
-        base = sum(uncompressed_bytes(storage, commit[t]) for t in ("nodes", "edges") if t in commit)
+        tables = ("nodes", "edges") if cfg.mode == "delta" else ("nodes",)
+        base = sum(uncompressed_bytes(storage, commit[t]) for t in tables if t in commit)
     need = local_ingest_memory_bytes(raw, any(u.endswith(".gz") for u in files), base)
     return "local" if need <= memory_budget else "spark"
 
@@ -348,8 +349,7 @@ def _use_arena_allocator() -> None:
 
 def run_ingest_local(storage: "Storage", config: "IngestConfig") -> "IngestReport":
     """Parse, dedupe and publish one dump under ``storage`` (the output root), in this process."""
-
-    from g2i_core.ingest.job import Outcomes, account
+    from g2i_core.ingest.job import Outcomes, _base_run, account, check_written
 
     cfg = config.resolved()
     if cfg.source not in LOCAL_SOURCES:
@@ -365,13 +365,12 @@ def run_ingest_local(storage: "Storage", config: "IngestConfig") -> "IngestRepor
     outcomes = Outcomes(ok.num_rows + bad.num_rows, counts_by(bad["reason"]) if bad.num_rows else {}, ok.num_rows,
                         distinct)
     report = account(cfg, outcomes, lines_by_source)
+    report.engine = "local"
     # 3. Resolve duplicates; build the tables (merged into the previous version in delta mode).
     keep = winner_mask(ok, codes)
     batches = ok.select([*NODE_COLUMNS, "edges"]).to_batches()
     del ok, codes  # the batches are the last reference: winner_tables frees each parsed block when it is done
     nodes, edges = winner_tables(batches, keep, cfg.source, cfg.logical_date, os.cpu_count() or 1)
-    from g2i_core.ingest.job import _base_run
-
     base_run = _base_run(storage, cfg.run_id)
     base = storage.read_commit("nodes", base_run) if base_run else None
     prev_nodes = storage.read_table("nodes", manifest=base["nodes"]).replace_schema_metadata(None) if base else None
@@ -395,8 +394,6 @@ def run_ingest_local(storage: "Storage", config: "IngestConfig") -> "IngestRepor
         futures = [pool.submit(storage.write_attempt, name, table, cfg.run_id, **(INT96 if name == "nodes" else {}))
                    for name, table in tables.items()]
         attempts: list["Attempt"] = [f.result() for f in futures]
-    from g2i_core.ingest.job import check_written
-
     report.base_run_id = base_run
     report.total_nodes = sum(f["rows"] for f in storage._attempt_files(attempts[-1]))
     check_written(report, report.total_nodes, carried)  # the rows on disk, not a derived number

@@ -125,6 +125,7 @@ def airflow(s3_server, tmp_path_factory):
            "G2I_STORAGE_ROOT": root, "G2I_S3_ENDPOINT": s3_server.endpoint, "G2I_S3_ACCESS_KEY": access,
            "G2I_S3_SECRET_KEY": secret, "G2I_S3_MAX_ATTEMPTS": "3", "G2I_SPARK_DRIVER_MEMORY": "1g",
            "G2I_SPARK_SHUFFLE_PARTITIONS": "2", "G2I_SPARK_LOCAL_DIR": str(home / "spark"),
+           "G2I_INGEST_ENGINE": "spark",  # the killed job below is the Spark one (its re-chunk pass is the marker)
            "G2I_RETRIES": "1", "G2I_RETRY_DELAY_S": "1", "G2I_BACKFILL_SHARDS": "3",
            "G2I_FETCH_ALLOW_HOSTS": f"127.0.0.1:{images.port}",  # the fetcher refuses loopback otherwise
            "PYSPARK_PYTHON": sys.executable, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}

@@ -39,7 +39,7 @@ def test_local_engine_publishes_what_the_spark_job_publishes(spark, sample_dir, 
     on_spark, on_local = Storage(f"file://{tmp_path}/spark"), Storage(f"file://{tmp_path}/local")
     want = run_ingest(spark, on_spark, cfg)
     got = run_ingest_local(on_local, cfg)
-    assert _report(got) == _report(want)
+    assert _report(got) == _report(want) and (got.engine, want.engine) == ("local", "spark")
     assert got.quarantined > 0 and got.duplicates > 0 and got.nodes_out >= 250
     _same_tables(on_spark, on_local)
     # Spark reads the local engine's files with the types it writes itself
@@ -97,4 +97,5 @@ def test_the_front_runs_the_local_engine_without_a_spark_session(file_storage, s
     report = ingest(file_storage, cfg, spark_master="local[2]", spark=no_spark, memory_budget=8 << 30)
     assert report.nodes_out >= 250
     assert file_storage.manifest("nodes")["extra"]["config"]["engine"] == "auto"
+    assert file_storage.manifest("nodes")["extra"]["report"]["engine"] == "local"
     assert set(file_storage.manifest("nodes")["extra"]["report"]["seconds"]) == {"read_and_parse", "dedupe_and_write"}
