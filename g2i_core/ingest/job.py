@@ -400,6 +400,14 @@ def _publish(spark: "SparkSession", storage: "Storage", cfg: IngestConfig, parse
     _write(storage, attempts, "nodes", cfg.run_id, nodes)
     carried = count_carried(prev_nodes, winners) if cfg.mode == "delta" else 0
     winners.unpersist()
+    return commit_ingest(storage, cfg, report, attempts, base_run=base_run, carried=carried, seconds=seconds,
+                         started=started)
+
+
+def commit_ingest(storage: "Storage", cfg: IngestConfig, report: IngestReport, attempts: list, *,
+                  base_run: str | None, carried: int, seconds: dict[str, float], started: float) -> IngestReport:
+    """Both engines' last step: check the node rows written (nodes is the last attempt), then commit every
+    table's attempt as one version, each manifest carrying the report and the config."""
     report.base_run_id = base_run
     report.total_nodes = _footer_rows(storage, attempts[-1])
     check_written(report, report.total_nodes, carried)  # the rows on disk, not a derived number

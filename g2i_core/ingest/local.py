@@ -23,7 +23,6 @@ import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from typing import IO, TYPE_CHECKING, Iterator, NamedTuple
 
 import numpy as np
@@ -349,7 +348,7 @@ def _use_arena_allocator() -> None:
 
 def run_ingest_local(storage: "Storage", config: "IngestConfig") -> "IngestReport":
     """Parse, dedupe and publish one dump under ``storage`` (the output root), in this process."""
-    from g2i_core.ingest.job import Outcomes, _base_run, account, check_written
+    from g2i_core.ingest.job import Outcomes, _base_run, account, commit_ingest
 
     cfg = config.resolved()
     if cfg.source not in LOCAL_SOURCES:
@@ -394,15 +393,8 @@ def run_ingest_local(storage: "Storage", config: "IngestConfig") -> "IngestRepor
         futures = [pool.submit(storage.write_attempt, name, table, cfg.run_id, **(INT96 if name == "nodes" else {}))
                    for name, table in tables.items()]
         attempts: list["Attempt"] = [f.result() for f in futures]
-    report.base_run_id = base_run
-    report.total_nodes = sum(f["rows"] for f in storage._attempt_files(attempts[-1]))
-    check_written(report, report.total_nodes, carried)  # the rows on disk, not a derived number
-    seconds["dedupe_and_write"] = round(time.monotonic() - started, 3)
-    report.seconds = seconds
-    extra = {"report": asdict(report), "config": asdict(cfg)}
-    manifests = storage.commit(attempts, extra={a.table: extra for a in attempts}, logical_date=cfg.logical_date,
-                               force=cfg.force)
-    report.live = manifests["nodes"]["live"]
+    commit_ingest(storage, cfg, report, attempts, base_run=base_run, carried=carried, seconds=seconds,
+                  started=started)
     log.info("ingest %s run=%s (local): lines_in=%d nodes_out=%d duplicates=%d quarantined=%d reasons=%s edges=%s",
              cfg.source, cfg.run_id, report.lines_in, report.nodes_out, report.duplicates, report.quarantined,
              report.quarantine_reasons, report.edges_by_relation)

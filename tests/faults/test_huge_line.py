@@ -53,20 +53,26 @@ PROBE = textwrap.dedent("""
 """)
 
 
-def test_200mb_single_line_gz_is_quarantined_under_a_memory_cap(tmp_path):
+def _probe(tmp_path, script: str) -> tuple[dict, dict[int, str]]:
+    """Run ``script`` on the small dump, then the huge one, in a process of its own; (its report, the expected
+    reasons by line). Fails when the huge line raised the peak RSS by GROWTH_LIMIT or more."""
     big = tmp_path / "huge.json.gz"
     expected = _write_dump(big)
     assert big.stat().st_size < 5 * 1024 * 1024  # small on disk: the danger is all in the gunzipped line
     small = tmp_path / "small.json.gz"
     with gzip.open(small, "wb") as fh:
         fh.write(b"\n".join(_good(i) for i in range(100)) + b"\n")
-
-    out = subprocess.run([sys.executable, "-c", PROBE, f"file://{tmp_path}/store", f"file://{small}",
+    out = subprocess.run([sys.executable, "-c", script, f"file://{tmp_path}/store", f"file://{small}",
                           f"file://{big}"], capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
     probe = json.loads(out.stdout.strip().splitlines()[-1])
     growth = probe["after"] - probe["before"]
     assert growth < GROWTH_LIMIT, f"peak RSS grew by {growth / 2**20:.0f} MiB while reading a {HUGE >> 20} MiB line"
+    return probe, expected
+
+
+def test_200mb_single_line_gz_is_quarantined_under_a_memory_cap(tmp_path):
+    probe, expected = _probe(tmp_path, PROBE)
     assert probe["lines"] == len(expected)
 
     rows = [r for u in probe["chunks"] for r in pq.read_table(u[len("file://"):]).to_pylist()]
@@ -128,17 +134,7 @@ LOCAL_PROBE = textwrap.dedent("""
 
 def test_200mb_single_line_gz_under_a_memory_cap_with_the_local_engine(tmp_path):
     """The local engine's block reader keeps the same bound: the line is skipped in pieces, never held whole."""
-    big = tmp_path / "huge.json.gz"
-    expected = _write_dump(big)
-    small = tmp_path / "small.json.gz"
-    with gzip.open(small, "wb") as fh:
-        fh.write(b"\n".join(_good(i) for i in range(100)) + b"\n")
-    out = subprocess.run([sys.executable, "-c", LOCAL_PROBE, f"file://{tmp_path}/store", f"file://{small}",
-                          f"file://{big}"], capture_output=True, text=True, timeout=600, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    probe = json.loads(out.stdout.strip().splitlines()[-1])
-    growth = probe["after"] - probe["before"]
-    assert growth < GROWTH_LIMIT, f"peak RSS grew by {growth / 2**20:.0f} MiB while reading a {HUGE >> 20} MiB line"
+    probe, expected = _probe(tmp_path, LOCAL_PROBE)
     rows = {r["line_no"]: r for r in probe["rows"]}
     assert probe["lines"] == len(expected) and {n: r["reason"] for n, r in rows.items()} == expected
     bad = rows[5]
