@@ -266,6 +266,10 @@ class S3Server:
                 pass
         if self.pid() is not None:
             os.killpg(pid, signal.SIGKILL)
+            try:  # reap it if it is our child, so no zombie is left behind
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
         self.pid_file.unlink(missing_ok=True)
         log.info("S3 server on port %d stopped", self.s3_port)
 
