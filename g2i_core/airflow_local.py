@@ -265,15 +265,25 @@ class AirflowClient:
         """Asset events, filtered by ``source_dag_id``, ``source_run_id``, ``source_task_id``..."""
         return self.request("GET", "/api/v2/assets/events", params={"limit": 1000, **filters})["asset_events"]
 
-    def set_variable(self, key: str, value: str, description: str | None = None) -> dict:
-        """Create or replace an Airflow Variable (``g2i_train_steps``, for instance)."""
+    def set_variable(self, key: str, value: str, description: str | None = None, attempts: int = 5) -> dict:
+        """Create or replace an Airflow Variable (``g2i_train_steps``, for instance). An HTTP 500 "Database
+        error" (the metadata database busy, as SQLite is while the scheduler writes) is tried again, up to
+        ``attempts`` times: creating or replacing a variable twice is harmless."""
         body = {"key": key, "value": value, "description": description}
-        try:
-            return self.request("POST", "/api/v2/variables", body)
-        except AirflowError as exc:
-            if "HTTP 409" not in str(exc):
-                raise
-            return self.request("PATCH", f"/api/v2/variables/{urllib.parse.quote(key, safe='')}", body)
+        for attempt in range(attempts):
+            try:
+                try:
+                    return self.request("POST", "/api/v2/variables", body)
+                except AirflowError as exc:
+                    if "HTTP 409" not in str(exc):
+                        raise
+                    return self.request("PATCH", f"/api/v2/variables/{urllib.parse.quote(key, safe='')}", body)
+            except AirflowError as exc:
+                if "HTTP 500" not in str(exc) or "Database error" not in str(exc) or attempt == attempts - 1:
+                    raise
+                log.warning("setting variable %s: %s; trying again", key, str(exc)[:200])
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def clear(self, dag_id: str, run_id: str, *, only_failed: bool = False) -> Any:
         """Clear a run's task instances so the scheduler runs them again (the run goes back to queued)."""

@@ -132,3 +132,54 @@ def test_api_client_goes_only_where_the_egress_policy_allows():
         assert hits == ["/api/v2/monitor/health"]  # the refused URLs never reached the canary either
     finally:
         server.shutdown()
+
+
+def test_a_busy_metadata_database_is_tried_again_when_setting_a_variable(monkeypatch):
+    """A real api-server answers HTTP 500 "Database error" when its database is busy (seen once in a full
+    test run); a fake server gives it on demand: twice, then the variable exists (409) and is replaced."""
+    import http.server
+    import json
+    import threading
+
+    from g2i_core import airflow_local
+    from g2i_core.airflow_local import AirflowClient, AirflowError
+
+    monkeypatch.setattr(airflow_local.time, "sleep", lambda s: None)
+    calls = []
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def _answer(self, code: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(code)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append("POST")
+            if len(calls) <= 2:
+                return self._answer(500, {"detail": {"reason": "Database error"}})
+            return self._answer(409, {"detail": "exists"})
+
+        def do_PATCH(self):  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            calls.append("PATCH")
+            return self._answer(200, {"key": "k", "value": "v"})
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = AirflowClient(f"http://127.0.0.1:{server.server_address[1]}", timeout=5)
+        client._token = "t"
+        assert client.set_variable("k", "v") == {"key": "k", "value": "v"}
+        assert calls == ["POST", "POST", "POST", "PATCH"]
+        calls.clear()
+        with pytest.raises(AirflowError, match="Database error"):
+            client.set_variable("k", "v", attempts=2)  # still busy after its tries: the error is raised
+        assert calls == ["POST", "POST"]
+    finally:
+        server.shutdown()
