@@ -229,27 +229,19 @@ def publish_graph(out: "Storage", src: BuildInputs, cfg: BuildConfig, attempts: 
     return stats
 
 
-def _memory_budget(memory_budget: int | None) -> int:
-    if memory_budget is not None:
-        return memory_budget
-    from g2i_core.config import Settings
-    from g2i_core.ppr.api import memory_budget_bytes
-
-    return memory_budget_bytes(Settings.load().ppr_memory_budget_gb)
-
-
 def build_graph(storage: "Storage", cfg: BuildConfig, out: "Storage | None" = None, *, spark_master: str,
                 spark: "Callable[[], SparkSession]", memory_budget: int | None = None) -> dict:
     """Build and publish the graph with the engine ``cfg.engine`` names (``auto``: see ``engine_for``);
     ``spark`` makes the session, and is called only when the Spark engine runs."""
     from g2i_core.graph.local import engine_for, run_build_graph_local
+    from g2i_core.ppr.api import resolve_memory_budget
 
     cfg = cfg.check()
     out = out or storage
     engine = cfg.engine
     if engine == "auto":
         engine = engine_for(storage, resolve_inputs(storage, out, cfg).commit, cfg, spark_master=spark_master,
-                            memory_budget=_memory_budget(memory_budget))
+                            memory_budget=resolve_memory_budget(memory_budget))
     if engine == "local":
         return run_build_graph_local(storage, cfg, out)
     return run_build_graph(spark(), storage, cfg, out, memory_budget=memory_budget)
@@ -266,6 +258,7 @@ def run_build_graph(spark: "SparkSession", storage: "Storage", cfg: BuildConfig,
     from pyspark.sql import functions as F
 
     from g2i_core.graph.engine import cc_method_for, connected_components
+    from g2i_core.ppr.api import resolve_memory_budget
 
     cfg = cfg.check()
     out = out or storage
@@ -291,7 +284,7 @@ def run_build_graph(spark: "SparkSession", storage: "Storage", cfg: BuildConfig,
         rows = (src.commit["nodes"].get("rows"), src.commit["edges"].get("rows"))
         cc_method = "graphx" if None in rows else cc_method_for(
             rows[0], rows[1] * (2 if cfg.symmetrize else 1), spark_master=spark.sparkContext.master,
-            memory_budget=_memory_budget(memory_budget))
+            memory_budget=resolve_memory_budget(memory_budget))
     started = time.monotonic()
     components = connected_components(spark, nodes.select(F.col("node_id").alias("id")), graph_edges,
                                       max_iterations=cfg.cc_max_iterations, method=cc_method).persist()

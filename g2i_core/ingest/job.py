@@ -270,12 +270,9 @@ def ingest(storage: "Storage", config: IngestConfig, *, spark_master: str,
     cfg = config.resolved()
     engine = cfg.engine
     if engine == "auto":
-        if memory_budget is None:
-            from g2i_core.config import Settings
-            from g2i_core.ppr.api import memory_budget_bytes
+        from g2i_core.ppr.api import resolve_memory_budget
 
-            memory_budget = memory_budget_bytes(Settings.load().ppr_memory_budget_gb)
-        engine = engine_for(storage, cfg, spark_master=spark_master, memory_budget=memory_budget)
+        engine = engine_for(storage, cfg, spark_master=spark_master, memory_budget=resolve_memory_budget(memory_budget))
     log.info("ingest %s run=%s: engine %s", cfg.source, cfg.run_id, engine)
     if engine == "local":
         return run_ingest_local(storage, cfg)

@@ -76,8 +76,11 @@ def engine_for(storage: "Storage", cfg: "IngestConfig", *, spark_master: str, me
 
 def _size(storage: "Storage", uri: str) -> int:
     if uri.startswith("s3://"):
+        from g2i_core.storage import with_retries
+
         bucket, key = storage._split_s3(uri)
-        return storage.s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
+        return with_retries(lambda: storage.s3.head_object(Bucket=bucket, Key=key), attempts=storage._attempts,
+                            what=f"HEAD {uri}")["ContentLength"]
     return storage._local(uri).stat().st_size
 
 
@@ -262,7 +265,9 @@ def winner_tables(batches: list["pa.RecordBatch"], keep: np.ndarray, dataset: st
         from g2i_core.ingest.job import _arrow_parsed_schema
 
         empty = _arrow_parsed_schema().empty_table()
-        return nodes_table(empty.select(list(NODE_COLUMNS)), dataset, logical_date), edges_table(empty)
+        no_edges = pa.schema([("src", pa.string()), ("dst", pa.string()), ("relation", pa.string()),
+                              ("weight", pa.float64())]).empty_table()
+        return nodes_table(empty.select(list(NODE_COLUMNS)), dataset, logical_date), no_edges
     rows = pa.Table.from_batches([p[0] for p in parts])
     return nodes_table(rows, dataset, logical_date), pa.concat_tables([p[1] for p in parts])
 
@@ -279,17 +284,6 @@ def nodes_table(winners: "pa.Table", dataset: str, logical_date: str) -> "pa.Tab
         **{c: winners[c] for c in ("title", "text", "image_url", "has_real_image", "attrs", "content_hash")},
         "ingested_at": pa.array(np.full(n, midnight), pa.timestamp("ns")),
     })
-
-
-def edges_table(winners: "pa.Table") -> "pa.Table":
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    edges = winners["edges"].combine_chunks()
-    flat = pc.list_flatten(edges)
-    src = winners["node_id"].combine_chunks().take(pc.list_parent_indices(edges))
-    return pa.table({"src": src, "dst": pc.struct_field(flat, "dst"), "relation": pc.struct_field(flat, "relation"),
-                     "weight": pa.array(np.ones(len(flat)), pa.float64())})
 
 
 def quarantine_table(bad: "pa.Table", run_id: str) -> "pa.Table":
@@ -328,10 +322,10 @@ def node_changes_table(prev_nodes: "pa.Table", nodes: "pa.Table", run_id: str) -
                      "run_id": pa.array(np.full(changed.num_rows, run_id, object), pa.string())})
 
 
-def counts_by(values) -> dict[str, int]:
-    import pyarrow.compute as pc
+def sorted_counts(values) -> dict[str, int]:
+    from g2i_core.graph.local import counts_by
 
-    return dict(sorted((r["values"], r["counts"]) for r in pc.value_counts(values).to_pylist()))
+    return dict(sorted(counts_by(values).items()))
 
 
 # ---- the job -------------------------------------------------------------------------------------------------------
@@ -361,7 +355,7 @@ def run_ingest_local(storage: "Storage", config: "IngestConfig") -> "IngestRepor
     seconds["read_and_parse"] = round(time.monotonic() - started, 3)
     started = time.monotonic()
     codes, distinct = node_codes(ok)
-    outcomes = Outcomes(ok.num_rows + bad.num_rows, counts_by(bad["reason"]) if bad.num_rows else {}, ok.num_rows,
+    outcomes = Outcomes(ok.num_rows + bad.num_rows, sorted_counts(bad["reason"]), ok.num_rows,
                         distinct)
     report = account(cfg, outcomes, lines_by_source)
     report.engine = "local"
@@ -385,10 +379,10 @@ def run_ingest_local(storage: "Storage", config: "IngestConfig") -> "IngestRepor
     tables = {"quarantine": quarantine_table(bad, cfg.run_id)}
     if prev_nodes is not None:
         tables["node_changes"] = node_changes_table(prev_nodes, nodes, cfg.run_id)
-        report.changes = counts_by(tables["node_changes"]["change"]) if tables["node_changes"].num_rows else {}
+        report.changes = sorted_counts(tables["node_changes"]["change"])
         del prev_nodes
     tables.update(edges=edges, nodes=nodes)
-    report.edges_by_relation = counts_by(edges["relation"]) if edges.num_rows else {}
+    report.edges_by_relation = sorted_counts(edges["relation"])
     with ThreadPoolExecutor(max_workers=2) as pool:  # each table's files are encoded and stored in parallel too
         futures = [pool.submit(storage.write_attempt, name, table, cfg.run_id, **(INT96 if name == "nodes" else {}))
                    for name, table in tables.items()]

@@ -101,6 +101,16 @@ def memory_budget_bytes(budget_gb: int) -> int:
     return int(0.75 * os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
 
 
+def resolve_memory_budget(memory_budget: int | None) -> int:
+    """``memory_budget`` bytes when given, else the ``ppr_memory_budget_gb`` setting's (the budget the engine
+    choices of ppr, build-graph and ingest share)."""
+    if memory_budget is not None:
+        return memory_budget
+    from g2i_core.config import Settings
+
+    return memory_budget_bytes(Settings.load().ppr_memory_budget_gb)
+
+
 def resolve_auto_placement(num_nodes: int, num_edges: int, num_sources: int | None, *, spark_master: str,
                            memory_budget: int, row_k: int = 128, top_k: int = 50) -> str:
     """``auto`` before the graph is loaded: a Spark method when the configured master is a cluster or
