@@ -5,7 +5,7 @@ the driver), or the vertex index (JVM vs Python RDD).
     .venv/bin/python bench/bench_build_graph.py [--nodes 200000] [--degree 10]            # --compare cc
     .venv/bin/python bench/bench_build_graph.py --compare index                           # the index
 
-``--compare engine``: `g2i build-graph` as the DAG runs it (spark-submit), with ``--engine spark`` and then
+``--compare engine``: `g2i build-graph` as the DAG runs it (`stage_argv`), with ``--engine spark`` and then
 ``--engine local``, on the published ingest commit ``--run-id`` under ``--root``; each writes to its own
 scratch root beside it (``<root>-bench-build-graph/<engine>``), so the dataset's graph is not touched.
 Wall, CPU and peak RSS of each process tree, and whether both wrote the same graph
@@ -95,7 +95,7 @@ def compare_engines(root: str, run_id: str, rounds: int) -> None:
     lines = ["# build-graph: Spark job vs the local engine, the whole stage\n",
              f"`.venv/bin/python bench/bench_build_graph.py --compare engine --root {root} --run-id {run_id}`"
              f" (2 CPUs; load average at the end {rows[-1]['load_avg']}). Each is `g2i build-graph` as the DAG runs "
-             "it (spark-submit, local[2]), on the same published ingest commit, writing to its own scratch root.\n",
+             "it (`stage_argv`, local[2]), on the same published ingest commit, writing to its own scratch root.\n",
              "| engine | wall s | CPU s | peak RSS MiB | nodes | edges |", "|---|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['engine']} | {r['wall_s']} | {r['cpu_s']} | {r['peak_rss_mb']} | {r['nodes']:,} | {r['edges']:,} |"
               for r in rows]

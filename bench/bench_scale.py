@@ -8,7 +8,7 @@
    in-degree (most links go to a few popular books, 80% of them inside the book's own community) and an
    out-degree of 0-18 (mean ~10), ~3% dangling links, image_url on the loopback sample server.
 2. Full build on the local S3 server (`g2i s3 start`), each stage the command line the DAG runs
-   (g2i_core/orchestration/stages.py: spark-submit for Spark stages, a `g2i` subprocess otherwise):
+   (g2i_core/orchestration/stages.py: a `g2i` subprocess with the local master, spark-submit on a cluster):
    ingest -> build-graph -> ppr -> embed -> rerank. Image download is measured apart: fetch-images of a
    50k-node slice from the loopback image server with 20 ms latency per request.
 3. A 1% delta (new books, changed books, and removed books) runs the nightly delta path:

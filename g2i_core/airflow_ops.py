@@ -111,7 +111,7 @@ def variable_int(name: str, default: int) -> int:
 
 # ---- the stage operator ------------------------------------------------------------------------------
 class StageOperator(BaseOperator):
-    """Runs ``g2i <stage>`` (spark-submit for Spark stages) with values rendered for this run.
+    """Runs ``g2i <stage>`` (spark-submit for Spark stages on a cluster master) with values rendered for this run.
 
     ``values`` is templated (Jinja, XCom or a mapped argument) and holds every placeholder of the
     stage's argument template in ``g2i_core.orchestration.STAGES``. The task returns ``values`` so the

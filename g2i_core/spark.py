@@ -49,6 +49,12 @@ def spark_conf(settings: Settings, app_name: str = "g2i") -> dict[str, str]:
     return conf
 
 
+def spark_master_is_cluster(master: str) -> bool:
+    """True unless Spark runs inside this one process (``local`` / ``local[N]``)."""
+    m = master.strip().lower()
+    return not (m == "local" or m.startswith("local["))
+
+
 def s3a_conf(settings: Settings) -> dict[str, str]:
     conf = {
         "spark.hadoop.fs.s3a.impl": "org.apache.hadoop.fs.s3a.S3AFileSystem",

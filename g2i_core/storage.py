@@ -335,9 +335,9 @@ class Storage:
             raise FileNotFoundError(f"no parquet files in {uris!r}")
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
-    def parquet_footer_source(self, uri: str):
-        """A seekable file for ``uri`` that reads only the byte ranges asked for (S3 ranged GETs),
-        so Parquet footers are read without downloading whole files."""
+    def ranged_source(self, uri: str):
+        """A seekable file for ``uri`` that reads only the byte ranges asked for (S3 ranged GETs): Parquet
+        footers, or the head of a dump, without downloading whole files. A local path for local storage."""
         if not self._is_s3(uri):
             return str(self._local(uri))
         bucket, key = self._split_s3(uri)
@@ -481,7 +481,7 @@ class Storage:
             if not uri.endswith(".parquet") or any(p.startswith(("_", ".")) for p in rel.split("/")):
                 continue  # Spark's _temporary/ and hidden files are not data
             try:
-                rows = pq.read_metadata(self.parquet_footer_source(uri)).num_rows
+                rows = pq.read_metadata(self.ranged_source(uri)).num_rows
             except Exception as exc:  # noqa: BLE001 - only a vanished file is re-raised as a conflict
                 if not _is_missing(exc):
                     raise

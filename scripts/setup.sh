@@ -14,6 +14,19 @@ mkdir -p "$JARS" "$STAMP"
 log() { printf '[setup] %s\n' "$*"; }
 start=$(date +%s)
 
+# Disk: torch's CUDA wheels unpack to several GB (pip downloads under TMPDIR, installs into the venv). A full
+# disk otherwise shows up as pip's bare "[Errno 28] No space left on device" halfway through.
+free_gib() { df -Pk "$1" 2>/dev/null | awk 'NR==2 {printf "%d", $4 / 1048576}'; }
+check_space() {  # GiB, what needs it
+  local dir f
+  for dir in "$ROOT" "${TMPDIR:-/tmp}"; do
+    f=$(free_gib "$dir")
+    if [ -n "$f" ] && [ "$f" -lt "$1" ]; then
+      log "WARNING: $f GiB free under $dir; $2 needs about $1 GiB (set TMPDIR to a roomier disk, or free space)"
+    fi
+  done
+}
+
 # 1. Python venv -----------------------------------------------------------------------------------
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating venv with $($PY --version)"
@@ -26,7 +39,10 @@ PIP="$VENV/bin/pip"
 TORCH_VERSION=$(grep -E '^torch==' constraints.txt | cut -d= -f3)
 if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(0 if torch.__version__.split('+')[0]=='$TORCH_VERSION' else 1)" 2>/dev/null; then
   log "installing torch==$TORCH_VERSION (large download, once)"
-  "$PIP" install -q "torch==$TORCH_VERSION" -c constraints.txt
+  check_space 12 "torch with its CUDA libraries"
+  "$PIP" install -q "torch==$TORCH_VERSION" -c constraints.txt || {
+    log "torch install failed; free space: $ROOT $(free_gib "$ROOT") GiB, ${TMPDIR:-/tmp} $(free_gib "${TMPDIR:-/tmp}") GiB"
+    exit 1; }
 fi
 
 # 3. everything else, pinned by constraints.txt (generated from a working venv; see Makefile).

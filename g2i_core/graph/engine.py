@@ -81,7 +81,7 @@ def local_cc_memory_bytes(num_nodes: int, num_edges: int) -> int:
 
 def cc_method_for(num_nodes: int, num_edges: int, *, spark_master: str, memory_budget: int) -> str:
     """``auto``: local when the master is not a cluster and the graph fits ``memory_budget`` bytes."""
-    from g2i_core.ppr.api import spark_master_is_cluster
+    from g2i_core.spark import spark_master_is_cluster
 
     if spark_master_is_cluster(spark_master) or local_cc_memory_bytes(num_nodes, num_edges) > memory_budget:
         return "graphx"

@@ -61,7 +61,7 @@ def engine_for(storage: "Storage", commit: dict, cfg: BuildConfig, *, spark_mast
                memory_budget: int) -> str:
     """``auto``: local unless the master is a cluster, cc_method asks for GraphX, or the graph does not
     fit ``memory_budget`` bytes (from the ingest commit's row counts and the nodes' Parquet footers)."""
-    from g2i_core.ppr.api import spark_master_is_cluster
+    from g2i_core.spark import spark_master_is_cluster
 
     if cfg.cc_method == "graphx" or spark_master_is_cluster(spark_master):
         return "spark"
@@ -79,7 +79,7 @@ def uncompressed_bytes(storage: "Storage", manifest: dict) -> int:
 
     total = 0
     for uri in storage.manifest_files(manifest):
-        meta = pq.ParquetFile(storage.parquet_footer_source(uri)).metadata
+        meta = pq.ParquetFile(storage.ranged_source(uri)).metadata
         total += sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     return total
 

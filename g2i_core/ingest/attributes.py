@@ -194,7 +194,7 @@ def list_table_files(storage: "Storage", raw_uri: str) -> list[str]:
 
 def _open(storage: "Storage", uri: str, buffer: int = 8 << 20) -> io.BufferedReader:
     """A seekable binary reader (ranged GETs on S3, so only what is read is fetched)."""
-    source = storage.parquet_footer_source(uri)
+    source = storage.ranged_source(uri)
     return io.BufferedReader(source if not isinstance(source, str) else open(source, "rb"), buffer_size=buffer)
 
 

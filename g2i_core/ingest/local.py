@@ -43,26 +43,87 @@ INT96 = {"use_deprecated_int96_timestamps": True}  # ingested_at as Spark writes
 
 
 # ---- choosing the engine -------------------------------------------------------------------------------------------
-def local_ingest_memory_bytes(raw_bytes: int, compressed: bool, base_bytes: int = 0) -> int:
-    """Peak memory of the local engine: 320 MiB of interpreter and libraries, plus twice the dump's text (the
-    parsed rows, the edges table and the write buffers; gzipped JSON lines are taken to expand 8x), plus the
-    published base version (its uncompressed Parquet size, twice: read and merged). Measured peaks: 1.85 GiB
-    for the 1M-record sample dump (115 MiB gz; the model says 2.1 GiB) and 4.6 GiB for the 2.4M-record
-    bench_scale dump (1,096 MiB gz; the model says 17.4 GiB: its records carry fields the parse drops)."""
-    text = raw_bytes * (8 if compressed else 1)
-    return (320 << 20) + 2 * text + 2 * base_bytes
+FIXED_BYTES = 320 << 20  # interpreter, pyarrow and numpy, the parse threads' blocks in flight
+KEPT_FACTOR = 2.0  # peak / the parsed rows held before dedupe: those rows, the edges and nodes cut from them, buffers
+SAMPLE_STORED_BYTES = 1 << 20  # the head of a dump that is parsed to measure what its records keep (~50 ms)
+
+
+class DumpSample(NamedTuple):
+    """What the head of a dump file parses to, per stored (compressed) byte."""
+    stored: int  # stored bytes read
+    text: int  # their text, decompressed
+    kept: int  # Arrow bytes of the parsed rows of the whole lines in that text
+
+    @property
+    def kept_per_stored_byte(self) -> float:
+        return self.kept / self.stored if self.stored else 0.0
+
+
+def sample_dump(storage: "Storage", uri: str, source: str, stored_bytes: int = SAMPLE_STORED_BYTES
+                ) -> tuple[int, "DumpSample | None"]:
+    """(the file's stored size, what its first ``stored_bytes`` parse to). The sample is None when the head
+    holds no whole line (one line longer than the head): there is nothing to measure then."""
+    import zlib
+
+    from g2i_core.ingest.arrow_parse import parse_block
+
+    source_file = storage.ranged_source(uri)
+    with (open(source_file, "rb") if isinstance(source_file, str) else source_file) as fh:
+        size = fh.seek(0, os.SEEK_END)
+        fh.seek(0)
+        head = fh.read(min(stored_bytes, size))
+    text = head
+    if head[:2] == b"\x1f\x8b":
+        parts, rest = [], head
+        while rest[:2] == b"\x1f\x8b":  # gzip members one after another (pigz, concatenated dumps)
+            inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
+            parts.append(inflater.decompress(rest))
+            rest = inflater.unused_data
+        text = b"".join(parts)
+    whole = text[:text.rfind(b"\n") + 1]
+    if not whole:
+        return size, None
+    parsed = parse_block(source, uri, whole)
+    kept = parsed.nodes.nbytes + parsed.quarantine.nbytes
+    # The stored bytes behind the whole lines: the head's share of them (the cut line's bytes are not counted).
+    return size, DumpSample(round(len(head) * len(whole) / len(text)), len(whole), kept)
+
+
+def kept_bytes(stored_bytes: int, sample: "DumpSample | None") -> int:
+    """The parsed rows a dump file of ``stored_bytes`` keeps, from what its sampled head keeps per stored byte;
+    without a sample (no whole line in the head), as large as its text would be if gzip expanded it 8x."""
+    return int(sample.kept_per_stored_byte * stored_bytes) if sample is not None else 8 * stored_bytes
+
+
+def local_ingest_memory_bytes(kept: int, base_bytes: int = 0) -> int:
+    """Peak memory of the local engine: ``FIXED_BYTES``, plus ``KEPT_FACTOR`` times the parsed rows of the dump
+    (``kept_bytes``), plus the published base version (its uncompressed Parquet size, twice: read and merged).
+    The measured peaks this was fitted to are in docs/ingest.md."""
+    return int(FIXED_BYTES + KEPT_FACTOR * kept + 2 * base_bytes)
 
 
 def engine_for(storage: "Storage", cfg: "IngestConfig", *, spark_master: str, memory_budget: int) -> str:
     """``auto``: local unless the source has no local parse (``attributes``), the Spark JSON reader was asked
     for (``native_parse``), the master is a cluster, or the dump does not fit ``memory_budget`` bytes."""
-    from g2i_core.ingest.chunking import list_raw_files
-    from g2i_core.ppr.api import spark_master_is_cluster
+    from g2i_core.spark import spark_master_is_cluster
 
     if cfg.source not in LOCAL_SOURCES or cfg.native_parse or spark_master_is_cluster(spark_master):
         return "spark"
-    files = list_raw_files(storage, cfg.raw_uri)
-    raw = sum(_size(storage, u) for u in files)
+    need = local_ingest_memory_estimate(storage, cfg)
+    log.info("ingest auto: the local engine needs about %.1f GiB of a %.1f GiB budget", need / 2**30,
+             memory_budget / 2**30)
+    return "local" if need <= memory_budget else "spark"
+
+
+def local_ingest_memory_estimate(storage: "Storage", cfg: "IngestConfig") -> int:
+    """``local_ingest_memory_bytes`` of ``cfg``'s dump and its published base. The head of the dump's first file
+    is sampled, and what it keeps per stored byte is taken for every file: the files of one dump are parts of
+    one export."""
+    from g2i_core.ingest.chunking import list_raw_files
+
+    first, *others = list_raw_files(storage, cfg.raw_uri)
+    first_size, sample = sample_dump(storage, first, cfg.source)
+    kept = kept_bytes(first_size + sum(_size(storage, uri) for uri in others), sample)
     base = 0
     if storage.is_published("nodes"):  # read for node_changes, and in delta mode merged with its edges
         from g2i_core.graph.local import uncompressed_bytes
@@ -70,8 +131,7 @@ def engine_for(storage: "Storage", cfg: "IngestConfig", *, spark_master: str, me
         commit = storage.read_commit("nodes")
         tables = ("nodes", "edges") if cfg.mode == "delta" else ("nodes",)
         base = sum(uncompressed_bytes(storage, commit[t]) for t in tables if t in commit)
-    need = local_ingest_memory_bytes(raw, any(u.endswith(".gz") for u in files), base)
-    return "local" if need <= memory_budget else "spark"
+    return local_ingest_memory_bytes(kept, base)
 
 
 def _size(storage: "Storage", uri: str) -> int:

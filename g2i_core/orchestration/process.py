@@ -54,7 +54,7 @@ class StageFailed(RuntimeError):
 class StageProcess:
     """One stage as a child process in its own process group, its output streamed line by line.
 
-    ``kill()`` ends the whole group (spark-submit's JVM and its Python workers included), which is what
+    ``kill()`` ends the whole group (a Spark JVM and its Python workers included), which is what
     Airflow's ``on_kill`` calls when a task is stopped or times out."""
 
     argv: list[str]

@@ -1,5 +1,5 @@
 """The stage table: one ``g2i <stage>`` argument template per stage, and the command lines built from it
-(a ``g2i`` subprocess, ``spark-submit`` for Spark stages, or the argv of a container).
+(a ``g2i`` subprocess, ``spark-submit`` for Spark stages on a cluster master, or the argv of a container).
 
 A placeholder token ``{name}`` that is ``None``/``False`` drops itself and the ``--flag`` before it;
 ``True`` keeps only the flag; a list expands to several tokens. ``{name?}`` is an optional placeholder:
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from g2i_core.config import PROJECT_ROOT, Settings
+from g2i_core.spark import spark_master_is_cluster
 
 # spark-submit conf keys that carry secrets: never on a command line (visible in `ps` and task logs);
 # the job's own get_spark() sets them from the G2I_* environment instead.
@@ -25,7 +26,9 @@ _SECRET_CONF = ("spark.hadoop.fs.s3a.access.key", "spark.hadoop.fs.s3a.secret.ke
 @dataclass(frozen=True)
 class Stage:
     name: str  # the `g2i <name>` subcommand
-    engine: str  # "spark": spark-submit; "python": a subprocess; "gpu": subprocess or a GPU pod
+    # "spark": spark-submit on a cluster master, else a subprocess that starts local Spark only if its engine needs it;
+    # "python": a subprocess; "gpu": a subprocess or a GPU pod
+    engine: str
     args: str  # argument template, see the module docstring
     doc: str = ""
 
@@ -134,7 +137,10 @@ def stage_argv(stage: str, values: Mapping[str, Any], settings: Settings, *, con
     args = render_args(spec.args, values, stage=stage)
     if container:
         return ["g2i", stage, *args]
-    if spec.engine == "spark":
+    # With a local master a Spark stage is a plain subprocess: its engine choice (ingest and build-graph run on
+    # one machine when the data fits) decides whether a JVM starts at all, and get_spark() gives a local session
+    # the same spark_conf as spark-submit would.
+    if spec.engine == "spark" and spark_master_is_cluster(settings.spark_master):
         script, prefix = spark_entry(stage)
         return spark_submit_argv(settings, script, [*prefix, *args], app_name=f"g2i-{stage}-{values.get('run_id', '')}")
     return [sys.executable, "-m", "g2i_core.cli", stage, *args]

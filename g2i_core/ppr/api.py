@@ -12,6 +12,7 @@ import numpy as np
 
 from g2i_core.ppr.candidates import Candidates
 from g2i_core.ppr.graph import CsrGraph
+from g2i_core.spark import spark_master_is_cluster
 
 if TYPE_CHECKING:
     from g2i_core.ppr.propagate import WarmStart
@@ -84,12 +85,6 @@ def propagate_phase_bytes(num_nodes: int, num_edges: int, row_k: int = 128, top_
 def propagate_memory_bytes(num_nodes: int, num_edges: int, row_k: int = 128, top_k: int = 50) -> int:
     """Peak memory of the single-machine ``propagate`` stage: its largest phase (:func:`propagate_phase_bytes`)."""
     return max(propagate_phase_bytes(num_nodes, num_edges, row_k, top_k).values())
-
-
-def spark_master_is_cluster(master: str) -> bool:
-    """True unless Spark runs inside this one process (``local`` / ``local[N]``)."""
-    m = master.strip().lower()
-    return not (m == "local" or m.startswith("local["))
 
 
 def memory_budget_bytes(budget_gb: int) -> int:

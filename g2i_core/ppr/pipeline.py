@@ -190,7 +190,7 @@ def _row_count(uri: str, table: str, settings: "Settings", pin: str | None, requ
     if not files:
         raise FileNotFoundError(f"{uri} is neither a Parquet file/prefix nor a storage root with a published "
                                 f"{table!r} table")
-    return sum(pq.ParquetFile(storage.parquet_footer_source(f)).metadata.num_rows for f in files)
+    return sum(pq.ParquetFile(storage.ranged_source(f)).metadata.num_rows for f in files)
 
 
 def _graph_logical_date(edges_uri: str, settings: "Settings", pin: str | None) -> str | None:

@@ -101,7 +101,7 @@ def test_kubernetes_profile_runs_gpu_stages_as_gpu_pods(tmp_path):
         assert spec["node_selector"] == {"g2i.io/pool": "gpu"}
         assert spec["configmap"] == ["g2i-settings"]  # settings come from the cluster, not the parsing machine
     assert "xcom_pull(task_ids='prepare')" in probe["evaluate"]["arguments"][1]
-    # Spark stages do not change with the GPU profile: they still go through spark-submit.
+    # Spark stages do not change with the GPU profile: they stay stage subprocesses.
     assert probe["dags"]["mmag_refresh"]["refresh.ingest"] == "StageOperator"
 
 

@@ -99,7 +99,7 @@ def _kill_when(proc: subprocess.Popen, logf: Path, killed: list[int], cmd_marker
         if cut >= 0 and log_marker in text[cut:]:
             for child in psutil.Process(proc.pid).children(recursive=True):
                 try:
-                    if cmd_marker.split()[0] in " ".join(child.cmdline()) and child.pid == os.getpgid(child.pid):
+                    if cmd_marker in " ".join(child.cmdline()) and child.pid == os.getpgid(child.pid):
                         os.killpg(child.pid, signal.SIGKILL)  # the job's whole process group: JVM included
                         killed.append(child.pid)
                         return
@@ -145,8 +145,9 @@ def airflow(s3_server, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def first_run(airflow):
-    """mmag_refresh for DAY1; ingest's spark-submit is SIGKILLed once it is reading the dump."""
-    run = airflow.run("mmag_refresh", DAY1, {"sources": [SOURCE]}, kill=("jobs/ingest.py", "rechunk"))
+    """mmag_refresh for DAY1; the ingest stage (its process group: the Spark JVM included) is SIGKILLed once it
+    is reading the dump."""
+    run = airflow.run("mmag_refresh", DAY1, {"sources": [SOURCE]}, kill=("g2i_core.cli ingest", "rechunk"))
     print(f"\nmmag_refresh {DAY1} (with a killed ingest): {run.state} in {run.wall_s:.0f}s; "
           + ", ".join(f"{k} {v['s']:.0f}s" for k, v in run.tasks.items()))
     return run

@@ -223,7 +223,7 @@ def test_footer_reads_fetch_only_byte_ranges(s3_storage):
     big = pa.table({"id": [hashlib.sha256(str(i).encode()).hexdigest() for i in range(50_000)]})
     uri = s3_storage.uri("footer", "loose", "part-00000.parquet")
     s3_storage.write_parquet(uri, big)
-    src = s3_storage.parquet_footer_source(uri)
+    src = s3_storage.ranged_source(uri)
     fetched = {"bytes": 0}
     orig = src.readinto
 

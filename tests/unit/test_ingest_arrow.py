@@ -210,7 +210,9 @@ def test_engine_choice(file_storage, tmp_path):
     with gzip.open(dump, "wb") as fh:
         fh.write(b'{"book_id": "1"}\n' * 1000)
     cfg = IngestConfig(source="goodreads", raw_uri=f"file://{dump}").resolved()
-    need = local.local_ingest_memory_bytes(dump.stat().st_size, True)
+    need = local.local_ingest_memory_bytes(local.kept_bytes(*local.sample_dump(file_storage, f"file://{dump}",
+                                                                               "goodreads")))
+    assert need == local.local_ingest_memory_estimate(file_storage, cfg)
     assert local.engine_for(file_storage, cfg, spark_master="local[2]", memory_budget=need) == "local"
     assert local.engine_for(file_storage, cfg, spark_master="local[2]", memory_budget=need - 1) == "spark"
     assert local.engine_for(file_storage, cfg, spark_master="spark://h:7077", memory_budget=1 << 40) == "spark"
@@ -232,3 +234,50 @@ def test_winner_is_the_most_complete_copy_then_the_later_line():
     codes, distinct = local.node_codes(ok)
     assert distinct == 3
     assert np.flatnonzero(local.winner_mask(ok, codes)).tolist() == [3, 4, 5]
+
+
+def _numbered_dump(sample_dir, copies: int) -> bytes:
+    """The sample Goodreads dump's lines, ``copies`` times over with distinct book ids (text only)."""
+    from g2i_core.sample.generator import DUMP_FILES
+
+    records = []
+    with gzip.open(sample_dir / "raw" / DUMP_FILES["goodreads"], "rb") as fh:
+        for line in fh:
+            try:
+                records.append(json.loads(line))
+            except ValueError:  # the sample's malformed lines
+                continue
+    out = io.BytesIO()
+    for copy in range(copies):
+        for record in records:
+            if isinstance(record.get("book_id"), str):
+                record = {**record, "book_id": f"{record['book_id']}-{copy}"}
+            out.write(json.dumps(record).encode() + b"\n")
+    return out.getvalue()
+
+
+def test_sampled_head_predicts_what_the_whole_dump_keeps(file_storage, tmp_path, sample_dir):
+    """The memory estimate of ``auto``: what a 64 KiB head keeps per stored byte, times the file's size, is
+    within 15% of what parsing the whole file keeps; a dump of several gzip members is read across them."""
+    text = _numbered_dump(sample_dir, copies=30)
+    whole = parse_block("goodreads", "x", text)
+    truth = whole.nodes.nbytes + whole.quarantine.nbytes
+    one = tmp_path / "one.json.gz"
+    one.write_bytes(gzip.compress(text))
+    cut = text.index(b"\n", 20_000) + 1  # a small first member: the 64 KiB head reaches into the second
+    two = tmp_path / "two.json.gz"
+    two.write_bytes(gzip.compress(text[:cut]) + gzip.compress(text[cut:]))
+    plain = tmp_path / "plain.json"
+    plain.write_bytes(text)
+    for path in (one, two, plain):
+        size, sample = local.sample_dump(file_storage, f"file://{path}", "goodreads", stored_bytes=64 << 10)
+        assert size == path.stat().st_size and sample is not None and sample.stored <= 64 << 10
+        assert sample.text > (cut if path is two else 0)
+        assert abs(local.kept_bytes(size, sample) / truth - 1) < 0.15, path.name
+
+
+def test_a_head_without_a_whole_line_falls_back_to_the_text_bound(file_storage, tmp_path):
+    dump = tmp_path / "long.json.gz"
+    dump.write_bytes(gzip.compress(b'{"book_id": "1", "description": "' + b"x" * (300 << 10) + b'"}\n'))
+    size, sample = local.sample_dump(file_storage, f"file://{dump}", "goodreads", stored_bytes=64)
+    assert sample is None and local.kept_bytes(size, sample) == 8 * size

@@ -61,10 +61,14 @@ def test_every_stage_template_parses_with_its_own_command_parser():
 
 
 # ---- command lines ---------------------------------------------------------------------------------
-def test_spark_stage_runs_through_spark_submit_with_project_conf_and_no_secrets(settings):
-    argv = orch.stage_argv("ingest", INGEST_VALUES, settings)
+INGEST_ARGS = ["--source", "goodreads", "--raw", "s3://bucket/raw/g.json.gz", "--root", "s3://bucket/mmag/goodreads",
+               "--mode", "full", "--logical-date", "2024-01-01", "--run-id", "goodreads-20240101"]
+
+
+def test_spark_stage_on_a_cluster_master_runs_through_spark_submit_with_project_conf_and_no_secrets(settings):
+    argv = orch.stage_argv("ingest", INGEST_VALUES, settings.replace(spark_master="spark://spark-master:7077"))
     assert argv[0].endswith("spark-submit")
-    assert argv[argv.index("--master") + 1] == "local[2]"
+    assert argv[argv.index("--master") + 1] == "spark://spark-master:7077"  # from the settings only
     confs = [argv[i + 1] for i, a in enumerate(argv) if a == "--conf"]
     assert "spark.hadoop.fs.s3a.endpoint=http://127.0.0.1:9" in confs
     assert "spark.sql.shuffle.partitions=8" in confs
@@ -72,14 +76,19 @@ def test_spark_stage_runs_through_spark_submit_with_project_conf_and_no_secrets(
     assert SECRET not in " ".join(argv)
     script = argv[argv.index("--source") - 1]
     assert script.endswith(("jobs/ingest.py", "g2i_core/cli.py"))
-    assert argv[-12:] == ["--source", "goodreads", "--raw", "s3://bucket/raw/g.json.gz", "--root",
-                          "s3://bucket/mmag/goodreads", "--mode", "full", "--logical-date", "2024-01-01",
-                          "--run-id", "goodreads-20240101"]
+    assert argv[-12:] == INGEST_ARGS
 
 
-def test_cluster_master_comes_from_settings_only(settings):
-    argv = orch.stage_argv("ingest", INGEST_VALUES, settings.replace(spark_master="spark://spark-master:7077"))
-    assert argv[argv.index("--master") + 1] == "spark://spark-master:7077"
+@pytest.mark.parametrize("stage", ["ingest", "build-graph"])
+def test_spark_stage_on_a_local_master_is_a_plain_subprocess(settings, stage):
+    """No spark-submit JVM up front: the stage's engine choice decides whether Spark starts (in process)."""
+    values = {**INGEST_VALUES, "graph_root": "s3://bucket/mmag/goodreads"}
+    for master in ("local[2]", "local", "local[*]"):
+        argv = orch.stage_argv(stage, values, settings.replace(spark_master=master))
+        assert argv[:4] == [sys.executable, "-m", "g2i_core.cli", stage]
+        assert not any("spark-submit" in a for a in argv)
+        assert SECRET not in " ".join(argv)
+    assert orch.stage_argv("ingest", INGEST_VALUES, settings)[4:] == INGEST_ARGS
 
 
 def test_python_and_container_stage_command_lines(settings):

@@ -12,9 +12,9 @@ from g2i_core.ppr.api import (
     propagate_memory_bytes,
     propagate_phase_bytes,
     resolve_auto_placement,
-    spark_master_is_cluster,
 )
 from g2i_core.ppr.graph import edges_table, powerlaw_graph
+from g2i_core.spark import spark_master_is_cluster
 
 
 @pytest.mark.parametrize("master, cluster", [("local[2]", False), ("local", False), ("local[*]", False),
