@@ -77,7 +77,10 @@ def sample_dump(storage: "Storage", uri: str, source: str, stored_bytes: int = S
         parts, rest = [], head
         while rest[:2] == b"\x1f\x8b":  # gzip members one after another (pigz, concatenated dumps)
             inflater = zlib.decompressobj(16 + zlib.MAX_WBITS)
-            parts.append(inflater.decompress(rest))
+            try:
+                parts.append(inflater.decompress(rest))
+            except zlib.error:  # a corrupt head: the engine that runs reports it; the estimate has what came before
+                break
             rest = inflater.unused_data
         text = b"".join(parts)
     whole = text[:text.rfind(b"\n") + 1]
@@ -123,7 +126,7 @@ def local_ingest_memory_estimate(storage: "Storage", cfg: "IngestConfig") -> int
 
     first, *others = list_raw_files(storage, cfg.raw_uri)
     first_size, sample = sample_dump(storage, first, cfg.source)
-    kept = kept_bytes(first_size + sum(_size(storage, uri) for uri in others), sample)
+    kept = kept_bytes(first_size + sum(stored_size(storage, uri) for uri in others), sample)
     base = 0
     if storage.is_published("nodes"):  # read for node_changes, and in delta mode merged with its edges
         from g2i_core.graph.local import uncompressed_bytes
@@ -134,7 +137,8 @@ def local_ingest_memory_estimate(storage: "Storage", cfg: "IngestConfig") -> int
     return local_ingest_memory_bytes(kept, base)
 
 
-def _size(storage: "Storage", uri: str) -> int:
+def stored_size(storage: "Storage", uri: str) -> int:
+    """The size of a dump file as stored (compressed)."""
     if uri.startswith("s3://"):
         from g2i_core.storage import with_retries
 

@@ -281,3 +281,11 @@ def test_a_head_without_a_whole_line_falls_back_to_the_text_bound(file_storage, 
     dump.write_bytes(gzip.compress(b'{"book_id": "1", "description": "' + b"x" * (300 << 10) + b'"}\n'))
     size, sample = local.sample_dump(file_storage, f"file://{dump}", "goodreads", stored_bytes=64)
     assert sample is None and local.kept_bytes(size, sample) == 8 * size
+
+
+def test_a_corrupt_gzip_head_gives_no_sample_instead_of_an_error(file_storage, tmp_path):
+    dump = tmp_path / "corrupt.json.gz"
+    corrupt = gzip.compress(b'{"book_id": "1"}\n')[:10] + bytes(range(256)) * 8  # a gzip header, then noise
+    dump.write_bytes(corrupt)
+    size, sample = local.sample_dump(file_storage, f"file://{dump}", "goodreads")
+    assert size == len(corrupt) and sample is None
