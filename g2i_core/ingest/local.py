@@ -43,8 +43,10 @@ INT96 = {"use_deprecated_int96_timestamps": True}  # ingested_at as Spark writes
 
 
 # ---- choosing the engine -------------------------------------------------------------------------------------------
-FIXED_BYTES = 320 << 20  # interpreter, pyarrow and numpy, the parse threads' blocks in flight
-KEPT_FACTOR = 2.0  # peak / the parsed rows held before dedupe: those rows, the edges and nodes cut from them, buffers
+# The peak model, fitted to measured peaks (bench/bench_ingest_memory.py, bench_scale's delta; docs/ingest.md):
+FIXED_BYTES = 512 << 20  # interpreter, pyarrow and numpy, the parse threads' blocks in flight
+KEPT_FACTOR = 1.5  # per byte of parsed rows held before dedupe: those rows, the nodes and edges cut from them
+BASE_FACTOR = 3.0  # per byte of the published base (uncompressed): read, merged with the delta, written
 SAMPLE_STORED_BYTES = 1 << 20  # the head of a dump that is parsed to measure what its records keep (~50 ms)
 
 
@@ -100,9 +102,9 @@ def kept_bytes(stored_bytes: int, sample: "DumpSample | None") -> int:
 
 def local_ingest_memory_bytes(kept: int, base_bytes: int = 0) -> int:
     """Peak memory of the local engine: ``FIXED_BYTES``, plus ``KEPT_FACTOR`` times the parsed rows of the dump
-    (``kept_bytes``), plus the published base version (its uncompressed Parquet size, twice: read and merged).
+    (``kept_bytes``), plus ``BASE_FACTOR`` times the published base version it reads (uncompressed Parquet size).
     The measured peaks this was fitted to are in docs/ingest.md."""
-    return int(FIXED_BYTES + KEPT_FACTOR * kept + 2 * base_bytes)
+    return int(FIXED_BYTES + KEPT_FACTOR * kept + BASE_FACTOR * base_bytes)
 
 
 def engine_for(storage: "Storage", cfg: "IngestConfig", *, spark_master: str, memory_budget: int) -> str:
