@@ -47,7 +47,7 @@ INT96 = {"use_deprecated_int96_timestamps": True}  # ingested_at as Spark writes
 FIXED_BYTES = 512 << 20  # interpreter, pyarrow and numpy, the parse threads' blocks in flight
 KEPT_FACTOR = 1.5  # per byte of parsed rows held before dedupe: those rows, the nodes and edges cut from them
 BASE_FACTOR = 3.0  # per byte of the published base (uncompressed): read, merged with the delta, written
-SAMPLE_STORED_BYTES = 1 << 20  # the head of a dump that is parsed to measure what its records keep (~50 ms)
+SAMPLE_STORED_BYTES = 1 << 20  # the head of a dump that is parsed to measure what its records keep (~0.15 s)
 
 
 class DumpSample(NamedTuple):
