@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     from g2i_core.config import Settings
     from g2i_core.ingest.chunking import list_raw_files
     from g2i_core.ingest.job import IngestConfig
-    from g2i_core.ingest.local import local_ingest_memory_estimate, sample_dump, stored_size
+    from g2i_core.ingest.local import local_ingest_memory_estimate, sample_dump
     from g2i_core.storage import Storage
 
     dumps = [f"file://{ensure_dump(int(n), Path(args.data_dir))[0]}" for n in args.nodes.split(",") if n]
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         started = time.monotonic()
         estimate = local_ingest_memory_estimate(storage, cfg)
         estimate_s = time.monotonic() - started
-        stored = sum(stored_size(storage, u) for u in files)
+        stored = sum(storage.size(u) for u in files)
         run = measure([PY, "-m", "g2i_core.cli", "ingest", "--source", "goodreads", "--raw", dump, "--out", scratch,
                        "--logical-date", "2026-01-01", "--engine", "local", "--json"])
         storage.delete_prefix(scratch)

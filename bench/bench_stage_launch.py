@@ -33,13 +33,12 @@ def launch_argv(launch: str, stage: str, values: dict, settings) -> list[str]:
     """``subprocess``: what stage_argv gives with the local master; ``spark-submit``: the same stage and
     arguments under spark-submit, as stage_argv gives it for a cluster master (before: for every master)."""
     from g2i_core.orchestration.stages import STAGES as TABLE
-    from g2i_core.orchestration.stages import render_args, spark_entry, spark_submit_argv, stage_argv
+    from g2i_core.orchestration.stages import render_args, spark_submit_stage_argv, stage_argv
 
     if launch == "subprocess":
         return stage_argv(stage, values, settings)
-    script, prefix = spark_entry(stage)
     args = render_args(TABLE[stage].args, values, stage=stage)
-    return spark_submit_argv(settings, script, [*prefix, *args], app_name=f"g2i-{stage}-bench")
+    return spark_submit_stage_argv(stage, args, settings, run_id=values["run_id"])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -335,15 +335,21 @@ class Storage:
             raise FileNotFoundError(f"no parquet files in {uris!r}")
         return pa.concat_tables(tables, promote_options="default") if len(tables) > 1 else tables[0]
 
+    def size(self, uri: str) -> int:
+        """The size of one object or file in bytes (a HEAD on S3)."""
+        if not self._is_s3(uri):
+            return self._local(uri).stat().st_size
+        bucket, key = self._split_s3(uri)
+        return with_retries(lambda: self.s3.head_object(Bucket=bucket, Key=key), attempts=self._attempts,
+                            what=f"HEAD {uri}")["ContentLength"]
+
     def ranged_source(self, uri: str):
         """A seekable file for ``uri`` that reads only the byte ranges asked for (S3 ranged GETs): Parquet
         footers, or the head of a dump, without downloading whole files. A local path for local storage."""
         if not self._is_s3(uri):
             return str(self._local(uri))
         bucket, key = self._split_s3(uri)
-        size = with_retries(lambda: self.s3.head_object(Bucket=bucket, Key=key), attempts=self._attempts,
-                            what=f"HEAD {uri}")["ContentLength"]
-        return _S3RangeFile(self.s3, bucket, key, size, self._attempts)
+        return _S3RangeFile(self.s3, bucket, key, self.size(uri), self._attempts)
 
     # ---- atomic publish --------------------------------------------------------------------
     # Layout of a table (see docs/architecture.md, "Storage contract"):

@@ -128,7 +128,7 @@ def local_ingest_memory_estimate(storage: "Storage", cfg: "IngestConfig") -> int
 
     first, *others = list_raw_files(storage, cfg.raw_uri)
     first_size, sample = sample_dump(storage, first, cfg.source)
-    kept = kept_bytes(first_size + sum(stored_size(storage, uri) for uri in others), sample)
+    kept = kept_bytes(first_size + sum(storage.size(uri) for uri in others), sample)
     base = 0
     if storage.is_published("nodes"):  # read for node_changes, and in delta mode merged with its edges
         from g2i_core.graph.local import uncompressed_bytes
@@ -137,17 +137,6 @@ def local_ingest_memory_estimate(storage: "Storage", cfg: "IngestConfig") -> int
         tables = ("nodes", "edges") if cfg.mode == "delta" else ("nodes",)
         base = sum(uncompressed_bytes(storage, commit[t]) for t in tables if t in commit)
     return local_ingest_memory_bytes(kept, base)
-
-
-def stored_size(storage: "Storage", uri: str) -> int:
-    """The size of a dump file as stored (compressed)."""
-    if uri.startswith("s3://"):
-        from g2i_core.storage import with_retries
-
-        bucket, key = storage._split_s3(uri)
-        return with_retries(lambda: storage.s3.head_object(Bucket=bucket, Key=key), attempts=storage._attempts,
-                            what=f"HEAD {uri}")["ContentLength"]
-    return storage._local(uri).stat().st_size
 
 
 # ---- reading: blocks of whole lines -----------------------------------------------------------------------------

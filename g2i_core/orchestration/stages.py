@@ -141,9 +141,14 @@ def stage_argv(stage: str, values: Mapping[str, Any], settings: Settings, *, con
     # one machine when the data fits) decides whether a JVM starts at all, and get_spark() gives a local session
     # the same spark_conf as spark-submit would.
     if spec.engine == "spark" and spark_master_is_cluster(settings.spark_master):
-        script, prefix = spark_entry(stage)
-        return spark_submit_argv(settings, script, [*prefix, *args], app_name=f"g2i-{stage}-{values.get('run_id', '')}")
+        return spark_submit_stage_argv(stage, args, settings, run_id=values.get("run_id", ""))
     return [sys.executable, "-m", "g2i_core.cli", stage, *args]
+
+
+def spark_submit_stage_argv(stage: str, args: Sequence[str], settings: Settings, *, run_id: str = "") -> list[str]:
+    """``stage`` with its rendered ``args`` under spark-submit (what a cluster master gets)."""
+    script, prefix = spark_entry(stage)
+    return spark_submit_argv(settings, script, [*prefix, *args], app_name=f"g2i-{stage}-{run_id}")
 
 
 def _stage(stage: str) -> Stage:
