@@ -1,13 +1,14 @@
-"""Embed stage cost per text: MiniLM in torch fp32, torch with bf16 autocast (what `g2i embed` runs on a
-CPU with AMX/AVX512-BF16) and ONNX Runtime fp32, titles vs the node text (title + description), in one
-process, interleaved rounds, CPU seconds of the process.
+"""Embed stage cost per text: the stage's MiniLM path (bf16 weights where the CPU has AMX/AVX512-BF16,
+batches of equal token counts) against fp32, the stage before (bf16 autocast, batches sorted by characters)
+and the levers kept out (int8, ONNX Runtime), titles vs title + description, in one process, interleaved
+rounds, CPU seconds of the process.
 
-    .venv/bin/python bench/bench_embed.py [--texts 512] [--threads 1] [--rounds 3]
+    .venv/bin/python bench/bench_embed.py [--texts 4096] [--long-texts 256] [--threads 1] [--rounds 3]
 
 ONNX Runtime is not a project dependency: install `onnxruntime onnx` in the venv to include it (the row is
 skipped otherwise). The export uses eager attention and a padded example batch: exported from the default
 SDPA attention with an unpadded example, the graph ignores the attention mask (min cosine to torch ~0.91).
-Writes bench/results/embed.{json,md}: CPU ms per text, the ratio to torch, and the min cosine to torch.
+Writes bench/results/embed.{json,md}: CPU ms per text, the ratio to torch fp32, and the cosine to it.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ RESULTS = ROOT / "bench" / "results"
 INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
 
-def _texts(n: int) -> dict[str, list[str]]:
+def _texts(n_titles: int, n_long: int) -> dict[str, list[str]]:
     import bench_scale
 
-    records = [json.loads(r) for r in bench_scale._records(np.arange(n), n, 0)]
-    return {"title": [r["title"] for r in records],
-            "title + description": [f"{r['title']} {r['description']}" for r in records]}
+    records = [json.loads(r) for r in bench_scale._records(np.arange(max(n_titles, n_long)), max(n_titles, n_long), 0)]
+    return {"title": [r["title"] for r in records[:n_titles]],
+            "title + description": [f"{r['title']} {r['description']}" for r in records[:n_long]]}
 
 
 def _onnx_encoder(encoder, work: Path, example: list[str]):
@@ -86,9 +87,9 @@ def _cpu_name() -> str:
     return f"{name}, {'AMX' if 'amx_bf16' in info else 'no AMX'}"
 
 
-def _rejected_levers(torch, encoder) -> dict:
-    """Levers tried for the embed stage's time and kept out of it, measured here so the reasons stay checkable:
-    bf16 weights (instead of autocast) and dynamic int8 Linear layers (per-tensor and per-channel scales)."""
+def _contenders(torch, fp32, bf16, batch_size: int) -> dict:
+    """name -> encode(texts sorted by characters) -> vectors in that order. All but the stage's own row run
+    character-sorted batches of ``batch_size``, as the stage did before it batched by token count."""
     import copy
 
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
@@ -97,22 +98,33 @@ def _rejected_levers(torch, encoder) -> dict:
 
     def variant(model):
         out = MiniLmText.__new__(MiniLmText)
-        out.__dict__.update(encoder.__dict__, model=model, precision="fp32")
+        out.__dict__.update(fp32.__dict__, model=model)
         return out
 
-    fp32 = encoder.model
-    return {"torch bf16 weights": variant(copy.deepcopy(fp32).to(torch.bfloat16)),
-            "torch int8 dynamic": variant(quantize_dynamic(copy.deepcopy(fp32), {torch.nn.Linear}, dtype=torch.qint8)),
-            "torch int8 dynamic per-channel": variant(quantize_dynamic(copy.deepcopy(fp32), {
-                torch.nn.Linear: per_channel_dynamic_qconfig}))}
+    def char_batches(encode):
+        return lambda texts: np.concatenate([encode(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+
+    def autocast(texts):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return fp32(texts)
+
+    return {"torch fp32": char_batches(fp32),
+            "bf16 autocast, char-sorted batches (the stage before)": char_batches(autocast),
+            "bf16 weights, char-sorted batches": char_batches(bf16),
+            "bf16 weights, token-sorted batches (the stage)": lambda texts: bf16.encode_all(texts, batch_size),
+            "int8 dynamic": char_batches(variant(quantize_dynamic(copy.deepcopy(fp32.model), {torch.nn.Linear},
+                                                                  dtype=torch.qint8))),
+            "int8 dynamic per-channel": char_batches(variant(quantize_dynamic(copy.deepcopy(fp32.model), {
+                torch.nn.Linear: per_channel_dynamic_qconfig})))}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--texts", type=int, default=512)
+    ap.add_argument("--texts", type=int, default=4096, help="titles")
+    ap.add_argument("--long-texts", type=int, default=256, help="title + description texts (~200 tokens each)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=256, help="the stage's default")
     args = ap.parse_args()
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     import torch
@@ -121,48 +133,52 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     encoder = MiniLmText(EmbedConfig(precision="fp32"))
-    bf16 = MiniLmText(EmbedConfig(precision="bf16"))  # autocast; fast where the CPU has AMX/AVX512-BF16
-    texts = {k: sorted(v, key=len) for k, v in _texts(args.texts).items()}  # sorted, as the embed stage does
+    bf16 = MiniLmText(EmbedConfig(precision="bf16"))  # what `g2i embed` runs where the CPU has native bf16
+    texts = {k: sorted(v, key=len) for k, v in _texts(args.texts, args.long_texts).items()}
     tokens = {k: float(np.mean([len(encoder.tokenizer(t, truncation=True, max_length=encoder.max_tokens)["input_ids"])
                                 for t in v])) for k, v in texts.items()}
     with tempfile.TemporaryDirectory() as tmp:
         long_texts = texts["title + description"]
         onnx = _onnx_encoder(encoder, Path(tmp), [long_texts[0], long_texts[-1], long_texts[len(long_texts) // 2]])
-        contenders = ({"torch": encoder, "torch bf16 autocast": bf16} | _rejected_levers(torch, encoder) |
-                      ({"onnxruntime fp32": onnx} if onnx else {}))
+        contenders = _contenders(torch, encoder, bf16, args.batch_size)
+        if onnx:
+            contenders["onnxruntime fp32"] = lambda items: np.concatenate(
+                [onnx(items[i:i + args.batch_size]) for i in range(0, len(items), args.batch_size)])
         cpu = {(k, c): 0.0 for k in texts for c in contenders}
         vectors: dict = {}
         for _ in range(args.rounds):  # interleaved: load drift hits every contender alike
             for kind, items in texts.items():
                 for name, fn in contenders.items():
                     t = time.process_time()
-                    out = np.concatenate([fn(items[i:i + args.batch_size])
-                                          for i in range(0, len(items), args.batch_size)])
+                    out = fn(items)
                     cpu[(kind, name)] += time.process_time() - t
                     vectors[(kind, name)] = out
     rows = []
     for kind in texts:
-        base = cpu[(kind, "torch")]
+        base = cpu[(kind, "torch fp32")]
         for name in contenders:
-            cosines = (vectors[(kind, name)] * vectors[(kind, "torch")]).sum(1)
+            cosines = (vectors[(kind, name)] * vectors[(kind, "torch fp32")]).sum(1)
             cos, mean_cos = float(cosines.min()), float(cosines.mean())
             rows.append({"texts": kind, "contender": name, "mean_tokens": round(tokens[kind], 1),
                          "cpu_ms_per_text": round(1000 * cpu[(kind, name)] / args.rounds / len(texts[kind]), 2),
                          "time_vs_torch": round(cpu[(kind, name)] / base, 2), "min_cosine_to_torch": round(cos, 6),
                          "mean_cosine_to_torch": round(mean_cos, 6)})
-    result = {"texts": args.texts, "threads": args.threads, "rounds": args.rounds, "batch_size": args.batch_size,
+    result = {"texts": args.texts, "long_texts": args.long_texts, "threads": args.threads, "rounds": args.rounds,
+              "batch_size": args.batch_size,
               "load_avg": [round(x, 2) for x in os.getloadavg()], "rows": rows}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "embed.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = ["# Embed cost per text (MiniLM-L6, CPU)\n",
-             f"{args.texts} generated Goodreads-format books (bench_scale's generator), sorted by length, batch "
-             f"{args.batch_size}, {args.threads} thread(s), {args.rounds} interleaved rounds; CPU time of the process; "
-             f"1-min load average at the end {result['load_avg'][0]}; CPU: {_cpu_name()}.\n",
-             "| texts | mean tokens | contender | CPU ms / text | time vs torch | min cosine to torch | mean cosine |",
+             f"{args.texts} titles and {args.long_texts} title + description texts of generated Goodreads-format "
+             f"books (bench_scale's generator), batch {args.batch_size}, {args.threads} thread(s), {args.rounds} "
+             f"interleaved rounds; CPU time of the process; 1-min load average at the end {result['load_avg'][0]}; "
+             f"CPU: {_cpu_name()}.\n",
+             "| texts | mean tokens | contender | CPU ms / text | time vs fp32 | min cosine to fp32 | mean cosine |",
              "|---|---:|---|---:|---:|---:|---:|"]
     lines += [f"| {r['texts']} | {r['mean_tokens']} | {r['contender']} | {r['cpu_ms_per_text']} | "
               f"{r['time_vs_torch']:.2f}× | {r['min_cosine_to_torch']} | {r['mean_cosine_to_torch']} |" for r in rows]
-    lines += ["", f"Reproduce: `.venv/bin/python bench/bench_embed.py --texts {args.texts} --threads {args.threads}`"]
+    lines += ["", f"Reproduce: `.venv/bin/python bench/bench_embed.py --texts {args.texts} --long-texts "
+                  f"{args.long_texts} --threads {args.threads}`"]
     (RESULTS / "embed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

