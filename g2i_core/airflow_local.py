@@ -40,7 +40,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from g2i_core.config import PROJECT_ROOT
 
@@ -64,6 +64,9 @@ TERMINAL_RUN_STATES = frozenset({"success", "failed"})
 LOCAL_DEFAULTS = {
     "G2I_SPARK_DRIVER_MEMORY": "2g", "G2I_SPARK_SHUFFLE_PARTITIONS": "4", "G2I_RETRY_DELAY_S": "5",
     "G2I_BACKFILL_SHARDS": "2", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+    # ingest, build-graph, ppr, embed and rerank each size themselves to the whole machine (ppr and embed
+    # peaked at 10 + 18 GB side by side at 2.4M nodes): one at a time, in a pool `up` creates with one slot
+    "G2I_MACHINE_POOL": "g2i_machine",
 }
 
 
@@ -266,22 +269,46 @@ class AirflowClient:
         return self.request("GET", "/api/v2/assets/events", params={"limit": 1000, **filters})["asset_events"]
 
     def set_variable(self, key: str, value: str, description: str | None = None, attempts: int = 5) -> dict:
-        """Create or replace an Airflow Variable (``g2i_train_steps``, for instance). An HTTP 500 "Database
-        error" (the metadata database busy, as SQLite is while the scheduler writes) is tried again, up to
-        ``attempts`` times: creating or replacing a variable twice is harmless."""
+        """Create or replace an Airflow Variable (``g2i_train_steps``, for instance), trying again while the
+        metadata database is busy."""
         body = {"key": key, "value": value, "description": description}
+
+        def put() -> dict:
+            try:
+                return self.request("POST", "/api/v2/variables", body)
+            except AirflowError as exc:
+                if "HTTP 409" not in str(exc):
+                    raise
+                return self.request("PATCH", f"/api/v2/variables/{urllib.parse.quote(key, safe='')}", body)
+
+        return self._while_database_busy(put, f"setting variable {key}", attempts)
+
+    def ensure_pool(self, name: str, slots: int, description: str, attempts: int = 5) -> dict:
+        """The pool ``name``, created with ``slots`` if absent; an existing pool keeps its slots (an operator
+        who resized it meant to)."""
+        quoted = urllib.parse.quote(name, safe="")
+
+        def create() -> dict:
+            try:
+                return self.request("POST", "/api/v2/pools", {"name": name, "slots": slots, "description": description})
+            except AirflowError as exc:
+                if "HTTP 409" not in str(exc):
+                    raise
+                return self.request("GET", f"/api/v2/pools/{quoted}")
+
+        return self._while_database_busy(create, f"creating pool {name}", attempts)
+
+    @staticmethod
+    def _while_database_busy(call: Callable[[], dict], what: str, attempts: int) -> dict:
+        """``call`` (an idempotent write), tried again on HTTP 500 "Database error" (the metadata database
+        busy, as SQLite is while the scheduler writes), up to ``attempts`` times."""
         for attempt in range(attempts):
             try:
-                try:
-                    return self.request("POST", "/api/v2/variables", body)
-                except AirflowError as exc:
-                    if "HTTP 409" not in str(exc):
-                        raise
-                    return self.request("PATCH", f"/api/v2/variables/{urllib.parse.quote(key, safe='')}", body)
+                return call()
             except AirflowError as exc:
                 if "HTTP 500" not in str(exc) or "Database error" not in str(exc) or attempt == attempts - 1:
                     raise
-                log.warning("setting variable %s: %s; trying again", key, str(exc)[:200])
+                log.warning("%s: %s; trying again", what, str(exc)[:200])
                 time.sleep(0.5 * 2**attempt)
         raise AssertionError("unreachable")
 
@@ -509,6 +536,7 @@ class LocalAirflow:
         try:
             self.wait_healthy(t0 + timeout)
             client = self.client()
+            self.ensure_machine_pool(client)
             dags = self.wait_for_dags(client, t0 + timeout)
         except Exception:
             if not already_up:
@@ -518,6 +546,15 @@ class LocalAirflow:
         self._protect_password_file()
         return UpResult(self.url, USER, self.password_file, {k: v for k, v in self.pids().items() if v},
                         already_up, time.monotonic() - t0, dags)
+
+    def ensure_machine_pool(self, client: AirflowClient) -> dict | None:
+        """The pool G2I_MACHINE_POOL names (``g2i_machine`` by default here), with one slot: the stages that
+        size themselves to the whole machine run one at a time. Tasks of a missing pool would never start."""
+        name = self.environment().get("G2I_MACHINE_POOL", "")
+        if not name:
+            return None
+        return client.ensure_pool(name, 1, "g2i stages that size themselves to the whole machine (ingest, "
+                                           "build-graph, ppr, embed, rerank): one at a time on this machine")
 
     def _check_alive(self) -> None:
         dead = [name for name, pid in self.pids().items() if pid is None]

@@ -126,6 +126,8 @@ class StageOperator(BaseOperator):
             raise ValueError(f"unknown stage {stage!r}; known: {sorted(STAGES)}")
         kwargs.setdefault("doc_md", f"**g2i {stage}** ({STAGES[stage].engine}). {STAGES[stage].doc}")
         kwargs.setdefault("execution_timeout", stage_timeout)
+        if STAGES[stage].whole_machine and CFG.machine_pool:
+            kwargs.setdefault("pool", CFG.machine_pool)  # one at a time where the pool has one slot
         super().__init__(**kwargs)
         self.stage = stage
         self.values = values

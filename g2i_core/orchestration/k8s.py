@@ -30,6 +30,9 @@ class OrchestrationConfig:
     backfill_shards: int = 4
     backfill_sample: int = 64  # generated covers scored by the backfill's evaluate step
     conn_id: str = "g2i_s3"  # Airflow connection with the S3 endpoint and keys (optional)
+    # Airflow pool of the stages that size themselves to the whole machine (Stage.whole_machine); "" leaves
+    # them in default_pool. `g2i airflow up` sets "g2i_machine" and creates it with one slot.
+    machine_pool: str = ""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> "OrchestrationConfig":

@@ -31,6 +31,9 @@ class Stage:
     engine: str
     args: str  # argument template, see the module docstring
     doc: str = ""
+    # Sizes itself to the whole machine (its memory budget and engine choice assume nothing else runs beside
+    # it): on one machine such stages share the one-slot pool named by G2I_MACHINE_POOL.
+    whole_machine: bool = False
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in [
@@ -38,19 +41,22 @@ STAGES: dict[str, Stage] = {s.name: s for s in [
           "--source {source} --raw {raw} --root {graph_root} --mode {mode} --logical-date {ds} --run-id {run_id} "
           "--link-on {link_on?} --max-links-per-value {max_links_per_value?}",
           "Raw dump -> `nodes`, `edges`, `quarantine` (full dump or a delta upserted into the last version); in the "
-          "job's own process with pyarrow when the dump fits one machine and the master is not a cluster, else Spark."),
+          "job's own process with pyarrow when the dump fits one machine and the master is not a cluster, else Spark.",
+          whole_machine=True),
     Stage("fetch-images", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Downloads `nodes.image_url` with bounded concurrency into content-addressed `images/` + `node_images`."),
     Stage("build-graph", "spark", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
           "Cleaned `graph_nodes`, `graph_edges`, split and stats (in the job's own process when the graph fits one "
-          "machine and the master is not a cluster, else as Spark jobs)."),
+          "machine and the master is not a cluster, else as Spark jobs).", whole_machine=True),
     Stage("ppr", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id} --incremental {incremental?}",
           "Personalized PageRank top-K candidates per node (`ppr_candidates`; single-machine propagation by default, "
-          "`--method spark-push|graphframes` for the distributed engines; a delta night refreshes the last version)."),
+          "`--method spark-push|graphframes` for the distributed engines; a delta night refreshes the last version).",
+          whole_machine=True),
     Stage("embed", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
-          "Text/image embeddings of every node (`embeddings`)."),
+          "Text/image embeddings of every node (`embeddings`).", whole_machine=True),
     Stage("rerank", "python", "--root {graph_root} --run-id {run_id} --graph-run-id {run_id}",
-          "Semantic re-rank of the PPR candidates -> publishes `neighbours` (top-k per node), what the model reads."),
+          "Semantic re-rank of the PPR candidates -> publishes `neighbours` (top-k per node), what the model reads.",
+          whole_machine=True),
     Stage("train", "gpu",
           "--root {graph_root} --run-id {run_id} --graph-run-id {graph_run_id} --preset {preset} --steps {steps} "
           "--batch-size {batch_size} --resume={resume}",

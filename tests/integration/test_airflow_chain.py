@@ -268,6 +268,20 @@ def test_goodreads_refresh_trains_and_backfills_goodreads_with_its_graph_run(liv
     assert g.exists(g.uri("reports", checks[0]["run_id"], "report.html"))
 
 
+def test_the_whole_machine_stages_of_a_refresh_ran_one_at_a_time(live, goodreads):
+    """`up` created the one-slot pool G2I_MACHINE_POOL names; the scheduler ran ingest, build_graph, ppr,
+    embed and rerank through it, so ppr and embed (parallel in the DAG) did not overlap."""
+    pool = live.client.request("GET", "/api/v2/pools/g2i_machine")
+    assert pool["slots"] == 1, pool
+    tasks = live.tasks("mmag_refresh", goodreads.refresh)
+    names = [f"refresh.{t}[0]" for t in ("ingest", "build_graph", "ppr", "embed", "rerank")]
+    assert {t: tasks[t]["pool"] for t in names} == dict.fromkeys(names, "g2i_machine"), tasks
+    assert tasks["refresh.fetch_images[0]"]["pool"] == "default_pool"
+    spans = sorted((_when(tasks[t]["start_date"]), _when(tasks[t]["end_date"]), t) for t in names)
+    for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
+        assert start >= end, f"{second} started before {first} ended: {spans}"
+
+
 def test_an_amazon2018_refresh_trains_and_backfills_amazon2018_only(live, goodreads, amazon):
     chain, before = amazon
     graph_run = chain.graph_run

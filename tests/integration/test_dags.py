@@ -40,6 +40,7 @@ out = {
     "per_file_s": {s.file: s.duration.total_seconds() for s in bag.dagbag_stats},
     "dags": {d.dag_id: {t.task_id: t.task_type + ("[]" if type(t).__name__ == "MappedOperator" else "")
                         for t in d.tasks} for d in bag.dags.values()},
+    "pools": {d.dag_id: {t.task_id: t.pool for t in d.tasks} for d in bag.dags.values()},
 }
 def pod(t):
     kw = getattr(t, "partial_kwargs", None) or t.__dict__
@@ -103,6 +104,22 @@ def test_kubernetes_profile_runs_gpu_stages_as_gpu_pods(tmp_path):
     assert "xcom_pull(task_ids='prepare')" in probe["evaluate"]["arguments"][1]
     # Spark stages do not change with the GPU profile: they stay stage subprocesses.
     assert probe["dags"]["mmag_refresh"]["refresh.ingest"] == "StageOperator"
+
+
+def test_whole_machine_stages_share_the_pool_the_setting_names(tmp_path):
+    """G2I_MACHINE_POOL (set by `g2i airflow up`, which creates the pool with one slot) puts the stages that
+    size themselves to the whole machine in one pool; without it every task stays in default_pool."""
+    whole_machine = {"refresh." + t for t in ("ingest", "build_graph", "ppr", "embed", "rerank")}
+    pooled = parse_in_subprocess(tmp_path, G2I_MACHINE_POOL="g2i_machine")
+    assert pooled["import_errors"] == {}
+    refresh = pooled["pools"]["mmag_refresh"]
+    assert {t for t, pool in refresh.items() if pool == "g2i_machine"} == whole_machine, refresh
+    assert {pool for t, pool in refresh.items() if t not in whole_machine} == {"default_pool"}, refresh
+    # GPU stages are not in it: they are pods on the kubernetes profile
+    assert {pool for d in ("g2i_train", "g2i_backfill_covers", "g2i_evaluate")
+            for pool in pooled["pools"][d].values()} == {"default_pool"}
+    plain = parse_in_subprocess(tmp_path, G2I_MACHINE_POOL="")
+    assert {pool for tasks in plain["pools"].values() for pool in tasks.values()} == {"default_pool"}
 
 
 def _edges(dag) -> set[tuple[str, str]]:

@@ -100,7 +100,7 @@ def test_auto_precision_uses_bf16_only_where_the_hardware_runs_it_natively():
 
 
 def test_bf16_minilm_vectors_stay_faithful_to_fp32():
-    """The real MiniLM: bf16 autocast changes each vector by less than 1e-3 in cosine, and the nearest
+    """The real MiniLM: bf16 weights change each vector by less than 1e-3 in cosine, and the nearest
     neighbours among the titles do not move."""
     texts = [f"the {w} of the {v} {n}" for n, (w, v) in enumerate(
         [("garden", "night"), ("river", "kings"), ("ghost", "harbour"), ("secret", "stars"), ("last", "orchard"),
