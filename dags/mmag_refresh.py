@@ -4,7 +4,8 @@
 For every source whose raw input changed, one mapped chain (a task group per source):
 
 `ingest` (Spark) → `fetch_images` → `build_graph` (Spark, emits **g2i.graph**) → `ppr` ∥ `embed` →
-`rerank` (publishes `neighbours`, emits **g2i.neighbours**, which triggers `g2i_train`) → `record_state`.
+`rerank` (publishes `neighbours`, emits **g2i.neighbours**, which triggers `g2i_train`) → `record_state` →
+`collect_old_runs` (`g2i gc`: each refreshed source keeps its newest `keep_runs` runs of every table).
 
 * **Incremental**: `plan` fingerprints each raw dump. Unchanged sources are skipped; a delta dump
   dropped under `raw/delta/<source>/<YYYYMMDD>/` is upserted into the last version (`--mode delta`).
@@ -18,6 +19,8 @@ For every source whose raw input changed, one mapped chain (a task group per sou
   dump under the storage root's `raw/`, as `raw/...` or a full URI; other prefixes only via
   `G2I_RAW_ALLOW_PREFIXES`), `force` (re-ingest unchanged dumps), `link_on` and `max_links_per_value`
   (the `attributes` source's projection: the columns that link items, and the links per item per value).
+* **Retention**: runs beyond the newest `keep_runs` (default 7; 0 keeps everything) are removed, except the
+  live run, the registered model's graph run and anything published less than a day ago (g2i_core/retention.py).
 * Storage root and S3 endpoint are configuration (`G2I_*` env or the `g2i_s3` connection).
 """
 
@@ -57,6 +60,8 @@ HOUR = dt.timedelta(hours=1)
                          description="attributes source: comma list of the columns whose shared values link items"),
         "max_links_per_value": Param(10, type="integer", minimum=1, maximum=1000,
                                      description="attributes source: links per item through one value"),
+        "keep_runs": Param(7, type="integer", minimum=0,
+                           description="runs kept per table of each refreshed source (0: remove nothing)"),
     },
 )
 def mmag_refresh():
@@ -87,8 +92,15 @@ def mmag_refresh():
 
         return record_refresh(task_settings(), items)
 
+    @task(doc_md="Removes each refreshed source's runs beyond the newest `keep_runs` (`g2i gc`; 0 keeps all).")
+    def collect_old_runs(items: list[dict], params=None) -> list[dict]:
+        from g2i_core.orchestration import collect_old_runs as collect
+
+        return collect(task_settings(), items, keep_runs=params["keep_runs"])
+
     planned = plan()
-    refresh.expand(item=planned) >> record_state(planned)
+    recorded = record_state(planned)
+    refresh.expand(item=planned) >> recorded >> collect_old_runs(planned)
 
 
 mmag_refresh()

@@ -246,6 +246,17 @@ class Storage:
             return []
         return sorted(f"file://{p}" for p in base.rglob("*") if p.is_file() and not p.name.endswith(".tmp"))
 
+    def list_dirs(self, prefix_uri: str) -> list[str]:
+        """Names of the folders right under a prefix (one level: ``images/`` is not walked), sorted."""
+        if self._is_s3(prefix_uri):
+            bucket, key = self._split_s3(prefix_uri.rstrip("/") + "/")
+            paginator = self.s3.get_paginator("list_objects_v2")
+            pages = with_retries(lambda: list(paginator.paginate(Bucket=bucket, Prefix=key, Delimiter="/")),
+                                 attempts=self._attempts, what=f"LIST {prefix_uri}/")
+            return sorted(p["Prefix"][len(key):].rstrip("/") for page in pages for p in page.get("CommonPrefixes", []))
+        base = self._local(prefix_uri)
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
+
     def delete_prefix(self, prefix_uri: str) -> int:
         if self._is_s3(prefix_uri):
             uris = self.list(prefix_uri)

@@ -51,6 +51,7 @@ from g2i_core.orchestration.stages import (
 from g2i_core.orchestration.tasks import (
     MODEL_COMMIT_FILE,
     check_backfill_coverage,
+    collect_old_runs,
     headline_metrics,
     live_run_id,
     plan_backfill,
@@ -68,7 +69,8 @@ from g2i_core.orchestration.tasks import (
 __all__ = [
     "DEFAULT_LINK_ON", "DEFAULT_SOURCES",
     "MODEL_COMMIT_FILE", "PROFILES", "SOURCES", "SPARK_JOBS_DIR", "STAGES", "OrchestrationConfig", "SourceState",
-    "Stage", "StageFailed", "StageProcess", "check_backfill_coverage", "coerce_values", "coverage_report",
+    "Stage", "StageFailed", "StageProcess", "check_backfill_coverage", "coerce_values", "collect_old_runs",
+    "coverage_report",
     "delta_uri", "ds_nodash", "fingerprint", "graph_root", "headline_metrics", "kubernetes_pod_spec",
     "live_run_id", "plan_backfill", "plan_refresh", "plan_source", "prepare_evaluate", "prepare_train",
     "publish_report", "raw_defaults", "record_refresh", "redact_argv", "register_model", "render_args",

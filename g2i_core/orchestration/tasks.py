@@ -92,6 +92,23 @@ def record_refresh(settings: Settings, items: Sequence[Mapping[str, Any]]) -> li
     return done
 
 
+def collect_old_runs(settings: Settings, items: Sequence[Mapping[str, Any]], keep_runs: int) -> list[dict]:
+    """After a refresh: ``g2i gc`` of each refreshed source's root, keeping its newest ``keep_runs`` runs
+    (besides the live, protected and day-old ones; g2i_core.retention). ``keep_runs`` 0 removes nothing."""
+    from g2i_core.retention import RetentionPolicy, apply_gc, plan_gc
+    from g2i_core.storage import Storage
+
+    if keep_runs <= 0:
+        return []
+    out = []
+    for item in items:
+        storage = Storage.from_settings(settings, root=item["graph_root"])
+        plan = plan_gc(storage, RetentionPolicy(keep_runs=keep_runs))
+        out.append({"source": item["source"], "runs_removed": len(plan.removals),
+                    "objects_removed": apply_gc(storage, plan)})
+    return out
+
+
 MODEL_COMMIT_FILE = "_COMMITTED.json"  # = g2i_core.model.train.COMMIT_FILE: written after every other model file
 
 

@@ -133,7 +133,7 @@ def _assets(task) -> set[str]:
 def test_mmag_refresh_structure(dagbag):
     dag = dagbag.dags["mmag_refresh"]
     g = "refresh."
-    assert set(dag.task_dict) == {"plan", "record_state"} | {g + t for t in (
+    assert set(dag.task_dict) == {"plan", "record_state", "collect_old_runs"} | {g + t for t in (
         "ingest", "fetch_images", "build_graph", "ppr", "embed", "rerank")}
     stages = ("ingest", "fetch_images", "build_graph", "ppr", "embed", "rerank")
     # plan feeds every task of the mapped group (its values are the group's mapped argument)
@@ -141,11 +141,12 @@ def test_mmag_refresh_structure(dagbag):
             (g + "ingest", g + "fetch_images"), (g + "fetch_images", g + "build_graph"),
             (g + "build_graph", g + "ppr"), (g + "build_graph", g + "embed"), (g + "ppr", g + "rerank"),
             (g + "embed", g + "rerank"), (g + "rerank", "record_state"),
-            ("plan", "record_state")} == _edges(dag)
+            ("plan", "record_state"), ("plan", "collect_old_runs"), ("record_state", "collect_old_runs")} == _edges(dag)
     assert _assets(dag.task_dict[g + "build_graph"]) == {"g2i.graph"}
     assert _assets(dag.task_dict[g + "rerank"]) == {"g2i.neighbours"}
     assert dag.schedule == "@daily" and dag.catchup is False and dag.max_active_runs == 1
-    assert set(dag.params) == {"sources", "raw", "force", "link_on", "max_links_per_value"}
+    assert set(dag.params) == {"sources", "raw", "force", "link_on", "max_links_per_value", "keep_runs"}
+    assert dag.params["keep_runs"] == 7
     assert dag.params["sources"] == ["goodreads", "amazon2014", "amazon2018"]
     assert dag.params["raw"]["goodreads"] == "raw/sample/goodreads_books.json.gz"  # resolved by plan at run time
     for task in dag.tasks:

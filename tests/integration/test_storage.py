@@ -34,6 +34,30 @@ def test_objects_roundtrip_list_delete(storage):
     assert storage.list(storage.uri("a/b")) == []
 
 
+def test_list_dirs_names_one_level_of_folders(storage):
+    for key in ("t/run=a/attempt=1/part-0.parquet", "t/run=b/x", "t/_manifests/a.json", "t/_LATEST", "u/v/w/z"):
+        storage.put_bytes(storage.uri(key), b"1")
+    assert storage.list_dirs(storage.root) == ["t", "u"]
+    assert storage.list_dirs(storage.uri("t")) == ["_manifests", "run=a", "run=b"]
+    assert storage.list_dirs(storage.uri("nope")) == []
+
+
+def test_gc_removes_old_runs_and_keeps_the_newest(storage):
+    from g2i_core.retention import RetentionPolicy, apply_gc, plan_gc
+
+    for night in (1, 2, 3):
+        storage.publish_table("nodes", pa.table({"night": [night]}), f"r{night}", logical_date=f"2026-11-0{night}")
+    storage.put_bytes(storage.uri("images", "ab", "abc.png"), b"png")  # content-addressed: never a table
+    plan = plan_gc(storage, RetentionPolicy(keep_runs=1, grace_s=0))
+    assert list(plan.kept) == ["nodes"] and [r.run_id for r in plan.removals] == ["r2", "r1"]
+    assert apply_gc(storage, plan) == 4
+    assert [d for d in storage.list_dirs(storage.uri("nodes")) if d.startswith("run=")] == ["run=r3"]
+    assert storage.read_table("nodes").column("night").to_pylist() == [3]
+    with pytest.raises(NotPublishedError):
+        storage.read_table("nodes", "r1")
+    assert storage.exists(storage.uri("images", "ab", "abc.png"))
+
+
 def test_content_addressed_put_dedupes(storage):
     first = storage.put_content_addressed(b"pixels", prefix="images", ext="png")
     again = storage.put_content_addressed(b"pixels", prefix="images", ext="png")
