@@ -11,11 +11,12 @@ Encoders (the name is stored in every row's ``encoder`` column):
 
 Precision: MiniLM runs in bfloat16 (weights cast once; pooling in fp32) when the hardware has native bf16
 (a CUDA device, or a CPU with AMX/AVX512-BF16), else in fp32; ``precision`` forces either. On a 2-core AMD
-EPYC with AVX512-BF16 bf16 weights take 0.52x fp32's CPU time per title at min cosine 0.9999 to fp32
+EPYC with AVX512-BF16 bf16 weights take 0.51x fp32's CPU time per title at min cosine 0.9999 to fp32
 (bench/results/embed.md), so cached fp32 and fresh bf16 vectors mix safely and the cache key leaves it out.
 
 Batching: MiniLM tokenizes the texts to encode once, then runs batches of equal token counts, shortest
-first. Sorting by characters, as before, padded titles to 1.23x their tokens in a batch of 256.
+first. Sorting by characters, as before, padded titles to 1.23x their tokens in a batch of 256; the stage
+took 0.76x its former time at 2.4M titles (bench/results/scale.md).
 
 Cache: a row is keyed by (kind, encoder, content_hash) where content_hash = sha256 of the encoder name
 and the text, or of the encoder name and the image's bytes hash. A rerun reuses every row of the
@@ -111,7 +112,7 @@ class MiniLmText:
         self.precision = resolve_precision(config.precision, config.device)
         dtype = torch.bfloat16 if self.precision == "bf16" else torch.float32
         # bf16 weights rather than autocast: no per-call weight casts, layer norms in bf16 too (0.96x the
-        # CPU time of autocast, min cosine to fp32 0.9999; bench/bench_embed.py)
+        # CPU time of autocast per title, 0.83x for long texts; min cosine to fp32 0.9998; bench/bench_embed.py)
         self.model = AutoModel.from_pretrained(path, local_files_only=True).eval().to(config.device, dtype)
         self.max_tokens, self.device = config.max_tokens, config.device
 
