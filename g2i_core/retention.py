@@ -112,13 +112,15 @@ def plan_gc(storage: "Storage", policy: RetentionPolicy = RetentionPolicy()) -> 
                                          f"older than the newest {policy.keep_runs}",
                                          1 + len(storage.list(storage.uri(table, f"run={run_id}")))))
         for run_id in sorted(data_runs - set(manifests) - keep):
+            objects = len(storage.list(storage.uri(table, f"run={run_id}")))
+            if not objects:  # an empty folder: SeaweedFS keeps listing a prefix after its objects are deleted
+                continue
             attempts = [d[len("attempt="):] for d in storage.list_dirs(storage.uri(table, f"run={run_id}"))
                         if d.startswith("attempt=")]
             if attempts and min(attempt_age_s(a) for a in attempts) < policy.grace_s:
                 keep.add(run_id)  # a writer may still be at work
                 continue
-            plan.removals.append(Removal(table, run_id, "never published",
-                                         len(storage.list(storage.uri(table, f"run={run_id}")))))
+            plan.removals.append(Removal(table, run_id, "never published", objects))
         plan.kept[table] = [r for r in newest if r in keep] + sorted(keep - set(newest))
         kept_anywhere |= keep
         removed_anywhere |= {r.run_id for r in plan.removals if r.table == table}
