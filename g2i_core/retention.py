@@ -70,10 +70,7 @@ class GcPlan:
 
 def protected_runs(storage: "Storage") -> set[str]:
     """Run ids read pinned after the night that published them: the registered model's graph run."""
-    pointer = storage.uri("models", "_LATEST")
-    if not storage.exists(pointer):
-        return set()
-    graph_run = storage.get_json(pointer).get("graph_run_id")
+    graph_run = (_pointer(storage, "models") or {}).get("graph_run_id")
     return {graph_run} if graph_run else set()
 
 
@@ -97,8 +94,7 @@ def plan_gc(storage: "Storage", policy: RetentionPolicy = RetentionPolicy()) -> 
                 m = storage.get_json(uri)
                 manifests[m["run_id"]] = m
         data_runs = {d[len("run="):] for d in storage.list_dirs(storage.uri(table)) if d.startswith("run=")}
-        live = storage.get_json(storage.uri(table, "_LATEST"))["run_id"] if storage.exists(
-            storage.uri(table, "_LATEST")) else None
+        live = (_pointer(storage, table) or {}).get("run_id")
         newest = sorted(manifests, key=lambda r: (manifests[r].get("logical_date") or "",
                                                   manifests[r].get("published_at") or "", r), reverse=True)
         keep = set(newest[:policy.keep_runs]) | ({live} if live else set()) | (protected & (set(manifests) | data_runs))
@@ -137,8 +133,7 @@ def apply_gc(storage: "Storage", plan: GcPlan) -> int:
     live: dict[str, str | None] = {}
     for i, r in enumerate(plan.removals, 1):
         if r.table not in live:  # read again: a run made live since the plan is not removed
-            pointer = storage.uri(r.table, "_LATEST")
-            live[r.table] = storage.get_json(pointer)["run_id"] if storage.exists(pointer) else None
+            live[r.table] = (_pointer(storage, r.table) or {}).get("run_id")
         if live[r.table] == r.run_id:
             log.warning("gc: %s run %s became live after the plan; kept", r.table, r.run_id)
             continue
@@ -151,6 +146,14 @@ def apply_gc(storage: "Storage", plan: GcPlan) -> int:
     for prefix in plan.staging:
         deleted += storage.delete_prefix(prefix)
     return deleted
+
+
+def _pointer(storage: "Storage", folder: str) -> dict | None:
+    """``<folder>/_LATEST`` (a table's or ``models``'), or None where there is none: one GET."""
+    try:
+        return storage.get_json(storage.uri(folder, "_LATEST"))
+    except FileNotFoundError:
+        return None
 
 
 def _published_age_s(manifest: dict) -> float:
